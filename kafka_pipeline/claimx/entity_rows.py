@@ -1,0 +1,41 @@
+"""The message on the entity-rows topic: every row one event produced, per table.
+
+One message per consumed event, keyed by `project_id`. Row values are JSON-ready
+(timestamps as ISO-8601 strings in UTC, ids as strings); the writer adds the metadata
+columns (`trace_id`, `event_time`, `created_at`, `updated_at`) and enforces the Arrow types
+of `kafka_pipeline.claimx.schemas`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+Row = dict[str, Any]
+
+
+class EntityRowsMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trace_id: str
+    event_type: str
+    project_id: str
+    event_time: AwareDatetime
+    rows: dict[str, list[Row]] = Field(default_factory=dict)  # table name -> rows
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> EntityRowsMessage:
+        return cls.model_validate_json(value)
+
+    def row_count(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+
+def utc_iso(value: datetime | None) -> str | None:
+    """The ISO-8601 form rows use for timestamps."""
+    return None if value is None else value.isoformat()

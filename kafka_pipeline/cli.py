@@ -1,0 +1,60 @@
+"""The `kafka-pipeline` command: subcommands live in `kafka_pipeline.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from kafka_pipeline import __version__, commands
+from kafka_pipeline.common.config import ConfigError
+from kafka_pipeline.common.embedded_broker import BrokerError
+from kafka_pipeline.common.kafka import BrokerUnreachable
+
+
+class UsageError(Exception):
+    """A bad argument value found after parsing (one line for the user)."""
+
+
+# Errors that are the user's to fix: one line on stderr and a non-zero exit, no traceback.
+USER_ERRORS = (ConfigError, BrokerError, BrokerUnreachable, UsageError, FileNotFoundError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def command_modules() -> list[ModuleType]:
+    found = [importlib.import_module(f"{commands.__name__}.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    return sorted((m for m in found if hasattr(m, "NAME")), key=lambda m: m.NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kafka-pipeline", description="ClaimX events enrichment pipeline: Kafka -> ClaimX API -> Delta Lake.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in command_modules():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""aiokafka clients built from the settings, and topic creation at worker start."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from kafka_pipeline.common.config import KafkaSettings
+
+
+class BrokerUnreachable(Exception):
+    """The bootstrap servers did not answer; the message is one line for the user."""
+
+
+def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Security and timeout options shared by producer, consumer and admin client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.sasl_mechanism:
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        kwargs["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+    return kwargs
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        **connection_kwargs(kafka),
+        "acks": "all",
+        "enable_idempotence": kafka.enable_idempotence,
+        "compression_type": kafka.compression_type,
+        "linger_ms": 5,
+        "max_batch_size": 1_048_576,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: every worker commits only what it finished."""
+    options: dict[str, Any] = {
+        **connection_kwargs(kafka),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "heartbeat_interval_ms": min(3_000, kafka.session_timeout_ms // 3),
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: float = 15.0) -> None:
+    """Create the topics that are missing (partitions and replication from the settings)."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
+        await _close_quietly(admin)
+        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers}: {exc or type(exc).__name__}") from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            new = [NewTopic(t, kafka.partitions, kafka.replication_factor) for t in missing]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+    finally:
+        await _close_quietly(admin)
+
+
+async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
+    try:
+        await admin.close()
+    except Exception:  # noqa: BLE001 - closing a client that never connected
+        pass

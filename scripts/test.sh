@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fresh machine -> the whole test suite against the real parts (tansu broker, redis-server,
+# API simulator over HTTP, Delta tables in a temp folder). Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server with apt-get..."
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is needed by the tests: install it (e.g. sudo apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+bash "$ROOT/scripts/bootstrap.sh" dev
+cd "$ROOT"
+exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -1,0 +1,5 @@
+"""Fixtures for the real parts, one plugin module each under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.broker",
+]
