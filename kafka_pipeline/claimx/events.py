@@ -1,0 +1,216 @@
+"""The ClaimX change event: parsing raw message bytes into `ClaimXEvent`, and its `trace_id`.
+
+Field names arrive in snake_case or camelCase (`project_id` / `projectId`); ids arrive as JSON
+numbers or strings and are always kept as strings; `ingested_at` is ISO-8601, a naive value
+meaning UTC.
+
+`trace_id` is the event's `event_id` when it has one, else the hex SHA-256 of the UTF-8 bytes of
+
+    f"{project_id}|{event_type}|{ingested_at_iso}"   then, for each optional id present, in order,
+    f"|media:{media_id}"  f"|task:{task_assignment_id}"  f"|video:{video_collaboration_id}"
+    f"|file:{master_file_name}"
+
+where `ingested_at_iso` is `datetime.isoformat()` of the UTC-aware instant, e.g.
+`2026-01-05T14:03:07+00:00`, or `2026-01-05T14:03:07.250000+00:00` when it has a fractional
+second. So `...T14:03:07Z`, `...T14:03:07` and `...T09:03:07-05:00` name the same event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, computed_field, field_validator, model_validator
+
+from kafka_pipeline.common.errors import PermanentError
+
+# Canonical field -> the names it may arrive under (snake_case first).
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "event_type": ("event_type", "eventType"),
+    "project_id": ("project_id", "projectId"),
+    "ingested_at": ("ingested_at", "ingestedAt"),
+    "event_id": ("event_id", "eventId"),
+    "media_id": ("media_id", "mediaId"),
+    "task_assignment_id": ("task_assignment_id", "taskAssignmentId"),
+    "video_collaboration_id": ("video_collaboration_id", "videoCollaborationId"),
+    "master_file_name": ("master_file_name", "masterFileName"),
+}
+REQUIRED_FIELDS = ("event_type", "project_id", "ingested_at")
+ID_FIELDS = ("project_id", "event_id", "media_id", "task_assignment_id", "video_collaboration_id")
+
+# Event types whose handling needs an optional id.
+REQUIRED_BY_TYPE: dict[str, str] = {
+    "PROJECT_FILE_ADDED": "media_id",
+    "CUSTOM_TASK_ASSIGNED": "task_assignment_id",
+    "CUSTOM_TASK_COMPLETED": "task_assignment_id",
+    "PROJECT_MFN_ADDED": "master_file_name",
+}
+
+
+class ClaimXEvent(BaseModel):
+    """One parsed event. Build it with `parse_event(raw)` (precise errors) or `model_validate`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_type: str
+    project_id: str
+    ingested_at: datetime  # always UTC-aware
+    event_id: str | None = None
+    media_id: str | None = None
+    task_assignment_id: str | None = None
+    video_collaboration_id: str | None = None
+    master_file_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _snake_case(cls, obj: Any) -> Any:
+        return _canonical_fields(obj) if isinstance(obj, dict) else obj
+
+    @field_validator(*ID_FIELDS, mode="before")
+    @classmethod
+    def _id_as_str(cls, value: Any, info: ValidationInfo) -> str | None:
+        return coerce_id(value, info.field_name or "id")
+
+    @field_validator("event_type", "master_file_name", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> str | None:
+        return coerce_text(value, info.field_name or "text")
+
+    @field_validator("ingested_at", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> datetime:
+        return parse_timestamp(value, "ingested_at")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trace_id(self) -> str:
+        if self.event_id:
+            return self.event_id
+        return derive_trace_id(
+            self.project_id,
+            self.event_type,
+            self.ingested_at,
+            media_id=self.media_id,
+            task_assignment_id=self.task_assignment_id,
+            video_collaboration_id=self.video_collaboration_id,
+            master_file_name=self.master_file_name,
+        )
+
+    @property
+    def event_time(self) -> datetime:
+        """The contract's `event_time`: the event's `ingested_at`."""
+        return self.ingested_at
+
+    @property
+    def event_date(self) -> date:
+        return self.ingested_at.date()
+
+
+def derive_trace_id(
+    project_id: str,
+    event_type: str,
+    ingested_at: datetime,
+    *,
+    media_id: str | None = None,
+    task_assignment_id: str | None = None,
+    video_collaboration_id: str | None = None,
+    master_file_name: str | None = None,
+) -> str:
+    """The hex SHA-256 trace id of an event without `event_id` (see the module docstring)."""
+    parts = [f"{project_id}|{event_type}|{to_utc(ingested_at).isoformat()}"]
+    optional = {"media": media_id, "task": task_assignment_id, "video": video_collaboration_id, "file": master_file_name}
+    parts.extend(f"|{label}:{value}" for label, value in optional.items() if value)
+    return hashlib.sha256("".join(parts).encode("utf-8")).hexdigest()
+
+
+def to_utc(value: datetime) -> datetime:
+    """A naive datetime is UTC; an aware one is converted to UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_timestamp(value: Any, field: str) -> datetime:
+    """An ISO-8601 string (or datetime) -> UTC-aware datetime; ValueError naming the field otherwise."""
+    if isinstance(value, datetime):
+        return to_utc(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return to_utc(datetime.fromisoformat(text))
+        except ValueError:
+            pass
+    raise ValueError(f"{field}: unparseable timestamp {value!r}")
+
+
+def coerce_id(value: Any, field: str) -> str | None:
+    """An id given as a JSON number or string -> its string form (`5000001`, never `5000001.0`)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{field}: expected an id, got a boolean")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"{field}: expected an integer id, got {value!r}")
+        return str(int(value))
+    if isinstance(value, str):
+        return value.strip() or None
+    raise ValueError(f"{field}: expected an id, got {type(value).__name__}")
+
+
+def coerce_text(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
+    return value.strip() or None
+
+
+def _canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """snake_case names for every known field; a snake_case value wins over its camelCase twin."""
+    out: dict[str, Any] = {}
+    for canonical, names in FIELD_ALIASES.items():
+        for name in names:
+            if obj.get(name) is not None:
+                out[canonical] = obj[name]
+                break
+    return out
+
+
+def parse_event(raw: bytes | str | None) -> ClaimXEvent:
+    """Message bytes -> event, or PermanentError(error_type="MalformedEvent") with the precise reason."""
+    if raw is None:
+        raise PermanentError("not JSON: empty message (no value)", error_type="MalformedEvent")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PermanentError(f"not JSON: {exc}", error_type="MalformedEvent") from None
+    if not isinstance(obj, dict):
+        raise PermanentError(f"not a JSON object: got {type(obj).__name__}", error_type="MalformedEvent")
+    fields = _canonical_fields(obj)
+    for name in REQUIRED_FIELDS:
+        value = fields.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise PermanentError(f"missing field {name}", error_type="MalformedEvent")
+    try:
+        values: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name in ID_FIELDS:
+                values[name] = coerce_id(value, name)
+            elif name == "ingested_at":
+                values[name] = parse_timestamp(value, name)
+            else:
+                values[name] = coerce_text(value, name)
+    except ValueError as exc:
+        raise PermanentError(str(exc), error_type="MalformedEvent") from None
+    for name in REQUIRED_FIELDS:
+        if values.get(name) is None:
+            raise PermanentError(f"missing field {name}", error_type="MalformedEvent")
+    needed = REQUIRED_BY_TYPE.get(values["event_type"])
+    if needed is not None and values.get(needed) is None:
+        raise PermanentError(f"{values['event_type']} requires {needed}", error_type="MalformedEvent")
+    return ClaimXEvent.model_construct(**values)
+
