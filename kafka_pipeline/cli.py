@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # aiokafka logs every failed connection attempt; a command reports the outcome in one line.
+    # Long-running workers turn its warnings back on in configure_logging.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:

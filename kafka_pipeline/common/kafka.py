@@ -69,7 +69,7 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: f
         await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
         await _close_quietly(admin)
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers}: {exc or type(exc).__name__}") from None
+        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]

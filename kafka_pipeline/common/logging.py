@@ -29,6 +29,7 @@ def configure_logging(worker_name: str, *, log_format: str = "console", level: s
     structlog.contextvars.bind_contextvars(worker=worker_name)
     # Library loggers (aiokafka, uvicorn) go to stderr at WARNING so they do not drown the stats.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

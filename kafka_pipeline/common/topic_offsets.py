@@ -1,0 +1,76 @@
+"""Where a topic ends and how far a consumer group got: the numbers behind lag and "drained".
+
+tansu's `end_offsets()` can answer with the base offset of the last record batch instead of
+the high watermark, so the high watermark is read by fetching that last batch: exact on tansu
+and on Kafka alike, and cheap (one batch per partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka import TopicPartition
+
+from kafka_pipeline.common.config import KafkaSettings
+from kafka_pipeline.common.kafka import make_consumer
+
+
+async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float = 5.0) -> dict[int, int]:
+    """Partition -> offset after the last record (0 for an empty partition)."""
+    consumer = make_consumer(kafka, group_id=None, client_id=f"hw-{uuid.uuid4().hex[:6]}")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka offers no public refresh
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        reported = await consumer.end_offsets(tps)
+        marks = {tp.partition: reported[tp] for tp in tps}
+        pending = set()
+        for tp in tps:
+            if reported[tp] > 0:
+                consumer.seek(tp, reported[tp] - 1)
+                pending.add(tp)
+            else:
+                consumer.pause(tp)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while pending and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in batch.items():
+                if records:
+                    marks[tp.partition] = max(marks[tp.partition], records[-1].offset + 1)
+            for tp in list(pending):
+                # the fetch response carries the true high watermark
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    marks[tp.partition] = max(marks[tp.partition], highwater)
+                    pending.discard(tp)
+        return marks
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(kafka: KafkaSettings, group_id: str, topic: str) -> dict[int, int]:
+    """Partition -> the group's committed offset (0 where it committed nothing)."""
+    consumer = make_consumer(kafka, group_id=group_id, client_id=f"lag-{uuid.uuid4().hex[:6]}")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        result: dict[int, int] = {}
+        for partition in sorted(partitions):
+            committed = await consumer.committed(TopicPartition(topic, partition))
+            result[partition] = committed or 0
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def group_lag(kafka: KafkaSettings, group_id: str, topic: str) -> int:
+    """Records in `topic` the group has not committed yet."""
+    marks, committed = await asyncio.gather(high_watermarks(kafka, topic), committed_offsets(kafka, group_id, topic))
+    return sum(max(0, end - committed.get(partition, 0)) for partition, end in marks.items())
