@@ -1,0 +1,357 @@
+"""The ClaimX REST API client: the four calls of the contract over one pooled httpx client.
+
+Every request sends `Authorization: Basic <token>`. Requests are bounded in concurrency
+(a semaphore of `max_concurrency`) and in rate (a token bucket of `max_requests_per_s`; a 429's
+`Retry-After` pauses the whole bucket). Responses are classified into the pipeline's failure
+categories:
+
+=================================  ====================================================
+401                                 AuthError (never retried)
+404                                 PermanentError(error_type="NotFound")
+other 4xx                           PermanentError(error_type="Http<status>")
+429                                 TransientError honouring Retry-After
+5xx, timeouts, connection errors    TransientError
+=================================  ====================================================
+
+Transient failures are retried in process `retries` times with jittered exponential backoff
+(never sooner than a Retry-After); a Retry-After longer than `backoff_max_s` is not waited out
+in process but raised, so the event can be retried later without holding a slot. A circuit
+breaker opens after `breaker_failure_threshold` consecutive transient failures; while open,
+calls fail at once with TransientError("circuit open") without touching the network.
+
+The token never appears in a log line or an error message: messages name the method, the path
+and the status only, and any response text they quote is scrubbed of the credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from kafka_pipeline.common.backoff import backoff_delay
+from kafka_pipeline.common.circuit_breaker import CircuitBreaker, State
+from kafka_pipeline.common.config import ApiSettings
+from kafka_pipeline.common.errors import AuthError, PermanentError, PipelineError, TransientError
+from kafka_pipeline.common.logging import get_logger
+
+log = get_logger(__name__)
+
+ApiKind = Literal["project", "media", "task", "video"]
+API_KINDS: tuple[ApiKind, ...] = ("project", "media", "task", "video")
+
+# Called once per HTTP attempt: (kind, outcome, seconds). Outcome is the status code as text,
+# or "timeout", "connection_error", "circuit_open".
+CallObserver = Callable[[str, str, float], None]
+
+_QUOTED_BODY_CHARS = 200
+
+
+class TokenBucket:
+    """At most `rate` acquisitions per second on average, bursts of up to `burst`.
+
+    `pause(seconds)` holds every acquisition until then (a 429's Retry-After).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else rate)
+        self._clock, self._sleep = clock, sleep
+        self._tokens = self.burst
+        self._updated = clock()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    async def acquire(self) -> None:
+        async with self._lock:  # waiters are served in arrival order
+            while True:
+                now = self._clock()
+                if now < self._paused_until:
+                    await self._sleep(self._paused_until - now)
+                    continue
+                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await self._sleep((1 - self._tokens) / self.rate)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class ClaimXApiClient:
+    """One per worker; use as `async with ClaimXApiClient(settings) as api:` or call `aclose()`."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        breaker: CircuitBreaker | None = None,
+        observer: CallObserver | None = None,
+        on_breaker_change: Callable[[str, State, State], None] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        token = settings.resolved_token()
+        self._secrets = _secret_forms(token.get_secret_value() if token else None)
+        headers = {"Accept": "application/json", "User-Agent": "kafka-pipeline-claimx"}
+        if token is not None:
+            headers["Authorization"] = f"Basic {token.get_secret_value()}"
+        self._http = httpx.AsyncClient(
+            base_url=settings.url,
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout_s),
+            limits=httpx.Limits(max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency),
+            transport=transport,
+        )
+        self.breaker = breaker or CircuitBreaker(
+            "claimx-api",
+            failure_threshold=settings.breaker_failure_threshold,
+            cooldown_s=settings.breaker_cooldown_s,
+            on_change=on_breaker_change or _log_breaker_change,
+        )
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._bucket = TokenBucket(settings.max_requests_per_s, min(settings.max_requests_per_s, settings.max_concurrency), sleep=sleep)
+        self._observer = observer
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.calls: Counter[str] = Counter()  # HTTP requests sent, per kind
+        self.failures: Counter[str] = Counter()  # failed requests, per category
+
+    async def __aenter__(self) -> ClaimXApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- the four calls of the contract ------------------------------------------------------
+
+    async def get_project(self, project_id: str) -> dict[str, Any]:
+        """`GET /export/project/{id}` -> `{"project": {...}, "teamMembers": [...], "companyName": ...}`."""
+        body = await self._call("project", "GET", f"/export/project/{_path_id(project_id)}")
+        if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "project" not in body:
+            body = body["data"]
+        if not isinstance(body, Mapping) or not isinstance(body.get("project"), Mapping):
+            raise PermanentError(f"GET /export/project/{project_id}: response has no project object", error_type="InvalidResponse")
+        return dict(body)
+
+    async def get_project_media(self, project_id: str, media_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """`GET /export/project/{id}/media[?mediaIds=1,2,3]` -> the media items."""
+        params = {"mediaIds": ",".join(media_ids)} if media_ids else None
+        body = await self._call("media", "GET", f"/export/project/{_path_id(project_id)}/media", params=params)
+        return _item_list(body, f"GET /export/project/{project_id}/media")
+
+    async def get_task_assignment(self, assignment_id: str) -> dict[str, Any]:
+        """`GET /customTasks/assignment/{id}?full=true` -> the assignment object."""
+        path = f"/customTasks/assignment/{_path_id(assignment_id)}"
+        body = await self._call("task", "GET", path, params={"full": "true"})
+        if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "assignmentId" not in body:
+            body = body["data"]
+        if not isinstance(body, Mapping):
+            raise PermanentError(f"GET {path}: response is not an object", error_type="InvalidResponse")
+        return dict(body)
+
+    async def get_video_collaborations(self, project_id: str) -> list[dict[str, Any]]:
+        """`POST /data` with the `VIDEO_COLLABORATION` report for one project -> its items."""
+        pid: int | str = int(project_id) if project_id.isdigit() else project_id
+        body = await self._call("video", "POST", "/data", json_body={"reportType": "VIDEO_COLLABORATION", "projectId": pid})
+        return _item_list(body, "POST /data (VIDEO_COLLABORATION)")
+
+    # --- the request loop --------------------------------------------------------------------
+
+    async def _call(
+        self,
+        kind: ApiKind,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(kind, method, path, params, json_body)
+            except TransientError as exc:
+                retry_after = exc.retry_after_s
+                if exc.error_type == "CircuitOpen" or attempt > self.settings.retries:
+                    raise
+                if retry_after is not None and retry_after > self.settings.backoff_max_s:
+                    raise  # too long to hold a slot for; the event is retried later instead
+                delay = max(backoff_delay(attempt, self.settings.backoff_base_s, self.settings.backoff_max_s, self._rng), retry_after or 0.0)
+                log.warning("claimx api retry", kind=kind, method=method, path=path, error=str(exc), attempt=attempt, delay_s=round(delay, 3))
+                await self._sleep(delay)
+
+    async def _attempt(self, kind: ApiKind, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
+        await self._bucket.acquire()
+        if not self.breaker.allow():
+            self._observe(kind, "circuit_open", 0.0)
+            raise TransientError(
+                f"{method} {path}: circuit open", error_type="CircuitOpen", retry_after_s=self.breaker.seconds_until_retry()
+            )
+        try:
+            async with self._semaphore:
+                self.calls[kind] += 1
+                started = time.perf_counter()
+                try:
+                    response = await self._http.request(method, path, params=params, json=json_body)
+                except httpx.TimeoutException as exc:
+                    self._failed(kind, "timeout", started)
+                    raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})", error_type="Timeout") from None
+                except httpx.TransportError as exc:
+                    self._failed(kind, "connection_error", started)
+                    raise TransientError(
+                        f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}", error_type="ConnectionError"
+                    ) from None
+        except asyncio.CancelledError:
+            # A cancelled call must not leave a half-open breaker waiting for its trial forever.
+            if self.breaker.state == "half_open":
+                self.breaker.record_failure()
+            raise
+        self._observe(kind, str(response.status_code), time.perf_counter() - started)
+        error = self._classify(method, path, response)
+        if error is not None:
+            self.failures[error.category] += 1
+            if isinstance(error, TransientError):
+                self.breaker.record_failure()
+                if error.retry_after_s is not None and response.status_code == 429:
+                    self._bucket.pause(error.retry_after_s)
+            else:
+                self.breaker.record_success()  # the API answered: it is up
+            if isinstance(error, AuthError):
+                log.error("claimx api rejected the credentials (401)", kind=kind, method=method, path=path)
+            raise error
+        self.breaker.record_success()
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TransientError(f"{method} {path}: {response.status_code} with a body that is not JSON", error_type="InvalidResponse") from None
+
+    def _failed(self, kind: str, outcome: str, started: float) -> None:
+        self._observe(kind, outcome, time.perf_counter() - started)
+        self.failures["transient"] += 1
+        self.breaker.record_failure()
+
+    def _observe(self, kind: str, outcome: str, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer(kind, outcome, seconds)
+
+    def _classify(self, method: str, path: str, response: httpx.Response) -> PipelineError | None:
+        status = response.status_code
+        if status < 400:
+            return None
+        where = f"{method} {path}: {status} {response.reason_phrase}".rstrip()
+        if status == 401:
+            return AuthError(f"{where}: credentials rejected", error_type="Unauthorized")
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return TransientError(f"{where}: rate limited", error_type="RateLimited", retry_after_s=retry_after)
+        if status >= 500:
+            return TransientError(where, error_type=f"Http{status}")
+        detail = self._scrub(response.text[:_QUOTED_BODY_CHARS]).strip()
+        message = f"{where}: {detail}" if detail else where
+        if status == 404:
+            return PermanentError(message, error_type="NotFound")
+        return PermanentError(message, error_type=f"Http{status}")
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker.state == "open"
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": {kind: self.calls.get(kind, 0) for kind in API_KINDS},
+            "calls_total": sum(self.calls.values()),
+            "failures": dict(self.failures),
+            "breaker": self.breaker.state,
+        }
+
+
+def _path_id(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _item_list(body: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(body, Mapping) and "data" in body:
+        body = body["data"]
+    if body is None:
+        return []
+    if not isinstance(body, list):
+        raise PermanentError(f"{where}: response is not a list of items", error_type="InvalidResponse")
+    return [dict(item) for item in body if isinstance(item, Mapping)]
+
+
+def _secret_forms(token: str | None) -> list[str]:
+    """The token and the `user:password` it encodes: none may appear in a message."""
+    if not token:
+        return []
+    forms = [token]
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    if decoded:
+        forms.append(decoded)
+        _, _, password = decoded.partition(":")
+        if len(password) >= 4:
+            forms.append(password)
+    return sorted(set(forms), key=len, reverse=True)
+
+
+def _log_breaker_change(name: str, old: State, new: State) -> None:
+    if new == "open":
+        log.error("circuit breaker opened: the ClaimX API keeps failing", breaker=name, previous=old)
+    else:
+        log.info("circuit breaker state change", breaker=name, previous=old, state=new)

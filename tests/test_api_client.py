@@ -1,0 +1,256 @@
+"""The ClaimX API client against an httpx MockTransport: paths, auth, classification, retries,
+Retry-After, the circuit breaker, bounds on concurrency and rate, and no token in any message."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+import structlog
+
+from kafka_pipeline.claimx.api_client import ClaimXApiClient, TokenBucket, parse_retry_after
+from kafka_pipeline.common.config import ApiSettings
+from kafka_pipeline.common.errors import AuthError, PermanentError, TransientError
+
+PASSWORD = "s3cret-Passw0rd"
+TOKEN = base64.b64encode(f"svc-claimx:{PASSWORD}".encode()).decode()
+
+
+def make_settings(**overrides) -> ApiSettings:
+    values = {
+        "url": "http://claimx.test/service/cxedirest",
+        "token": TOKEN,
+        "retries": 3,
+        "backoff_base_s": 0.1,
+        "backoff_max_s": 2.0,
+        "max_requests_per_s": 10_000,
+    }
+    values.update(overrides)
+    return ApiSettings(**values)
+
+
+class Recorder:
+    """A MockTransport handler answering from a queue of responses (the last one repeats)."""
+
+    def __init__(self, *responses: httpx.Response | Exception) -> None:
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def client_for(handler, *, sleep=None, **overrides) -> ClaimXApiClient:
+    return ClaimXApiClient(make_settings(**overrides), transport=httpx.MockTransport(handler), sleep=sleep or Sleeps())
+
+
+async def test_the_four_calls_paths_auth_and_unwrapping() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        assert request.headers["Authorization"] == f"Basic {TOKEN}"
+        if path == "/service/cxedirest/export/project/5000001":
+            return httpx.Response(200, json={"data": {"project": {"projectId": 5000001}, "teamMembers": [], "companyName": "C"}})
+        if path == "/service/cxedirest/export/project/5000001/media":
+            assert request.url.params["mediaIds"] == "5000001001,5000001002"
+            return httpx.Response(200, json=[{"mediaID": 5000001001}, {"mediaID": 5000001002}])
+        if path == "/service/cxedirest/customTasks/assignment/5000001003":
+            assert request.url.params["full"] == "true"
+            return httpx.Response(200, json={"assignmentId": 5000001003})
+        if path == "/service/cxedirest/data":
+            assert request.method == "POST"
+            assert json.loads(request.content) == {"reportType": "VIDEO_COLLABORATION", "projectId": 5000001}
+            return httpx.Response(200, json={"data": [{"videoCollaborationId": 5000001001}]})
+        return httpx.Response(418)
+
+    async with client_for(handler) as api:
+        assert (await api.get_project("5000001"))["project"]["projectId"] == 5000001
+        assert [m["mediaID"] for m in await api.get_project_media("5000001", ["5000001001", "5000001002"])] == [5000001001, 5000001002]
+        assert (await api.get_task_assignment("5000001003"))["assignmentId"] == 5000001003
+        assert (await api.get_video_collaborations("5000001"))[0]["videoCollaborationId"] == 5000001001
+        assert api.stats()["calls"] == {"project": 1, "media": 1, "task": 1, "video": 1}
+
+
+async def test_project_without_data_wrapper_and_media_under_data() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            assert "mediaIds" not in request.url.params  # all media when no ids are given
+            return httpx.Response(200, json={"data": [{"mediaID": 1}]})
+        return httpx.Response(200, json={"project": {"projectId": 7}, "teamMembers": []})
+
+    async with client_for(handler) as api:
+        assert (await api.get_project("7"))["project"] == {"projectId": 7}
+        assert await api.get_project_media("7") == [{"mediaID": 1}]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "error_type"),
+    [(401, AuthError, "Unauthorized"), (404, PermanentError, "NotFound"), (400, PermanentError, "Http400"), (422, PermanentError, "Http422")],
+)
+async def test_4xx_is_not_retried(status: int, error: type, error_type: str) -> None:
+    recorder = Recorder(httpx.Response(status, text="nope"))
+    async with client_for(recorder) as api:
+        with pytest.raises(error) as raised:
+            await api.get_project("42")
+    assert raised.value.error_type == error_type
+    assert "/export/project/42" in str(raised.value) and str(status) in str(raised.value)
+    assert len(recorder.requests) == 1
+    assert api.breaker.state == "closed"
+
+
+async def test_5xx_retried_with_jittered_backoff_then_succeeds() -> None:
+    recorder = Recorder(httpx.Response(500), httpx.Response(503), httpx.Response(200, json={"project": {"projectId": 1}}))
+    sleeps = Sleeps()
+    async with client_for(recorder, sleep=sleeps) as api:
+        assert (await api.get_project("1"))["project"]["projectId"] == 1
+    assert len(recorder.requests) == 3
+    assert len(sleeps.delays) == 2
+    assert 0 <= sleeps.delays[0] <= 0.1 and 0 <= sleeps.delays[1] <= 0.2  # full jitter under base * 2^(n-1)
+
+
+async def test_transient_failure_after_the_retries_is_raised() -> None:
+    recorder = Recorder(httpx.Response(502))
+    async with client_for(recorder, retries=2) as api:
+        with pytest.raises(TransientError) as raised:
+            await api.get_task_assignment("9")
+    assert raised.value.error_type == "Http502"
+    assert len(recorder.requests) == 3  # the call and two retries
+
+
+async def test_timeouts_and_connection_errors_are_transient() -> None:
+    recorder = Recorder(httpx.ReadTimeout("slow"), httpx.ConnectError("refused"), httpx.Response(200, json=[]))
+    async with client_for(recorder) as api:
+        assert await api.get_project_media("3") == []
+    assert len(recorder.requests) == 3
+    recorder = Recorder(httpx.ConnectError("refused"))
+    async with client_for(recorder, retries=0) as api:
+        with pytest.raises(TransientError, match="ConnectError") as raised:
+            await api.get_project_media("3")
+    assert raised.value.error_type == "ConnectionError"
+
+
+async def test_429_waits_retry_after_before_retrying() -> None:
+    recorder = Recorder(httpx.Response(429, headers={"Retry-After": "1.5"}), httpx.Response(200, json={"assignmentId": 1}))
+    sleeps = Sleeps()
+    async with client_for(recorder, sleep=sleeps) as api:
+        assert (await api.get_task_assignment("1"))["assignmentId"] == 1
+    assert len(recorder.requests) == 2
+    assert sum(sleeps.delays) >= 1.5  # never sooner than the server asked
+
+
+async def test_429_with_a_long_retry_after_is_raised_not_waited_out() -> None:
+    recorder = Recorder(httpx.Response(429, headers={"Retry-After": "60"}))
+    async with client_for(recorder) as api:
+        with pytest.raises(TransientError) as raised:
+            await api.get_project("1")
+    assert raised.value.retry_after_s == 60 and raised.value.error_type == "RateLimited"
+    assert len(recorder.requests) == 1
+
+
+def test_parse_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == pytest.approx(30)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+async def test_breaker_opens_and_fails_fast_without_calling() -> None:
+    recorder = Recorder(httpx.Response(500))
+    async with client_for(recorder, retries=0, breaker_failure_threshold=3, breaker_cooldown_s=60) as api:
+        for _ in range(3):
+            with pytest.raises(TransientError):
+                await api.get_project("1")
+        assert api.breaker_open
+        with pytest.raises(TransientError, match="circuit open") as raised:
+            await api.get_project("1")
+    assert raised.value.error_type == "CircuitOpen"
+    assert len(recorder.requests) == 3
+
+
+async def test_breaker_half_open_trial_closes_it() -> None:
+    now = [0.0]
+    recorder = Recorder(httpx.Response(500), httpx.Response(500), httpx.Response(200, json={"project": {}}))
+    api = client_for(recorder, retries=0, breaker_failure_threshold=2, breaker_cooldown_s=5)
+    api.breaker.clock = lambda: now[0]
+    async with api:
+        for _ in range(2):
+            with pytest.raises(TransientError):
+                await api.get_project("1")
+        assert api.breaker.state == "open"
+        now[0] = 6.0
+        assert (await api.get_project("1")) == {"project": {}}
+        assert api.breaker.state == "closed"
+
+
+async def test_token_never_appears_in_errors_or_logs() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        echoed = f"bad request from {request.headers['Authorization']} user svc-claimx:{PASSWORD}"
+        if request.url.path.endswith("/media"):
+            raise httpx.ConnectError(f"refused while sending {request.headers['Authorization']}")
+        if request.url.path.endswith("/data"):
+            return httpx.Response(401, text=echoed)
+        if "/customTasks/" in request.url.path:
+            return httpx.Response(503, text=echoed)
+        return httpx.Response(400, text=echoed)
+
+    messages: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        async with client_for(handler, retries=1) as api:
+            for call in (api.get_project("1"), api.get_project_media("1"), api.get_task_assignment("1"), api.get_video_collaborations("1")):
+                with pytest.raises((PermanentError, TransientError, AuthError)) as raised:
+                    await call
+                messages.append(str(raised.value))
+                messages.append(repr(raised.value))
+    text = "\n".join(messages) + "\n" + "\n".join(repr(entry) for entry in logs)
+    assert logs  # retries and the 401 were logged
+    assert TOKEN not in text and PASSWORD not in text
+    assert "***" in messages[0]  # the quoted body was scrubbed, not dropped
+
+
+async def test_concurrency_is_bounded() -> None:
+    state = {"now": 0, "peak": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.01)
+        state["now"] -= 1
+        return httpx.Response(200, json={"assignmentId": 1})
+
+    async with ClaimXApiClient(make_settings(max_concurrency=4), transport=httpx.MockTransport(handler)) as api:
+        await asyncio.gather(*(api.get_task_assignment(str(i)) for i in range(40)))
+    assert state["peak"] == 4
+
+
+async def test_rate_is_bounded() -> None:
+    recorder = Recorder(httpx.Response(200, json={"assignmentId": 1}))
+    async with ClaimXApiClient(make_settings(max_requests_per_s=50, max_concurrency=1), transport=httpx.MockTransport(recorder)) as api:
+        started = time.monotonic()
+        await asyncio.gather(*(api.get_task_assignment(str(i)) for i in range(11)))
+        elapsed = time.monotonic() - started
+    assert elapsed >= 0.19  # burst of 1, then 10 more at 50/s
+
+
+async def test_token_bucket_pause_holds_every_caller() -> None:
+    bucket = TokenBucket(1000, 10)
+    bucket.pause(0.1)
+    started = time.monotonic()
+    await asyncio.gather(*(bucket.acquire() for _ in range(3)))
+    assert time.monotonic() - started >= 0.09
