@@ -1,0 +1,557 @@
+"""The enrichment worker: ClaimX events in, one EntityRowsMessage per event out.
+
+Read top to bottom, one consumed message goes through:
+
+1. `_dispatch`: the offset is tracked (OffsetTracker), the bytes are parsed (a malformed
+   message fails at once), and the event joins its project's queue: it runs concurrently with
+   everything else, but its output is produced only after the project's previous event's.
+2. `_process`: the registered handler fetches what the event needs from the ClaimX API while
+   the ProjectCache verifies the parent project (`handlers.base.EventHandler.handle`).
+3. The rows are produced to the entity-rows topic keyed by project id; a failure is sent where
+   `route_failure` says (for now: the dead-letter topic); an unknown event type is skipped.
+4. Once the broker acknowledged that message, the project's snapshot is confirmed in the cache
+   and the offset is marked done. Offsets are committed every `COMMIT_INTERVAL_S`, on revoke and
+   on shutdown, up to the highest offset below which every message is done.
+
+Every consumed message ends in exactly one outcome: succeeded, skipped or dead_lettered
+(`WorkerCounts.reconciles()`). Up to `settings.enrich.max_in_flight` messages are in flight.
+
+A message that could not be produced at all (the broker is gone) is not finished: the worker
+stops with `WorkerAborted` without committing past it, and its replacement replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
+
+from kafka_pipeline.claimx.api_client import ClaimXApiClient
+from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
+from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
+from kafka_pipeline.claimx.handlers.base import ProjectVerifier
+from kafka_pipeline.claimx.project_cache import ProjectCache, ProjectSnapshot
+from kafka_pipeline.common.config import Settings
+from kafka_pipeline.common.cycle_stats import CycleSnapshot, CycleStats
+from kafka_pipeline.common.dead_letter import dead_letter_for
+from kafka_pipeline.common.errors import PermanentError, PipelineError
+from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.common.offset_tracker import OffsetTracker
+from kafka_pipeline.common.ops_server import OpsServer
+from kafka_pipeline.common.retry import attempt_of
+
+log = get_logger(__name__)
+
+Outcome = Literal["succeeded", "skipped", "dead_lettered"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "dead_lettered")
+
+COMMIT_INTERVAL_S = 0.5
+FETCH_TIMEOUT_MS = 200
+
+# Prometheus series (process-wide registry, served by the OpsServer's /metrics).
+EVENTS = PromCounter("claimx_enrich_events", "Consumed events by outcome and event type.", ["outcome", "event_type"])
+API_CALLS = PromCounter("claimx_api_calls", "ClaimX API requests by kind and outcome (status code or error).", ["kind", "outcome"])
+API_LATENCY = Histogram(
+    "claimx_api_latency_seconds",
+    "ClaimX API request latency by kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+IN_FLIGHT = Gauge("claimx_enrich_in_flight", "Events being processed.", ["worker"])
+COMMITS = PromCounter("claimx_enrich_commits", "Offset commits by result.", ["result"])
+
+
+class WorkerAborted(Exception):
+    """The worker could not hand a message to the broker; it stopped without committing past it."""
+
+
+# --- where a failed event goes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FailureRoute:
+    """A failed message's destination: produce `value` to `topic` and count it as `outcome`."""
+
+    outcome: Outcome
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Settings, trace_id: str | None) -> FailureRoute:
+    """Where a failed event goes. Today every category goes to the dead-letter topic:
+    permanent failures and malformed messages by the contract, transient ones (after the
+    client's in-process retries) and auth failures until the retry scheduler and the pause on
+    401 exist. This is the one function those later changes replace."""
+    letter = dead_letter_for(
+        record,
+        error_type=error.error_type,
+        error_message=str(error),
+        category=error.category,
+        worker=settings.worker.name,
+        attempts=attempt_of(record.headers) + 1,
+        trace_id=trace_id,
+    )
+    return FailureRoute("dead_lettered", settings.kafka.dlq_topic, record.key, letter.to_bytes())
+
+
+# --- counters --------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerCounts:
+    consumed: int = 0
+    in_flight: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, event_type)
+    aborted: int = 0  # could not be produced: the worker stopped
+
+    def finished(self, outcome: Outcome, event_type: str) -> None:
+        self.outcomes[outcome] += 1
+        self.by_type[(outcome, event_type)] += 1
+
+    @property
+    def succeeded(self) -> int:
+        return self.outcomes["succeeded"]
+
+    @property
+    def skipped(self) -> int:
+        return self.outcomes["skipped"]
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.outcomes["dead_lettered"]
+
+    @property
+    def processed(self) -> int:
+        return sum(self.outcomes.values())
+
+    def reconciles(self) -> bool:
+        """Every consumed message is in exactly one outcome, or still in flight."""
+        return self.consumed == self.processed + self.in_flight + self.aborted
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+class EnrichmentWorker:
+    """`await EnrichmentWorker(settings).run(stop_event)` runs until `stop_event` is set.
+
+    `cache` defaults to `ProjectCache.from_settings(settings.cache)`; pass `NoCache()` for the
+    naive baseline. `api_transport` is handed to httpx (tests only).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cache: ProjectVerifier | None = None,
+        api_transport: Any = None,
+        media_window_s: float = 0.005,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.worker.name
+        self.counts = WorkerCounts()
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self._observe_api_call)
+        self.cache: Any = cache if cache is not None else ProjectCache.from_settings(
+            settings.cache, delta=settings.delta, on_background_refresh=self._emit_refreshed_project
+        )
+        self.media = MediaBatcher(self.api, window_s=media_window_s)
+        self.context = HandlerContext(api=self.api, cache=self.cache, media=self.media)
+        self.ops: OpsServer | None = None
+        self.running = False
+        self.auth_failed = False  # the API rejected our credentials and nothing succeeded since
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._assigned: set[TopicPartition] = set()
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        # Per project, the turn of its latest event: an Event set once that event's output was
+        # handed to the producer (or it ended without output), so the next one may go.
+        self._project_tail: dict[str, asyncio.Event] = {}
+        self._slot_freed = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._fatal: BaseException | None = None
+        self._stats: CycleStats | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Consume until `stop_event` is set, then drain in-flight work and commit.
+
+        Raises WorkerAborted when a message could not be produced (after committing what is done)."""
+        kafka = self.settings.kafka
+        await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.dlq_topic])
+        self._producer = make_producer(kafka)
+        self._consumer = make_consumer(
+            kafka, group_id=self.settings.enrich.group_id, max_poll_records=self.settings.enrich.max_in_flight
+        )
+        self._consumer.subscribe([kafka.events_topic], listener=_RebalanceListener(self))
+        stats_stop = asyncio.Event()
+        stats_task: asyncio.Task[None] | None = None
+        try:
+            if hasattr(self.cache, "start"):
+                await self.cache.start()
+            await self._producer.start()
+            await self._consumer.start()
+            if self.settings.worker.http_port:
+                self.ops = OpsServer(
+                    self.settings.worker.http_host,
+                    self.settings.worker.http_port,
+                    readiness={"consumer": self._consumer_ready, "claimx_api": self._api_ready, **self._cache_readiness()},
+                )
+                await self.ops.start()
+            self.running = True
+            self._stats = CycleStats(self._sample, interval_s=self.settings.enrich.stats_interval_s)
+            stats_task = asyncio.create_task(self._stats.loop(stats_stop), name="cycle-stats")
+            log.info(
+                "enrichment worker started",
+                topic=kafka.events_topic,
+                group=self.settings.enrich.group_id,
+                max_in_flight=self.settings.enrich.max_in_flight,
+                handlers=len(HANDLERS),
+                ops_port=self.ops.port if self.ops else None,
+            )
+            await self._consume(stop_event)
+            await self._drain(self.settings.worker.shutdown_grace_s)
+        finally:
+            self.running = False
+            stats_stop.set()
+            if stats_task is not None and self._stats is not None:
+                await stats_task
+                self._stats.tick()  # the last, partial cycle
+            await self._close()
+        if self._fatal is not None:
+            raise WorkerAborted(f"stopped: a message could not be produced: {self._fatal}") from self._fatal
+        log.info("enrichment worker stopped", **self.summary())
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._commit()
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if hasattr(self.cache, "close"):
+            await self.cache.close()
+        await self.api.aclose()
+        if self.ops is not None:
+            await self.ops.stop()
+        with contextlib.suppress(KeyError):
+            IN_FLIGHT.remove(self.name)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "consumed": c.consumed,
+            "succeeded": c.succeeded,
+            "skipped": c.skipped,
+            "dead_lettered": c.dead_lettered,
+            "in_flight": c.in_flight,
+            "reconciled": c.reconciles(),
+            "api_calls": dict(self.api.calls),
+        }
+
+    # --- the consume loop --------------------------------------------------------------------
+
+    async def _consume(self, stop_event: asyncio.Event) -> None:
+        assert self._consumer is not None
+        limit = self.settings.enrich.max_in_flight
+        next_commit = time.monotonic() + COMMIT_INTERVAL_S
+        while not stop_event.is_set() and self._fatal is None:
+            free = limit - self.counts.in_flight
+            if free <= 0:
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), 0.2)
+            else:
+                batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=free)
+                for tp, records in batches.items():
+                    for record in records:
+                        if tp in self._assigned:  # revoked while we held it: the next owner reads it
+                            self._dispatch(tp, record)
+            if time.monotonic() >= next_commit:
+                await self._commit()
+                next_commit = time.monotonic() + COMMIT_INTERVAL_S
+
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        self.tracker.track(tp, record.offset)
+        self.counts.consumed += 1
+        self.counts.in_flight += 1
+        IN_FLIGHT.labels(self.name).set(self.counts.in_flight)
+        event: ClaimXEvent | None = None
+        error: PermanentError | None = None
+        try:
+            event = parse_event(record.value)
+        except PermanentError as exc:
+            error = exc
+        previous: asyncio.Event | None = None
+        turn = asyncio.Event()
+        if event is not None:
+            previous = self._project_tail.get(event.project_id)
+            self._project_tail[event.project_id] = turn
+        task = asyncio.create_task(self._run_one(tp, record, event, error, previous, turn))
+        self._tasks[tp].add(task)
+        task.add_done_callback(self._tasks[tp].discard)
+
+    async def _run_one(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord,
+        event: ClaimXEvent | None,
+        parse_error: PermanentError | None,
+        previous: asyncio.Event | None,
+        turn: asyncio.Event,
+    ) -> None:
+        event_type = _type_label(event)
+        try:
+            outcome = await self._process(record, event, parse_error, previous, turn)
+        except WorkerAborted as exc:
+            self.counts.aborted += 1
+            if self._fatal is None:
+                self._fatal = exc.__cause__ or exc
+                log.error("cannot produce to the broker: stopping", error=str(self._fatal), topic=record.topic, offset=record.offset)
+            return
+        finally:
+            turn.set()
+            if event is not None and self._project_tail.get(event.project_id) is turn:
+                del self._project_tail[event.project_id]
+            self.counts.in_flight -= 1
+            IN_FLIGHT.labels(self.name).set(self.counts.in_flight)
+            self._slot_freed.set()
+        self.counts.finished(outcome, event_type)
+        EVENTS.labels(outcome, event_type).inc()
+        self.tracker.done(tp, record.offset)
+
+    async def _process(
+        self,
+        record: ConsumerRecord,
+        event: ClaimXEvent | None,
+        parse_error: PermanentError | None,
+        previous: asyncio.Event | None,
+        turn: asyncio.Event,
+    ) -> Outcome:
+        if event is None:
+            assert parse_error is not None
+            log.warning("malformed event", reason=str(parse_error), topic=record.topic, partition=record.partition, offset=record.offset)
+            return await self._fail(record, parse_error, None)
+        handler = handler_for(event.event_type)
+        if handler is None:
+            log.info("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
+            await _wait(previous)  # keeps the project's line intact for the events behind it
+            return "skipped"
+        try:
+            result = await handler.handle(event, self.context)
+        except PipelineError as exc:
+            await _wait(previous)
+            return await self._fail(record, exc, event)
+        except Exception as exc:  # noqa: BLE001 - a bug in a handler must not stop the worker
+            log.exception("handler failed unexpectedly", event_type=event.event_type, trace_id=event.trace_id)
+            await _wait(previous)
+            return await self._fail(record, PermanentError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__), event)
+        message = EntityRowsMessage(
+            trace_id=event.trace_id,
+            event_type=event.event_type,
+            project_id=event.project_id,
+            event_time=event.event_time,
+            rows=result.rows,
+        )
+        await _wait(previous)  # one project's messages go out in offset order
+        try:
+            await self._produce(self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn)
+        except PermanentError as exc:  # e.g. rows too large for the topic
+            if result.carries_project:
+                self.cache.abandon(event.project_id)
+            return await self._fail(record, exc, event)
+        except WorkerAborted:
+            if result.carries_project:
+                self.cache.abandon(event.project_id)
+            raise
+        if result.carries_project:
+            self.cache.confirm(event.project_id)
+        self.auth_failed = False
+        return "succeeded"
+
+    async def _fail(self, record: ConsumerRecord, error: PipelineError, event: ClaimXEvent | None) -> Outcome:
+        trace_id = event.trace_id if event is not None else None
+        if error.category == "auth":
+            self.auth_failed = True
+            log.error(
+                "CLAIMX API REJECTED OUR CREDENTIALS (401): events are being dead-lettered; fix CLAIMX_API_TOKEN",
+                error=str(error),
+                trace_id=trace_id,
+            )
+        else:
+            log.warning(
+                "event failed",
+                category=error.category,
+                error_type=error.error_type,
+                error=str(error),
+                event_type=event.event_type if event else None,
+                trace_id=trace_id,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        route = route_failure(record, error, settings=self.settings, trace_id=trace_id)
+        try:
+            await self._produce(route.topic, route.value, route.key, headers=route.headers)
+        except PermanentError as exc:
+            raise WorkerAborted(f"the failure of offset {record.offset} could not be routed: {exc}") from exc
+        return route.outcome
+
+    async def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+        turn: asyncio.Event | None = None,
+    ) -> None:
+        """Hand the message to the producer (then `turn` lets the project's next event go) and
+        wait for the broker's ack."""
+        assert self._producer is not None
+        try:
+            try:
+                delivery = await self._producer.send(topic, value=value, key=key, headers=headers or None)
+            finally:
+                if turn is not None:
+                    turn.set()
+            await delivery
+        except MessageSizeTooLargeError as exc:
+            raise PermanentError(f"message of {len(value)} bytes too large for {topic}: {exc}", error_type="MessageTooLarge") from None
+        except KafkaError as exc:
+            raise WorkerAborted(f"produce to {topic} failed: {exc}") from exc
+
+    async def _emit_refreshed_project(self, snapshot: ProjectSnapshot) -> None:
+        """The cache refreshed a stale project in the background: write its rows like an event's."""
+        now = datetime.now(UTC)
+        message = EntityRowsMessage(
+            trace_id=derive_trace_id(snapshot.project_id, "PROJECT_REFRESHED", now),
+            event_type="PROJECT_REFRESHED",
+            project_id=snapshot.project_id,
+            event_time=now,
+            rows=snapshot.rows,
+        )
+        try:
+            await self._produce(self.settings.kafka.entity_rows_topic, message.to_bytes(), snapshot.project_id.encode())
+        except WorkerAborted as exc:
+            raise PermanentError(str(exc), error_type="ProduceFailed") from None
+
+    # --- offsets and rebalances ---------------------------------------------------------------
+
+    async def _commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        if self._consumer is None:
+            return
+        async with self._commit_lock:
+            chosen = self._assigned if partitions is None else set(partitions)
+            positions = self.tracker.committable(chosen)
+            if not positions:
+                return
+            try:
+                await self._consumer.commit(positions)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                COMMITS.labels("failed").inc()
+                log.warning("offset commit failed; the next owner re-reads from the last commit", error=str(exc))
+                return
+            COMMITS.labels("ok").inc()
+            self.tracker.mark_committed(positions)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before giving partitions away: let their in-flight events finish (bounded), commit
+        what is done, forget the rest (the next owner replays it)."""
+        self._assigned -= revoked
+        pending = [task for tp in revoked for task in self._tasks.get(tp, ())]
+        if pending:
+            log.info("rebalance: finishing in-flight events of revoked partitions", partitions=len(revoked), in_flight=len(pending))
+            await asyncio.wait(pending, timeout=self.settings.worker.shutdown_grace_s)
+        await self._commit(revoked)
+        self.tracker.drop(revoked)
+        for tp in revoked:
+            self._tasks.pop(tp, None)
+        log.info("partitions revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned |= assigned
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    async def _drain(self, timeout_s: float) -> None:
+        pending = [task for tasks in self._tasks.values() for task in tasks]
+        if pending:
+            log.info("draining in-flight events", in_flight=len(pending))
+            done, still = await asyncio.wait(pending, timeout=timeout_s)
+            if still:
+                log.warning("in-flight events did not finish in time; they will be replayed", unfinished=len(still))
+                for task in still:
+                    task.cancel()
+                await asyncio.wait(still, timeout=5)
+        await self._commit()
+
+    # --- observability ------------------------------------------------------------------------
+
+    def _observe_api_call(self, kind: str, outcome: str, seconds: float) -> None:
+        API_CALLS.labels(kind, outcome).inc()
+        if outcome not in ("circuit_open",):
+            API_LATENCY.labels(kind).observe(seconds)
+
+    def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
+        return self.running, {"assigned_partitions": len(self._assigned), "in_flight": self.counts.in_flight}
+
+    def _api_ready(self) -> tuple[bool, dict[str, Any]]:
+        state = self.api.breaker.state
+        return state != "open" and not self.auth_failed, {"breaker": state, "auth_failed": self.auth_failed}
+
+    def _cache_readiness(self) -> dict[str, Any]:
+        check = getattr(self.cache, "readiness", None)
+        return {"project_cache": check} if check is not None else {}
+
+    def _sample(self) -> CycleSnapshot:
+        gauges: dict[str, Any] = {"in_flight": self.counts.in_flight}
+        stats = self.cache.stats() if hasattr(self.cache, "stats") else None
+        if stats is not None:
+            gauges["project_cache_size"] = stats.size
+            gauges["hit_rate"] = float(stats.hit_rate)
+        return CycleSnapshot(
+            succeeded=self.counts.succeeded,
+            failed=self.counts.dead_lettered,
+            skipped=self.counts.skipped,
+            api_calls=sum(self.api.calls.values()),
+            gauges=gauges,
+        )
+
+
+class _RebalanceListener(ConsumerRebalanceListener):
+    def __init__(self, worker: EnrichmentWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.worker._on_revoked(set(revoked))  # noqa: SLF001
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.worker._on_assigned(set(assigned))  # noqa: SLF001
+
+
+async def _wait(turn: asyncio.Event | None) -> None:
+    if turn is not None:
+        await turn.wait()
+
+
+def _type_label(event: ClaimXEvent | None) -> str:
+    """A bounded label: known types by name, the rest as `other`, unparsed messages as `malformed`."""
+    if event is None:
+        return "malformed"
+    return event.event_type if event.event_type in HANDLERS else "other"

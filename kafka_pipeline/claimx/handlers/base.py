@@ -1,0 +1,156 @@
+"""The handler registry and what every handler shares: project verification, request coalescing.
+
+A handler is a small class registered for one or more event types:
+
+    @register
+    class MediaHandler(EventHandler):
+        event_types = ("PROJECT_FILE_ADDED",)
+
+        async def child_rows(self, event, ctx):
+            item = await ctx.media.fetch(event.project_id, event.media_id)
+            return transforms.media_rows([item], event.project_id)
+
+`EventHandler.handle` runs the handler's own fetch and the parent project's verification
+("ensure the project", through the ProjectCache) concurrently and returns every row the event
+produces: its own rows, the `claimx_events` audit row and, unless the cache answered `hit`, the
+project's snapshot rows. The caller confirms (after the broker ack) or abandons the project
+when `HandlerResult.carries_project` is true.
+
+`handler_for(event_type)` is None for types no handler knows: those events are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from kafka_pipeline.claimx import transforms
+from kafka_pipeline.claimx.api_client import ClaimXApiClient
+from kafka_pipeline.claimx.events import ClaimXEvent
+from kafka_pipeline.claimx.project_cache import ProjectSnapshot, Verification
+from kafka_pipeline.claimx.transforms import Rows
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ProjectVerifier(Protocol):
+    """What the handlers need of the ProjectCache (NoCache implements it too)."""
+
+    async def verify(self, project_id: str, load: Callable[[], Awaitable[ProjectSnapshot]], *, refresh: bool = False) -> Verification: ...
+
+    def confirm(self, project_id: str) -> None: ...
+
+    def abandon(self, project_id: str) -> None: ...
+
+
+class SingleFlight(Generic[K, V]):
+    """Concurrent calls for one key share one call; nothing is kept once it finished."""
+
+    def __init__(self) -> None:
+        self._flights: dict[K, asyncio.Future[V]] = {}
+        self.shared = 0  # calls answered by another caller's flight
+
+    async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(call())
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done, key=key: self._finished(key, done))
+        else:
+            self.shared += 1
+        return await asyncio.shield(flight)
+
+    def _finished(self, key: K, flight: asyncio.Future[V]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # seen: every waiter got it, or no waiter is left to get it
+
+
+@dataclass
+class HandlerContext:
+    """The per-worker services handlers use."""
+
+    api: ClaimXApiClient
+    cache: ProjectVerifier
+    media: Any  # handlers.media.MediaBatcher (typed loosely to keep the import graph flat)
+    tasks: SingleFlight[str, dict[str, Any]] = field(default_factory=SingleFlight)
+    videos: SingleFlight[str, list[dict[str, Any]]] = field(default_factory=SingleFlight)
+
+    async def load_project(self, project_id: str) -> ProjectSnapshot:
+        """The loader handed to the cache: one export call -> the project's rows.
+
+        A 404 raises PermanentError(error_type="NotFound") (from the client), which the cache
+        remembers as absent for a while."""
+        body = await self.api.get_project(project_id)
+        return ProjectSnapshot(project_id, transforms.project_rows(body, project_id))
+
+    async def verify_project(self, project_id: str, *, refresh: bool = False) -> Verification:
+        return await self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
+
+
+@dataclass
+class HandlerResult:
+    rows: Rows
+    verification: Verification | None = None
+
+    @property
+    def carries_project(self) -> bool:
+        """The rows include the project's snapshot: confirm it after the ack, abandon on failure."""
+        return self.verification is not None and self.verification.snapshot is not None
+
+
+class EventHandler:
+    """Base class: subclasses set `event_types` and implement `child_rows`."""
+
+    event_types: ClassVar[tuple[str, ...]] = ()
+    ensure_project: ClassVar[bool] = True  # verify the parent project through the cache
+    refresh_project: ClassVar[bool] = False  # always load the project (PROJECT_CREATED)
+
+    async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
+        raise NotImplementedError
+
+    async def handle(self, event: ClaimXEvent, ctx: HandlerContext) -> HandlerResult:
+        if not self.ensure_project:
+            return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event)))
+        verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=self.refresh_project))
+        try:
+            own = await self.child_rows(event, ctx)
+            child_error: BaseException | None = None
+        except Exception as exc:  # noqa: BLE001 - decided below, once the verification settled
+            own, child_error = {}, exc
+        except asyncio.CancelledError:
+            verifying.cancel()
+            raise
+        # A missing project explains the event's failure better than its child call does.
+        verification = await verifying
+        if child_error is not None:
+            if verification.snapshot is not None:
+                ctx.cache.abandon(event.project_id)
+            raise child_error
+        project_rows = verification.snapshot.rows if verification.snapshot is not None else {}
+        return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event)), verification)
+
+
+HANDLERS: dict[str, EventHandler] = {}
+
+H = TypeVar("H", bound=type[EventHandler])
+
+
+def register(handler_class: H) -> H:
+    """Class decorator: one instance handles every type in `event_types`."""
+    if not handler_class.event_types:
+        raise ValueError(f"{handler_class.__name__} declares no event_types")
+    instance = handler_class()
+    for event_type in handler_class.event_types:
+        if event_type in HANDLERS:
+            raise ValueError(f"{event_type} already handled by {type(HANDLERS[event_type]).__name__}")
+        HANDLERS[event_type] = instance
+    return handler_class
+
+
+def handler_for(event_type: str) -> EventHandler | None:
+    return HANDLERS.get(event_type)

@@ -1,0 +1,94 @@
+"""Parsing ClaimX events: both name styles, ids as strings, UTC timestamps, the trace id, and
+precise reasons for malformed messages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
+from kafka_pipeline.common.errors import PermanentError
+
+
+def raw(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_snake_and_camel_case_give_the_same_event() -> None:
+    snake = parse_event(raw(event_type="PROJECT_FILE_ADDED", project_id="5000001", ingested_at="2026-01-05T14:03:07Z", media_id="5000001004"))
+    camel = parse_event(raw(eventType="PROJECT_FILE_ADDED", projectId=5000001, ingestedAt="2026-01-05T14:03:07Z", mediaId=5000001004))
+    assert snake == camel
+    assert camel.project_id == "5000001" and camel.media_id == "5000001004"
+    assert camel.ingested_at == datetime(2026, 1, 5, 14, 3, 7, tzinfo=UTC)
+
+
+def test_ids_are_always_strings() -> None:
+    event = parse_event(raw(event_type="CUSTOM_TASK_ASSIGNED", project_id=5000001.0, ingested_at="2026-01-05T14:03:07",
+                            task_assignment_id=5000001002, video_collaboration_id="  77 ", event_id=123))
+    assert (event.project_id, event.task_assignment_id, event.video_collaboration_id, event.event_id) == ("5000001", "5000001002", "77", "123")
+
+
+@pytest.mark.parametrize("stamp", ["2026-01-05T14:03:07", "2026-01-05T14:03:07Z", "2026-01-05T14:03:07+00:00", "2026-01-05T09:03:07-05:00"])
+def test_naive_is_utc_and_every_form_of_one_instant_has_one_trace_id(stamp: str) -> None:
+    event = parse_event(raw(event_type="PROJECT_CREATED", project_id=1, ingested_at=stamp))
+    assert event.ingested_at == datetime(2026, 1, 5, 14, 3, 7, tzinfo=UTC)
+    assert event.ingested_at.tzinfo is UTC
+    expected = hashlib.sha256(b"1|PROJECT_CREATED|2026-01-05T14:03:07+00:00").hexdigest()
+    assert event.trace_id == expected
+
+
+def test_trace_id_appends_each_optional_id_in_contract_order() -> None:
+    event = parse_event(raw(event_type="X", project_id=9, ingested_at="2026-01-05T14:03:07.25Z", media_id=1,
+                            task_assignment_id=2, video_collaboration_id=3, master_file_name="TX26-1"))
+    text = "9|X|2026-01-05T14:03:07.250000+00:00|media:1|task:2|video:3|file:TX26-1"
+    assert event.trace_id == hashlib.sha256(text.encode()).hexdigest()
+    assert derive_trace_id("9", "X", datetime(2026, 1, 5, 14, 3, 7, 250000), media_id="1", task_assignment_id="2",
+                           video_collaboration_id="3", master_file_name="TX26-1") == event.trace_id
+
+
+def test_trace_id_is_the_event_id_when_given_and_stable_on_replay() -> None:
+    assert parse_event(raw(event_type="X", project_id=1, ingested_at="2026-01-01T00:00:00Z", event_id="evt-42")).trace_id == "evt-42"
+    body = raw(event_type="PROJECT_CREATED", project_id=1, ingested_at="2026-01-01T00:00:00Z")
+    assert parse_event(body).trace_id == parse_event(body).trace_id
+
+
+def test_model_validate_accepts_camel_case_too() -> None:
+    event = ClaimXEvent.model_validate({"eventType": "PROJECT_CREATED", "projectId": 5, "ingestedAt": "2026-01-01T00:00:00"})
+    assert event.project_id == "5" and event.ingested_at.tzinfo is not None
+    assert "trace_id" in event.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON: "),
+        (b"\xff\xfe", "not JSON: "),
+        (None, "not JSON: empty message"),
+        (b"[1, 2]", "not a JSON object: got list"),
+        (raw(project_id=1, ingested_at="2026-01-01T00:00:00Z"), "missing field event_type"),
+        (raw(event_type="PROJECT_CREATED", ingested_at="2026-01-01T00:00:00Z"), "missing field project_id"),
+        (raw(event_type="PROJECT_CREATED", project_id="", ingested_at="2026-01-01T00:00:00Z"), "missing field project_id"),
+        (raw(event_type="PROJECT_CREATED", project_id=1), "missing field ingested_at"),
+        (raw(event_type="PROJECT_CREATED", project_id=1, ingested_at="x"), "ingested_at: unparseable timestamp 'x'"),
+        (raw(event_type="PROJECT_CREATED", project_id=1, ingested_at=1735689600), "ingested_at: unparseable timestamp 1735689600"),
+        (raw(event_type="PROJECT_CREATED", project_id=True, ingested_at="2026-01-01T00:00:00Z"), "project_id: expected an id"),
+        (raw(event_type="PROJECT_CREATED", project_id=1.5, ingested_at="2026-01-01T00:00:00Z"), "project_id: expected an integer id"),
+        (raw(event_type="PROJECT_FILE_ADDED", project_id=1, ingested_at="2026-01-01T00:00:00Z"), "PROJECT_FILE_ADDED requires media_id"),
+        (raw(event_type="CUSTOM_TASK_COMPLETED", project_id=1, ingested_at="2026-01-01T00:00:00Z"), "CUSTOM_TASK_COMPLETED requires task_assignment_id"),
+        (raw(event_type="PROJECT_MFN_ADDED", project_id=1, ingested_at="2026-01-01T00:00:00Z"), "PROJECT_MFN_ADDED requires master_file_name"),
+    ],
+)
+def test_malformed_messages_are_permanent_with_a_precise_reason(body: bytes | None, reason: str) -> None:
+    with pytest.raises(PermanentError) as raised:
+        parse_event(body)
+    assert str(raised.value).startswith(reason)
+    assert raised.value.error_type == "MalformedEvent" and raised.value.category == "permanent"
+
+
+def test_unknown_types_and_optional_video_id_parse() -> None:
+    assert parse_event(raw(event_type="SOMETHING_NEW", project_id=1, ingested_at="2026-01-01T00:00:00Z")).event_type == "SOMETHING_NEW"
+    video = parse_event(raw(event_type="VIDEO_COLLABORATION_COMPLETED", project_id=1, ingested_at="2026-01-01T00:00:00Z"))
+    assert video.video_collaboration_id is None
