@@ -155,6 +155,7 @@ def _valid_events(rng: random.Random, n: int, pids: list[int], seed: int | str, 
         project = rng.choices(pids, weights=weights)[0]
         slots.append((rng.uniform(opened[project], 1.0), 1 + i, project, event_type))
     slots.sort()
+    _assign_before_complete(slots)
 
     state = {p: _ProjectState(p) for p in pids}
     moment = start
@@ -165,6 +166,26 @@ def _valid_events(rng: random.Random, n: int, pids: list[int], seed: int | str, 
         event.update(state[project].child_fields(rng, event_type, seed))
         events.append(event)
     return events
+
+
+def _assign_before_complete(slots: list[tuple[float, int, int, str]]) -> None:
+    """Within each project, swap task event types so that a completion follows an assignment
+    whenever the project has one left to come (the counts per project and type stay the same)."""
+    task_slots: dict[int, list[int]] = {}
+    for index, (_, _, project, event_type) in enumerate(slots):
+        if event_type.startswith("CUSTOM_TASK_"):
+            task_slots.setdefault(project, []).append(index)
+    for indices in task_slots.values():
+        types = [slots[i][3] for i in indices]
+        open_tasks = 0
+        for k, event_type in enumerate(types):
+            if event_type == "CUSTOM_TASK_COMPLETED" and open_tasks == 0:
+                later = next((j for j in range(k + 1, len(types)) if types[j] == "CUSTOM_TASK_ASSIGNED"), None)
+                if later is not None:
+                    types[k], types[later] = types[later], types[k]
+            open_tasks += 1 if types[k] == "CUSTOM_TASK_ASSIGNED" else -1 if open_tasks else 0
+        for i, event_type in zip(indices, types, strict=True):
+            slots[i] = (*slots[i][:3], event_type)
 
 
 class _ProjectState:
