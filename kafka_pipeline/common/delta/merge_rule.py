@@ -1,0 +1,259 @@
+"""The merge rule, as Arrow computations and Delta MERGE expressions.
+
+The rule (claimx-domain.md, section 3) for a key and a column: the table holds the value of the
+row with the latest `event_time` that had a non-null value there; a null never erases; ties on
+`event_time` go to the later arrival; `event_time` becomes the larger, `created_at` is kept from
+the first insert, `trace_id` comes with the newest row.
+
+Why a column clock. Deciding "newest non-null wins" per column needs the event time of the
+value each column currently holds, and that is not the row's `event_time` once a newer row with
+nulls has passed by: after `t=1 {status: open}` and `t=3 {status: null}`, a late `t=2
+{status: closed}` must win, but `source.event_time >= target.event_time` (2 >= 3) says no. A
+row-level MERGE expression therefore makes the table depend on arrival order. The contract's
+table schema has no room for per-column times, so every entity table has a companion *clock
+table* (same merge key, `event_time`, and one timestamp per value column) that holds them. The
+writer reads the clocks of a batch's keys, decides per column which source values win (the
+`CASE WHEN source.c IS NOT NULL AND (target.c IS NULL OR source.time_c >= target.time_c)` rule,
+evaluated with per-column times), and sends the entity table a pre-resolved source whose losing
+values are null, so the MERGE there is `coalesce(source.c, target.c)`.
+
+Clock encoding, chosen so that a clock table compresses to almost nothing: a clock cell is
+null when the column's value came from the row's newest event (its time is the row's
+`event_time`), `NO_VALUE` when the column holds null, and the value's event time otherwise.
+
+Everything here is pure (pyarrow in, pyarrow out) and does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# Bookkeeping columns the writer carries beside a batch's rows (never written to a table).
+SEQ = "__kp_seq"  # arrival order inside a batch (Kafka offset order within a partition)
+APP = "__kp_app"  # Delta app transaction id of the row's source partition
+OFFSET = "__kp_offset"  # the row's Kafka offset
+NEWEST = "__kp_newest"  # in a MERGE source: the source row is the key's newest event
+_CLOCK = "__kp_clock__"  # in a combined batch: event time (µs) of column c's value
+_OLD = "__kp_old__"  # clock columns joined beside a combined batch
+
+# Clock cell meaning "the column holds null" (0001-01-01T00:00:00Z in microseconds).
+NO_VALUE_US = -62_135_596_800_000_000
+NO_VALUE = datetime(1, 1, 1, tzinfo=UTC)
+
+
+class TableContract(Protocol):
+    """What the merge needs to know about a table (`kafka_pipeline.claimx.schemas.TableSpec`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def merge_keys(self) -> tuple[str, ...]: ...
+
+    @property
+    def schema(self) -> pa.Schema: ...
+
+    @property
+    def value_columns(self) -> list[str]: ...
+
+
+def has_trace_column(spec: TableContract) -> bool:
+    """Whether `trace_id` is metadata (every table but the events log, where it is the key)."""
+    return "trace_id" not in spec.merge_keys
+
+
+def input_schema(spec: TableContract) -> pa.Schema:
+    """The rows a writer accepts: keys, value columns, `trace_id`, `event_time`, bookkeeping."""
+    fields = [spec.schema.field(name) for name in (*spec.merge_keys, *spec.value_columns)]
+    if has_trace_column(spec):
+        fields.append(pa.field("trace_id", pa.string(), nullable=False))
+    fields += [
+        pa.field("event_time", TIMESTAMP, nullable=False),
+        pa.field(SEQ, pa.int64(), nullable=False),
+        pa.field(APP, pa.string(), nullable=False),
+        pa.field(OFFSET, pa.int64(), nullable=False),
+    ]
+    return pa.schema(fields)
+
+
+def clock_schema(spec: TableContract) -> pa.Schema:
+    """Schema of a table's clock table."""
+    keys = [spec.schema.field(name) for name in spec.merge_keys]
+    return pa.schema(
+        [*keys, pa.field("event_time", TIMESTAMP, nullable=False)]
+        + [pa.field(name, TIMESTAMP) for name in spec.value_columns]
+    )
+
+
+def _typed_null(type_: pa.DataType) -> pa.Scalar:
+    return pa.scalar(None, type_)
+
+
+def combine(spec: TableContract, rows: pa.Table) -> pa.Table:
+    """Fold a batch's rows into one row per key by the merge rule.
+
+    `rows` has the columns of `input_schema(spec)` (bookkeeping beyond `SEQ` is ignored). The
+    result has the keys, every value column with its newest non-null value, `_CLOCK + c` with
+    that value's event time in microseconds (null when every row had null), `event_time` (µs,
+    the newest) and `trace_id` (of the newest row; ties go to the later arrival).
+    """
+    keys = list(spec.merge_keys)
+    event_us = pc.cast(rows["event_time"], pa.int64())
+    null_us = _typed_null(pa.int64())
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {key: rows[key] for key in keys}
+    for name in spec.value_columns:
+        columns[name] = rows[name]
+        columns[_CLOCK + name] = pc.if_else(pc.is_valid(rows[name]), event_us, null_us)
+    columns["event_time"] = event_us
+    if has_trace_column(spec):
+        columns["trace_id"] = rows["trace_id"]
+    columns[SEQ] = rows[SEQ]
+    ordered = pa.table(columns).sort_by([("event_time", "ascending"), (SEQ, "ascending")])
+    carried = [name for name in ordered.column_names if name not in keys and name != SEQ]
+    # `last` skips nulls, and the input is in (event_time, arrival) order: per key it picks the
+    # newest non-null value of each column, and beside it that value's event time.
+    folded = ordered.group_by(keys, use_threads=False).aggregate([(name, "last") for name in carried])
+    return folded.rename_columns([name.removesuffix("_last") for name in folded.column_names])
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A combined batch resolved against the clocks the tables already hold.
+
+    `clock_rows`: the clock table's new rows for the keys that change (clock-table schema).
+    `source`: the entity-table MERGE source for the same keys: losing values are null, so the
+    update is `coalesce(source.c, target.c)` (see `merge_expressions`).
+    """
+
+    clock_rows: pa.Table
+    source: pa.Table
+
+    @property
+    def changed(self) -> int:
+        return self.source.num_rows
+
+
+def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, now: datetime) -> Resolution:
+    """Decide per key and column which of `combined`'s values win over the stored `clocks`.
+
+    `clocks` holds clock-table rows for (some of) `combined`'s keys; a key without one is new.
+    A source value wins when it is non-null and the stored column is null or not newer (ties go
+    to the source: across batches the later one wins). Keys where nothing changes are dropped,
+    so replaying rows the tables already hold older values for is a no-op.
+    """
+    keys = list(spec.merge_keys)
+    if clocks is None or clocks.num_rows == 0:
+        clocks = clock_schema(spec).empty_table()
+    renamed = clocks.rename_columns([n if n in keys else _OLD + n for n in clocks.column_names])
+    joined = combined.join(renamed, keys, join_type="left outer", use_threads=False)
+
+    null_us = _typed_null(pa.int64())
+    src_row_us = joined["event_time"]
+    old_row_us = pc.cast(joined[_OLD + "event_time"], pa.int64())
+    is_new_key = pc.is_null(old_row_us)
+    newest = pc.or_(is_new_key, pc.fill_null(pc.greater_equal(src_row_us, old_row_us), False))
+    new_row_us = pc.if_else(is_new_key, src_row_us, pc.max_element_wise(src_row_us, old_row_us))
+    any_taken = newest
+
+    clock_columns: dict[str, pa.ChunkedArray] = {}
+    source_columns: dict[str, pa.ChunkedArray] = {}
+    for name in spec.value_columns:
+        old_cell = pc.cast(joined[_OLD + name], pa.int64())
+        # The stored value's event time; null when the key is new or the column holds null.
+        old_us = pc.if_else(
+            is_new_key,
+            null_us,
+            pc.if_else(pc.is_null(old_cell), old_row_us, pc.if_else(pc.equal(old_cell, NO_VALUE_US), null_us, old_cell)),
+        )
+        src_us = joined[_CLOCK + name]
+        taken = pc.fill_null(
+            pc.and_kleene(pc.is_valid(src_us), pc.or_kleene(pc.is_null(old_us), pc.greater_equal(src_us, old_us))),
+            False,
+        )
+        any_taken = pc.or_(any_taken, taken)
+        new_us = pc.if_else(taken, src_us, old_us)
+        clock_columns[name] = pc.if_else(
+            pc.is_null(new_us), NO_VALUE_US, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
+        )
+        source_columns[name] = pc.if_else(taken, joined[name], _typed_null(joined.schema.field(name).type))
+
+    changed = joined.filter(any_taken)
+    keep = lambda column: pc.filter(column, any_taken)  # noqa: E731 - local shorthand
+
+    clock_rows = pa.table(
+        {
+            **{key: changed[key] for key in keys},
+            "event_time": pc.cast(keep(new_row_us), TIMESTAMP),
+            **{name: pc.cast(keep(clock_columns[name]), TIMESTAMP) for name in spec.value_columns},
+        },
+        schema=clock_schema(spec),
+    )
+
+    now_column = pa.array([now] * changed.num_rows, TIMESTAMP)
+    source: dict[str, pa.ChunkedArray | pa.Array] = {key: changed[key] for key in keys}
+    for name in spec.value_columns:
+        source[name] = keep(source_columns[name])
+    if has_trace_column(spec):
+        source["trace_id"] = changed["trace_id"]
+    source["event_time"] = pc.cast(changed["event_time"], TIMESTAMP)
+    source["created_at"] = now_column
+    source["updated_at"] = now_column
+    source[NEWEST] = keep(newest)
+    return Resolution(clock_rows=clock_rows, source=pa.table(source))
+
+
+def overlay(spec: TableContract, clocks: pa.Table | None, updates: pa.Table) -> pa.Table:
+    """`clocks` with the rows of `updates` replacing those of the same keys."""
+    if clocks is None or clocks.num_rows == 0:
+        return updates
+    if updates.num_rows == 0:
+        return clocks
+    keys = list(spec.merge_keys)
+    kept = clocks.join(updates.select(keys), keys, join_type="left anti", use_threads=False)
+    return pa.concat_tables([kept.select(updates.column_names).cast(updates.schema), updates])
+
+
+@dataclass(frozen=True)
+class MergeExpressions:
+    predicate: str
+    updates: dict[str, str]
+    inserts: dict[str, str]
+
+
+SOURCE_ALIAS = "s"
+TARGET_ALIAS = "t"
+
+
+def merge_expressions(spec: TableContract) -> MergeExpressions:
+    """The entity-table MERGE for a `resolve()`d source.
+
+    Per value column `coalesce(s.c, t.c)`: the source holds a value only where it wins, so a
+    null never erases and an older value only fills a null. `event_time` becomes the larger,
+    `trace_id` follows the newest row, `created_at` is never updated, `updated_at` is the write.
+    """
+    s, t = SOURCE_ALIAS, TARGET_ALIAS
+    predicate = " AND ".join(f"{t}.{key} = {s}.{key}" for key in spec.merge_keys)
+    updates = {name: f"coalesce({s}.{name}, {t}.{name})" for name in spec.value_columns}
+    if has_trace_column(spec):
+        updates["trace_id"] = f"CASE WHEN {s}.{NEWEST} THEN {s}.trace_id ELSE {t}.trace_id END"
+    updates["event_time"] = f"CASE WHEN {s}.event_time > {t}.event_time THEN {s}.event_time ELSE {t}.event_time END"
+    updates["updated_at"] = f"{s}.updated_at"
+    inserts = {name: f"{s}.{name}" for name in spec.schema.names}
+    return MergeExpressions(predicate=predicate, updates=updates, inserts=inserts)
+
+
+def clock_merge_predicate(spec: TableContract) -> str:
+    return " AND ".join(f"{TARGET_ALIAS}.{key} = {SOURCE_ALIAS}.{key}" for key in spec.merge_keys)
+
+
+def key_table(spec: TableContract, table: pa.Table) -> pa.Table:
+    """The distinct keys of `table`."""
+    keys = list(spec.merge_keys)
+    return table.select(keys).group_by(keys).aggregate([])

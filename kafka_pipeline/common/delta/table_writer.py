@@ -1,0 +1,311 @@
+"""One Delta table (and its clock table): created on first write, merged with app transactions.
+
+`DeltaTableWriter.write(rows, progress)` is the whole write path for one table and one flush:
+
+1. Load both snapshots (entity table first, then clocks) and drop the rows at offsets the table
+   already holds: each Delta commit carries `Transaction(app_id, last_offset)` per source
+   partition, so `transaction_version(app_id)` says how far that partition got into this table.
+2. Fold the rows per key (`merge_rule.combine`), read the stored clocks of those keys, resolve
+   which values win (`merge_rule.resolve`), MERGE the new clocks into the clock table.
+3. MERGE the resolved rows into the entity table with `coalesce(source.c, target.c)`.
+
+Both commits carry the same app transactions. The clock table commits first: if the process
+dies between the two commits, the clock table already has the batch and the entity table does
+not; on replay the entity table re-applies the batch, whose values tie with the clocks they
+set and therefore win, so the tables converge to the same state. A concurrent commit by another
+writer makes delta-rs reject ours (`CommitFailedError`); the step is redone on fresh snapshots
+after a jittered backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from kafka_pipeline.common.backoff import backoff_delay
+from kafka_pipeline.common.delta import merge_rule
+from kafka_pipeline.common.delta.merge_rule import APP, OFFSET, TableContract
+from kafka_pipeline.common.errors import PermanentError, TransientError
+
+CLOCKS_DIR = "_clocks"
+
+
+class TableSchemaError(PermanentError):
+    """An existing table's schema is not the contract's: the writer refuses to touch it."""
+
+
+class CommitConflict(TransientError):
+    """Concurrent writers kept winning: the commit was retried and gave up."""
+
+
+def table_uri(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def clock_table_uri(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{CLOCKS_DIR}/{name}"
+
+
+def open_table(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:
+    """The table at `uri`, or None when there is none yet."""
+    try:
+        return DeltaTable(uri, storage_options=dict(storage_options or {}) or None)
+    except TableNotFoundError:
+        return None
+
+
+def read_delta_table(
+    uri: str, sort_keys: list[str], storage_options: Mapping[str, str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
+    """A whole table, sorted by `sort_keys`; empty (with `schema`) when it does not exist."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        if schema is None:
+            raise TableNotFoundError(f"no Delta table at {uri}")
+        return schema.empty_table()
+    data = table.to_pyarrow_dataset().to_table()
+    return data.sort_by([(key, "ascending") for key in sort_keys])
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class TableWriteResult:
+    table: str
+    rows: int = 0  # rows offered
+    skipped: int = 0  # rows at offsets the entity table already held
+    keys_changed: int = 0  # keys inserted or updated in the entity table
+    commits: int = 0  # Delta commits (entity + clock table)
+    conflicts: int = 0  # commits rejected by a concurrent writer and redone
+    version: int | None = None  # entity table version after the write
+    seconds: float = 0.0
+
+
+@dataclass
+class _Snapshot:
+    table: DeltaTable
+    versions: dict[str, int | None] = field(default_factory=dict)
+
+
+class DeltaTableWriter:
+    """Merges batches into one entity table and its clock table. Not thread-safe: one flush at
+    a time per instance (different tables may be written from different threads)."""
+
+    def __init__(
+        self,
+        spec: TableContract,
+        root: str,
+        *,
+        storage_options: Mapping[str, str] | None = None,
+        writer_properties: WriterProperties | None = None,
+        max_conflict_retries: int = 30,
+        backoff_base_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        self.spec = spec
+        self.uri = table_uri(root, spec.name)
+        self.clock_uri = clock_table_uri(root, spec.name)
+        self.storage_options = dict(storage_options or {})
+        self.writer_properties = writer_properties
+        self.max_conflict_retries = max_conflict_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._clock_schema = merge_rule.clock_schema(spec)
+        self._expressions = merge_rule.merge_expressions(spec)
+        self._table: DeltaTable | None = None
+        self._clocks: DeltaTable | None = None
+
+    # -- tables -----------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Open both tables, creating them with the contract's schema when missing."""
+        if self._table is None:
+            self._table = self._open_or_create(self.uri, self.spec.schema)
+        if self._clocks is None:
+            self._clocks = self._open_or_create(self.clock_uri, self._clock_schema)
+
+    def _open_or_create(self, uri: str, schema: pa.Schema) -> DeltaTable:
+        table = open_table(uri, self.storage_options)
+        if table is None:
+            try:
+                table = DeltaTable.create(uri, schema=schema, storage_options=self.storage_options or None, name=uri.rsplit("/", 1)[-1])
+            except DeltaError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                table = open_table(uri, self.storage_options)  # another writer created it first
+                assert table is not None
+        actual = pa.schema(table.schema().to_arrow())
+        if not actual.equals(schema):
+            raise TableSchemaError(f"{uri}: schema differs from the contract: {_schema_diff(schema, actual)}")
+        return table
+
+    def transaction_versions(self, app_ids: list[str]) -> dict[str, int | None]:
+        """Per app id the last offset the entity table holds (the lower of entity and clock table)."""
+        self.ensure()
+        assert self._table is not None and self._clocks is not None
+        self._table.update_incremental()
+        self._clocks.update_incremental()
+        result: dict[str, int | None] = {}
+        for app in app_ids:
+            main, clock = self._table.transaction_version(app), self._clocks.transaction_version(app)
+            result[app] = None if main is None or clock is None else min(main, clock)
+        return result
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, rows: pa.Table, progress: Mapping[str, int], now: datetime | None = None) -> TableWriteResult:
+        """Merge `rows` (columns of `merge_rule.input_schema`) and record `progress`
+        (app id -> last offset of the flush) in both tables' commits."""
+        started = time.monotonic()
+        now = now or datetime.now(UTC)
+        result = TableWriteResult(self.spec.name, rows=rows.num_rows)
+        self.ensure()
+        assert self._table is not None and self._clocks is not None
+        attempt = 0
+        while True:
+            try:
+                self._write_once(rows, progress, now, result)
+                break
+            except CommitFailedError as exc:
+                attempt += 1
+                result.conflicts += 1
+                if attempt > self.max_conflict_retries:
+                    raise CommitConflict(f"{self.spec.name}: gave up after {attempt} conflicting commits: {exc}") from exc
+                time.sleep(backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s))
+        result.version = self._table.version()
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _write_once(self, rows: pa.Table, progress: Mapping[str, int], now: datetime, result: TableWriteResult) -> None:
+        assert self._table is not None and self._clocks is not None
+        apps = list(progress)
+        # Entity snapshot before clock snapshot: a concurrent writer commits clocks first, so any
+        # entity change we can see has its clocks visible to the read below.
+        main = self._snapshot(self._table, apps)
+        clocks = self._snapshot(self._clocks, apps)
+        main_rows = _unwritten(rows, main.versions)
+        clock_rows = _unwritten(rows, clocks.versions)
+        result.skipped = rows.num_rows - main_rows.num_rows
+        if main_rows.num_rows == 0 and clock_rows.num_rows == 0:
+            return
+
+        main_combined = merge_rule.combine(self.spec, main_rows) if main_rows.num_rows else None
+        clock_combined = merge_rule.combine(self.spec, clock_rows) if clock_rows.num_rows else None
+        wanted = [t for t in (main_combined, clock_combined) if t is not None]
+        stored = self._read_clocks(clocks.table, pa.concat_tables([merge_rule.key_table(self.spec, t) for t in wanted]))
+
+        clocks_after = stored
+        if clock_combined is not None:
+            resolution = merge_rule.resolve(self.spec, clock_combined, stored, now)
+            if resolution.clock_rows.num_rows:
+                (
+                    clocks.table.merge(
+                        resolution.clock_rows,
+                        merge_rule.clock_merge_predicate(self.spec),
+                        source_alias=merge_rule.SOURCE_ALIAS,
+                        target_alias=merge_rule.TARGET_ALIAS,
+                        streamed_exec=False,  # lets delta-rs prune target files by the source's key range
+                        writer_properties=self.writer_properties,
+                        commit_properties=self._commit_properties(progress, clocks.versions),
+                    )
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                result.commits += 1
+                committed = clocks.table.version()
+                clocks.table.update_incremental()
+                if clocks.table.version() == committed:
+                    clocks_after = merge_rule.overlay(self.spec, stored, resolution.clock_rows)
+                else:  # another writer moved the clocks on since our commit: read them again
+                    clocks_after = self._read_clocks(clocks.table, merge_rule.key_table(self.spec, main_combined or clock_combined))
+
+        if main_combined is None:
+            return
+        resolution = merge_rule.resolve(self.spec, main_combined, clocks_after, now)
+        if resolution.changed == 0:
+            return
+        expressions = self._expressions
+        metrics = (
+            main.table.merge(
+                resolution.source,
+                expressions.predicate,
+                source_alias=merge_rule.SOURCE_ALIAS,
+                target_alias=merge_rule.TARGET_ALIAS,
+                streamed_exec=False,
+                writer_properties=self.writer_properties,
+                commit_properties=self._commit_properties(progress, main.versions),
+            )
+            .when_matched_update(expressions.updates)
+            .when_not_matched_insert(expressions.inserts)
+            .execute()
+        )
+        result.commits += 1
+        result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
+
+    def _snapshot(self, table: DeltaTable, apps: list[str]) -> _Snapshot:
+        table.update_incremental()
+        return _Snapshot(table, {app: table.transaction_version(app) for app in apps})
+
+    def _commit_properties(self, progress: Mapping[str, int], versions: Mapping[str, int | None]) -> CommitProperties:
+        """Every partition of the flush, but never moving a table's recorded offset backwards."""
+        transactions = [
+            Transaction(app, offset)
+            for app, offset in progress.items()
+            if versions.get(app) is None or offset > versions[app]  # type: ignore[operator]
+        ]
+        return CommitProperties(app_transactions=transactions)
+
+    def _read_clocks(self, clocks: DeltaTable, keys: pa.Table) -> pa.Table:
+        """The clock rows of `keys` (a table of merge-key columns)."""
+        if keys.num_rows == 0 or not clocks.file_uris():
+            return self._clock_schema.empty_table()
+        names = list(self.spec.merge_keys)
+        first = keys[names[0]]
+        low, high = pc.min(first).as_py(), pc.max(first).as_py()
+        dataset = clocks.to_pyarrow_dataset(
+            file_pruning_predicate=f"{names[0]} >= {_sql_literal(low)} AND {names[0]} <= {_sql_literal(high)}"
+        )
+        condition = None
+        for name in names:
+            term = pc.field(name).isin(pc.unique(keys[name]))
+            condition = term if condition is None else condition & term
+        candidates = dataset.to_table(filter=condition)
+        if len(names) > 1:  # isin per column is a superset for composite keys
+            candidates = candidates.join(keys, names, join_type="left semi", use_threads=False)
+        return candidates
+
+
+def _unwritten(rows: pa.Table, versions: Mapping[str, int | None]) -> pa.Table:
+    """The rows at offsets past what the table recorded for their partition."""
+    keep = None
+    for app, version in versions.items():
+        if version is None:
+            continue
+        already = pc.and_(pc.equal(rows[APP], app), pc.less_equal(rows[OFFSET], version))
+        keep = pc.invert(already) if keep is None else pc.and_(keep, pc.invert(already))
+    return rows if keep is None else rows.filter(keep)
+
+
+def _schema_diff(expected: pa.Schema, actual: pa.Schema) -> str:
+    for field_ in expected:
+        if field_.name not in actual.names:
+            return f"column {field_.name} missing"
+        other = actual.field(field_.name)
+        if not other.type.equals(field_.type):
+            return f"column {field_.name} is {other.type}, expected {field_.type}"
+        if other.nullable != field_.nullable:
+            return f"column {field_.name} nullable={other.nullable}, expected {field_.nullable}"
+    extra = [name for name in actual.names if name not in expected.names]
+    if extra:
+        return f"unexpected columns {', '.join(extra)}"
+    return "column order differs"
