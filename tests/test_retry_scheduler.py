@@ -1,0 +1,270 @@
+"""The retry scheduler against the real broker: never early, nothing lost across a kill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from kafka_pipeline.common.config import KafkaSettings, Settings, load_settings
+from kafka_pipeline.common.dead_letter import DeadLetter
+from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.common.retry import (
+    RETRY_ATTEMPT,
+    RETRY_DUE_AT,
+    RETRY_TARGET_TOPIC,
+    Failure,
+    RetryMessage,
+    next_hop,
+    now_ms,
+)
+from kafka_pipeline.common.retry_scheduler import RetryScheduler
+from kafka_pipeline.common.topic_offsets import committed_offsets, high_watermarks
+
+ROOT = Path(__file__).resolve().parents[1]
+TRANSIENT = Failure("ApiUnavailable", "503", "transient")
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: int | None = None
+
+
+@dataclass
+class Arrival:
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp_ms: int  # producer timestamp of the forwarded copy
+    seen_ms: int  # when this test's consumer got it
+
+    @property
+    def due_ms(self) -> int:
+        return int(self.headers[RETRY_DUE_AT])
+
+
+def scheduler_settings(kafka: KafkaSettings, delays: list[float]) -> Settings:
+    # tansu answers a JoinGroup after half the session timeout: keep it short in tests
+    return load_settings(
+        kafka={**kafka.model_dump(), "session_timeout_ms": 6_000},
+        retry={"group_id": f"retry-{uuid.uuid4().hex[:8]}", "delays_s": delays},
+        worker={"name": "retry-test"},
+    )
+
+
+def retry_message(kafka: KafkaSettings, n: int, *, delays: list[float], now: int, attempt: int = 0,
+                  key: bytes | None = None) -> RetryMessage:
+    headers = [("trace", f"t{n}".encode())]
+    if attempt:
+        headers.append((RETRY_ATTEMPT, str(attempt).encode()))
+    record = Record(kafka.events_topic, n % 3, n, key if key is not None else f"p{n}".encode(), f"event-{n}".encode(), headers)
+    message = next_hop(record, TRANSIENT, delays_s=delays, retry_topic=kafka.retry_topic, worker="w", now=now)
+    assert isinstance(message, RetryMessage)
+    return message
+
+
+async def produce(kafka: KafkaSettings, messages: list[RetryMessage], *, extra: list[tuple[bytes, list]] = ()) -> None:
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for message in messages:
+            await producer.send_and_wait(message.topic, message.value, key=message.key, headers=message.headers)
+        for value, headers in extra:
+            await producer.send_and_wait(kafka.retry_topic, value, key=b"bad", headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def collect(kafka: KafkaSettings, topic: str, want: int, *, timeout_s: float,
+                  watch=None) -> list:  # noqa: ANN001 - a callback run on every poll
+    consumer = make_consumer(kafka, topic, group_id=None)
+    await consumer.start()
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100)
+            seen = now_ms()
+            for records in batch.values():
+                got.extend((record, seen) for record in records)
+            if watch is not None:
+                watch()
+    finally:
+        await consumer.stop()
+    return got
+
+
+def arrivals(got: list) -> list[Arrival]:
+    return [Arrival(r.value, dict(r.headers), r.timestamp, seen) for r, seen in got]
+
+
+def assert_never_early(found: list[Arrival]) -> None:
+    early = [(a.value, a.due_ms - a.timestamp_ms) for a in found if a.timestamp_ms < a.due_ms or a.seen_ms < a.due_ms]
+    assert not early, f"forwarded before due (value, ms early): {early}"
+
+
+async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -> None:
+    kafka = kafka_settings
+    await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
+    settings = scheduler_settings(kafka, [1, 2])
+    scheduler = RetryScheduler(settings, stats_interval_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.wait_for(scheduler.joined.wait(), 20)
+    now = now_ms()
+    # One key, one retry partition: a 2 s retry written before a 1 s retry, which must pass it.
+    late = retry_message(kafka, 1, delays=[1, 2], now=now, attempt=1, key=b"p")
+    soon = retry_message(kafka, 2, delays=[1, 2], now=now, key=b"p")
+    overdue = retry_message(kafka, 3, delays=[1, 2], now=now - 5_000, key=b"q")
+    others = [retry_message(kafka, n, delays=[1, 2], now=now + (n % 5) * 100) for n in range(4, 14)]
+    bad = [
+        (b"no-headers", [("trace", b"x")]),
+        (b"nowhere", [(RETRY_ATTEMPT, b"1"), (RETRY_DUE_AT, str(now).encode()), (RETRY_TARGET_TOPIC, b"no.such.topic")]),
+    ]
+    await produce(kafka, [late, soon, overdue, *others], extra=bad)
+    assert late.due_at_ms > soon.due_at_ms
+    try:
+        got = arrivals(await collect(kafka, kafka.events_topic, 13, timeout_s=15))
+        dead = await collect(kafka, kafka.dlq_topic, 2, timeout_s=5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+    assert sorted(a.value for a in got) == sorted([b"event-1", b"event-2", b"event-3"] + [f"event-{n}".encode() for n in range(4, 14)])
+    assert_never_early(got)
+    by_value = {a.value: a for a in got}
+    assert by_value[b"event-2"].seen_ms <= by_value[b"event-1"].seen_ms  # the 1 s retry was not stuck behind the 2 s one
+    assert by_value[b"event-1"].seen_ms - late.due_at_ms < 1_500  # and nothing waits far past its due time
+    forwarded = by_value[b"event-1"].headers
+    assert forwarded["trace"] == b"t1"  # original headers kept
+    assert forwarded[RETRY_ATTEMPT] == b"2" and forwarded[RETRY_TARGET_TOPIC] == kafka.events_topic.encode()
+
+    letters = {DeadLetter.from_bytes(r.value).value.raw(): DeadLetter.from_bytes(r.value) for r, _ in dead}
+    assert "missing retry header(s)" in letters[b"no-headers"].error_message
+    assert "'no.such.topic' does not exist" in letters[b"nowhere"].error_message
+    assert all(letter.error_type == "InvalidRetryHeaders" and letter.error_category == "permanent" for letter in letters.values())
+    assert scheduler.stats.forwarded == 13 and scheduler.stats.dead_lettered == 2
+
+    # everything was committed at the stop: a restart would re-send nothing
+    ends = await high_watermarks(kafka, kafka.retry_topic)
+    assert await committed_offsets(kafka, settings.retry.group_id, kafka.retry_topic) == ends
+    assert sum(ends.values()) == 15
+
+
+async def test_memory_is_bounded_per_partition(kafka_settings: KafkaSettings) -> None:
+    kafka = kafka_settings
+    await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
+    settings = scheduler_settings(kafka, [1])
+    scheduler = RetryScheduler(settings, max_waiting_per_partition=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.wait_for(scheduler.joined.wait(), 20)
+    now = now_ms()
+    # 12 messages on one partition, the first 4 due later: the partition fills up, the rest wait.
+    messages = [retry_message(kafka, n, delays=[1], now=now + (1_000 if n < 4 else 0), key=b"one") for n in range(12)]
+    await produce(kafka, messages)
+    peak = 0
+
+    def watch() -> None:
+        nonlocal peak
+        peak = max(peak, len(scheduler._heap))  # noqa: SLF001 - the bound under test
+
+    try:
+        got = arrivals(await collect(kafka, kafka.events_topic, 12, timeout_s=15, watch=watch))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert sorted(a.value for a in got) == sorted(m.value for m in messages)
+    assert_never_early(got)
+    assert 0 < peak <= 3
+
+
+@pytest.mark.timeout(120)
+async def test_kill_and_restart_loses_nothing_and_is_never_early(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    kafka = kafka_settings
+    await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
+    group = f"retry-kill-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KAFKA_RETRY_TOPIC": kafka.retry_topic,
+        "KAFKA_EVENTS_TOPIC": kafka.events_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KP_RETRY__DELAYS_S": "[1,2]",
+        "KP_RETRY__GROUP_ID": group,
+        "KP_KAFKA__PARTITIONS": "3",
+        "KP_KAFKA__SESSION_TIMEOUT_MS": "6000",  # tansu joins in half of it; the killed member expires soon
+        "WORKER_NAME": "retry-kill-test",
+    }
+
+    def start(log_name: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / log_name, "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen([sys.executable, "-m", "kafka_pipeline", "retry-scheduler", "--stats-interval", "1"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    async def joined(process: subprocess.Popen[bytes], log_name: str) -> None:
+        deadline = time.monotonic() + 30
+        while "retry partitions assigned" not in (tmp_path / log_name).read_text():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / log_name).read_text()
+            await asyncio.sleep(0.1)
+
+    first = start("first.log")
+    await joined(first, "first.log")
+    now = now_ms()
+    total = 60
+    # attempts 1 and 2 mixed on every partition; 40 due within ~3 s, 20 due only after the restart
+    messages = [retry_message(kafka, n, delays=[1, 2], now=now + (n * 30 if n < 40 else 7_000 + n * 20), attempt=n % 2)
+                for n in range(total)]
+    await produce(kafka, messages)
+    got: list = []
+    consumer = make_consumer(kafka, kafka.events_topic, group_id=None)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < 15 and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100)
+            seen = now_ms()
+            got.extend((r, seen) for records in batch.values() for r in records)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = len(got)
+        assert 0 < killed_at < total, "the kill should land mid-way"
+        killed_at_ms = now_ms()
+
+        second = start("second.log")
+        try:
+            deadline = time.monotonic() + 45
+            while len({r.value for r, _ in got}) < total and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=100)
+                seen = now_ms()
+                got.extend((r, seen) for records in batch.values() for r in records)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = second.wait(20)
+    finally:
+        await consumer.stop()
+
+    log_text = (tmp_path / "second.log").read_text()
+    found = arrivals(got)
+    assert {a.value for a in found} == {m.value for m in messages}, log_text
+    assert_never_early(found)
+    assert any(a.due_ms > killed_at_ms for a in found), "some messages should still have been waiting at the kill"
+    assert code == 0, log_text
+    assert "retry scheduler stats" in log_text
+    ends = await high_watermarks(kafka, kafka.retry_topic)
+    assert await committed_offsets(kafka, group, kafka.retry_topic) == ends
