@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 from collections import Counter
@@ -139,10 +140,8 @@ async def _hang(request: Request, seconds: float) -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(disconnected(), seconds)
-    except TimeoutError:
-        pass
 
 
 def _parse_ids(text: str | None) -> list[int] | None:
@@ -169,7 +168,8 @@ def create_app(
         try:
             wanted = _parse_ids(request.query_params.get("mediaIds"))
         except ValueError:
-            return await sim.answer(request, "media", project_id, lambda: _json({"error": "mediaIds must be comma-separated integers"}, 400))
+            problem = {"error": "mediaIds must be comma-separated integers"}
+            return await sim.answer(request, "media", project_id, lambda: _json(problem, 400))
         return await sim.answer(request, "media", project_id, lambda: _json({"data": data.project_media(project_id, seed, wanted)}))
 
     async def task_assignment(request: Request) -> Response:

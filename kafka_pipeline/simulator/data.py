@@ -302,7 +302,9 @@ def media_item(media_id: int | str, seed: int | str = DEFAULT_SEED) -> dict[str,
     }
 
 
-def project_media(project_id: int | str, seed: int | str = DEFAULT_SEED, media_ids: Iterable[int | str] | None = None) -> list[dict[str, Any]]:
+def project_media(
+    project_id: int | str, seed: int | str = DEFAULT_SEED, media_ids: Iterable[int | str] | None = None
+) -> list[dict[str, Any]]:
     """The project's media items, all of them or those of `media_ids` that belong to it (in id order)."""
     children = project_children(int(project_id))
     if media_ids is None:
@@ -376,7 +378,10 @@ def task_assignment(assignment_id: int | str, seed: int | str = DEFAULT_SEED) ->
     }
     if rng.random() < 0.4:
         customer = parent.project["customerInformation"]
-        first, last = (customer["firstName"], customer["lastName"]) if rng.random() < 0.7 else (rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES))
+        if rng.random() < 0.7:  # usually the policyholder, sometimes someone else on the claim
+            first, last = customer["firstName"], customer["lastName"]
+        else:
+            first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
         code = "".join(rng.choices(string.ascii_letters + string.digits, k=10))
         body["externalLinkData"] = {
             "linkId": 10**12 + assignment_id,
@@ -405,7 +410,8 @@ def video_collaboration(video_collaboration_id: int | str, seed: int | str = DEF
     sessions = rng.randint(1, 5)
     seconds = round(rng.uniform(120, 3600) * sessions / 2, 1)
     first_call = _maybe(rng, 0.15, created + timedelta(hours=rng.randint(1, 72)))
-    last_call = None if first_call is None else first_call + timedelta(hours=rng.randint(0, 96) if sessions > 1 else 0, minutes=rng.randint(0, 50))
+    spread = timedelta(hours=rng.randint(0, 96) if sessions > 1 else 0, minutes=rng.randint(0, 50))
+    last_call = None if first_call is None else first_call + spread
     whole = int(seconds)
     return {
         "videoCollaborationId": video_id,
