@@ -12,11 +12,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
-from aiokafka import TopicPartition
 
 from kafka_pipeline.common.config import KafkaSettings, Settings, load_settings
 from kafka_pipeline.common.dead_letter import DeadLetter
+from kafka_pipeline.common.embedded_broker import free_port
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.common.retry import (
     RETRY_ATTEMPT,
@@ -121,6 +122,7 @@ async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -
     kafka = kafka_settings
     await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
     settings = scheduler_settings(kafka, [1, 2])
+    settings.worker.http_port = free_port()
     scheduler = RetryScheduler(settings, stats_interval_s=0.5)
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
@@ -140,6 +142,9 @@ async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -
     try:
         got = arrivals(await collect(kafka, kafka.events_topic, 13, timeout_s=15))
         dead = await collect(kafka, kafka.dlq_topic, 2, timeout_s=5)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.worker.http_port}") as http:
+            metrics = (await http.get("/metrics")).text
+            ready = (await http.get("/health/ready")).json()
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -158,6 +163,9 @@ async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -
     assert "'no.such.topic' does not exist" in letters[b"nowhere"].error_message
     assert all(letter.error_type == "InvalidRetryHeaders" and letter.error_category == "permanent" for letter in letters.values())
     assert scheduler.stats.forwarded == 13 and scheduler.stats.dead_lettered == 2
+    assert f'retry_scheduler_forwarded_total{{target="{kafka.events_topic}"}} 13.0' in metrics
+    assert "retry_scheduler_dead_lettered_total 2.0" in metrics and "retry_scheduler_waiting 0.0" in metrics
+    assert ready["ready"] is True
 
     # everything was committed at the stop: a restart would re-send nothing
     ends = await high_watermarks(kafka, kafka.retry_topic)
