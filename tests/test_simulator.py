@@ -418,3 +418,19 @@ def test_cli_rejects_bad_fault_option_in_one_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--error-rate" in result.stderr
+
+
+async def test_stop_lets_go_of_requests_held_by_a_timeout_fault() -> None:
+    sim = SimulatorProcess(timeout_rate=1.0, timeout_s=30).start()
+    try:
+        async with httpx.AsyncClient(base_url=sim.url, headers=sim.headers, timeout=20) as http:
+            held = asyncio.ensure_future(http.get(f"/export/project/{PROJECT}"))
+            await asyncio.sleep(0.3)
+            assert not held.done()
+            started = time.monotonic()
+            await asyncio.to_thread(sim.stop)
+            response = await held
+        assert time.monotonic() - started < 3
+        assert response.status_code == 503
+    finally:
+        sim.stop()

@@ -11,7 +11,9 @@ Control (no auth; bind the simulator to loopback):
 
     GET  /_health            {"status": "ok", "seed": ...}
     GET  /_stats             request counts: project, media, task, video, total, status,
-                             by_call (status per call), project_by_id (project export requests)
+                             by_call (status per call), project_by_id (project export requests);
+                             a call counts on arrival (401s too), its status when it is answered
+                             (a timeout fault as 504, even when the client gave up first)
     POST /_stats/reset       zero the counts
     GET  /_faults            current latency and fault settings
     PUT  /_faults            change some of them (JSON object, names of faults.FaultSettings)
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hmac
 import json
 from collections import Counter
@@ -96,6 +97,13 @@ class Simulator:
         self.faults = FaultInjector(faults, seed)
         self.stats = Stats()
         self._expected_auth = f"Basic {make_token(user, password)}".encode()
+        self._closing: asyncio.Event | None = None
+
+    def closing(self) -> asyncio.Event:
+        """Set when the server stops: requests held by a timeout fault are let go at once."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        return self._closing
 
     def authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -122,7 +130,8 @@ class Simulator:
         if decision.outcome == "not_found":
             return _json({"error": f"Project {project_id} not found"}, 404)
         if decision.outcome == "timeout":
-            await _hang(request, self.faults.settings.timeout_s)
+            if await _hang(request, self.faults.settings.timeout_s, self.closing()):
+                return _json({"error": "Service Unavailable: shutting down"}, 503)
             return _json({"error": "Gateway Timeout"}, 504)
         if decision.outcome == "rate_limited":
             retry_after = str(self.faults.settings.retry_after_s)
@@ -133,15 +142,21 @@ class Simulator:
         return build()
 
 
-async def _hang(request: Request, seconds: float) -> None:
-    """Wait `seconds`, or less if the client disconnects first (it gave up on us)."""
+async def _hang(request: Request, seconds: float, closing: asyncio.Event) -> bool:
+    """Wait `seconds`, or less if the client disconnects first (it gave up on us) or the server
+    stops; True when the server stops."""
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(disconnected(), seconds)
+    waits = [asyncio.ensure_future(disconnected()), asyncio.ensure_future(closing.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return closing.is_set()
 
 
 def _parse_ids(text: str | None) -> list[int] | None:

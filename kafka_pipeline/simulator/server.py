@@ -128,6 +128,11 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, on_ready: Callable[[
             await asyncio.sleep(0.01)
         if server.started and on_ready is not None:
             on_ready(url)
+        while not task.done() and not server.should_exit:
+            await asyncio.sleep(0.05)
+        simulator = getattr(getattr(app, "state", None), "simulator", None)
+        if simulator is not None:  # let requests held by a timeout fault go, so the stop is quick
+            simulator.closing().set()
         await task
 
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
