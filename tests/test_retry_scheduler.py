@@ -276,3 +276,34 @@ async def test_kill_and_restart_loses_nothing_and_is_never_early(kafka_settings:
     assert "retry scheduler stats" in log_text
     ends = await high_watermarks(kafka, kafka.retry_topic)
     assert await committed_offsets(kafka, group, kafka.retry_topic) == ends
+
+
+async def test_rebalance_to_a_second_scheduler_loses_nothing(kafka_settings: KafkaSettings) -> None:
+    kafka = kafka_settings
+    await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
+    settings = scheduler_settings(kafka, [1, 2])
+    first = RetryScheduler(settings)
+    second = RetryScheduler(settings.model_copy(update={"worker": settings.worker.model_copy(update={"name": "second"})}))
+    stop = asyncio.Event()
+    first_task = asyncio.create_task(first.run(stop))
+    await asyncio.wait_for(first.joined.wait(), 20)
+    now = now_ms()
+    # all due after the second scheduler joined: the first holds them when its partitions are revoked
+    messages = [retry_message(kafka, n, delays=[1, 2], now=now + 4_500 + n * 20, attempt=n % 2) for n in range(30)]
+    await produce(kafka, messages)
+    await asyncio.sleep(0.5)
+    assert first.stats.waiting == 30
+    second_task = asyncio.create_task(second.run(stop))
+    try:
+        got = arrivals(await collect(kafka, kafka.events_topic, 30, timeout_s=25))
+        assert second.joined.is_set()
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(first_task, second_task), 20)
+    assert {a.value for a in got} == {m.value for m in messages}
+    assert_never_early(got)
+    assert first.stats.forwarded + second.stats.forwarded >= 30
+    assert second.stats.forwarded > 0, "the second scheduler should have taken over some partitions"
+    assert first.stats.released_on_rebalance > 0, "the rebalance should have come while messages waited"
+    ends = await high_watermarks(kafka, kafka.retry_topic)
+    assert await committed_offsets(kafka, settings.retry.group_id, kafka.retry_topic) == ends

@@ -120,6 +120,7 @@ class SchedulerStats:
     send_errors: int = 0
     waiting: int = 0
     paused_partitions: int = 0
+    released_on_rebalance: int = 0  # waiting messages dropped with revoked partitions (the new owner re-reads them)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -316,9 +317,13 @@ class RetryScheduler:
             for tp in revoked:
                 self._progress.pop(tp, None)
             kept = [entry for entry in self._heap if entry.tp not in revoked]
-            if len(kept) != len(self._heap):
+            released = len(self._heap) - len(kept)
+            if released:
                 heapq.heapify(kept)
                 self._heap = kept
+                self.stats.released_on_rebalance += released
+            if revoked:
+                log.info("retry partitions revoked", partitions=sorted(tp.partition for tp in revoked), released=released)
             self._update_gauges()
 
     async def _shutdown(self) -> None:
