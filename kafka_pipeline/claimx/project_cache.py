@@ -216,22 +216,26 @@ class ProjectCache:
         return cls(settings, clock=clock, shared_tier=shared, on_background_refresh=on_background_refresh, name=name, delta=delta)
 
     async def start(self) -> None:
-        """Connect the shared tier's listener and warm from Delta when configured. Never fails on Redis."""
+        """Start the shared tier's listener and warm from Delta when configured.
+
+        Never fails because Redis or the Delta table is unavailable: the cache then starts cold
+        on its in-process tier."""
         if self._shared is not None:
             await self._shared.start()
         if self.settings.warm_from_delta and self.delta is not None:
             from kafka_pipeline.claimx.project_cache_warm import warm_from_delta  # noqa: PLC0415
 
-            await warm_from_delta(self, self.delta.tables_root, self.delta.storage_options, self.settings.warm_window_s)
+            try:
+                await warm_from_delta(self, self.delta.tables_root, self.delta.storage_options, self.settings.warm_window_s)
+            except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
+                log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop background refreshes and the shared tier (its last writes get one timeout to land)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except BaseException:  # noqa: BLE001 - shutting down: nothing left to report to
-                pass
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._shared is not None:
             await self._shared.close()
 
@@ -441,13 +445,6 @@ class ProjectCache:
         pending = self._pending.pop(project_id, None)
         if pending is not None and pending.token is not None and self._shared is not None:
             self._shared.release(project_id, pending.token)
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # ------------------------------------------------------------------ loading
 

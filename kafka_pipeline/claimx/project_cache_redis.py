@@ -1,0 +1,506 @@
+"""The shared Redis tier (L2) of the ProjectCache: one project fetch per group, not per worker.
+
+Keys (prefix from `CacheSettings.key_prefix`, default ``claimx:v1``)::
+
+    <prefix>:project:<id>   JSON {"verified_at": <epoch s>, "absent": false}, PX ttl (less jitter)
+    <prefix>:lock:<id>      owner token, SET NX PX lock_lease_ms, released by compare-and-delete
+    <prefix>:invalidate     pub/sub: {"origin": <tier id>, "ids": [...] | null}
+    <prefix>:ready          pub/sub: a project id whose lock was just released (waiters re-check)
+
+The flow of an in-process miss (`before_load`): GET the key (a hit if another worker verified
+the project within ttl); else take the lock and load; if another worker holds the lock, wait
+for its result (woken by `<prefix>:ready`, re-checking with short polls, at most
+`lock_wait_s`): the key appears (a hit: that worker's rows are already acknowledged), or the
+lock goes away without a key (abandoned, or the owner died and the lease expired: try again).
+The owner writes the key only in `confirm()`, i.e. after the broker acknowledged the rows.
+
+Redis failing is routine: every call has a hard timeout of `socket_timeout_s`, the client
+does not retry, and a circuit breaker stops calls while Redis is down. Meanwhile the cache
+runs on its in-process tier alone; the pub/sub listener keeps trying to reconnect, and when
+it is back the in-process entries are dropped (invalidations may have been missed) and the
+shared tier is used again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from kafka_pipeline.common.circuit_breaker import CircuitBreaker, State
+from kafka_pipeline.common.config import CacheSettings
+from kafka_pipeline.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from kafka_pipeline.claimx.project_cache import ProjectCache
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+# Release the lock only if we still own it, then wake the waiters.
+UNLOCK_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+end
+redis.call('publish', ARGV[2], ARGV[3])
+return 1
+"""
+
+# Write the verified (or absent) entry, release our lock if we hold it, wake the waiters and,
+# for a refresh, tell the other workers to drop their older in-process entry.
+CONFIRM_LUA = """
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then
+  redis.call('del', KEYS[2])
+end
+redis.call('publish', ARGV[4], ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('publish', ARGV[6], ARGV[7])
+end
+return 1
+"""
+
+# One round trip for an in-process miss: the shared entry if there is one, else try the lock.
+# Atomic, so a worker never takes the lock just after the owner wrote the entry and released it.
+GET_OR_LOCK_LUA = """
+local value = redis.call('get', KEYS[1])
+if value then
+  return {1, value}
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, ''}
+end
+return {0, ''}
+"""
+
+LISTEN_POLL_S = 1.0
+PROBE_INTERVAL_S = 0.1
+RECONNECT_MAX_S = 2.0
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, refused, or the breaker is open: use the in-process tier."""
+
+
+@dataclass(slots=True, frozen=True)
+class SharedAnswer:
+    """What the shared tier says before an in-process load."""
+
+    verified_age: float | None = None  # another worker verified the project this long ago: a hit
+    absent_remaining: float | None = None  # the project is known absent (404) for this much longer
+    token: str | None = None  # this worker holds the load lock: load, then confirm/abandon
+    busy: bool = False  # another worker holds the lock (a background refresh then skips)
+
+
+LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
+
+
+def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.BlockingConnectionPool:
+    """Short timeouts, no client retries, and a bounded pool where a burst waits for a free
+    connection (within the call's timeout) instead of failing."""
+    return aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=settings.socket_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),  # a failed call goes to the breaker, not into a retry loop
+        decode_responses=True,
+        health_check_interval=0,
+    )
+
+
+class RedisTier:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        *,
+        client: aioredis.Redis | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        breaker_failure_threshold: int = 3,
+        breaker_cooldown_s: float = 2.0,
+        max_connections: int = 16,
+    ) -> None:
+        if client is None and not settings.redis_url:
+            raise ValueError("RedisTier needs settings.redis_url or a client")
+        self.settings = settings
+        self._timeout = settings.socket_timeout_s
+        # Commands use at most `max_connections` at once (the pool has room for the pub/sub one too).
+        self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections + 2))
+        self._slots = asyncio.Semaphore(max_connections)
+        self._wall = wall_clock
+        self._breaker = CircuitBreaker(
+            "redis", failure_threshold=breaker_failure_threshold, cooldown_s=breaker_cooldown_s, on_change=self._on_breaker_change
+        )
+        self._origin = uuid.uuid4().hex
+        prefix = settings.key_prefix
+        self._key_prefix = f"{prefix}:project:"
+        self._lock_prefix = f"{prefix}:lock:"
+        self.invalidate_channel = f"{prefix}:invalidate"
+        self.ready_channel = f"{prefix}:ready"
+        self._unlock = self._client.register_script(UNLOCK_LUA)
+        self._get_or_lock_script = self._client.register_script(GET_OR_LOCK_LUA)
+        self._confirm_script = self._client.register_script(CONFIRM_LUA)
+        self._cache: ProjectCache | None = None
+        self._ready_events: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._pubsub_reset: asyncio.Event | None = None
+        self.listening = False
+        self.reconnects = 0
+        self.invalidations_received = 0
+
+    def attach(self, cache: ProjectCache) -> None:
+        self._cache = cache
+
+    def key(self, project_id: str) -> str:
+        return self._key_prefix + project_id
+
+    def lock_key(self, project_id: str) -> str:
+        return self._lock_prefix + project_id
+
+    @property
+    def is_up(self) -> bool:
+        return self._breaker.state == "closed"
+
+    @property
+    def breaker_state(self) -> State:
+        return self._breaker.state
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the pub/sub listener: returns after its first attempt to subscribe, whether or not
+        Redis answered (if not, the listener keeps trying in the background)."""
+        if self._listener is None:
+            self._pubsub_reset = asyncio.Event()
+            subscribed = asyncio.get_running_loop().create_future()
+            self._listener = asyncio.create_task(self._listen(subscribed), name="project-cache-redis-listener")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(subscribed), self._timeout * 3)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._tasks:  # let the last confirms/releases reach Redis (each bounded by the timeout)
+            await asyncio.wait(list(self._tasks), timeout=self._timeout * 2)
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+
+    # ------------------------------------------------------------------ calls, bounded and broken-circuit aware
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """One Redis call: waits for a free connection slot (queueing behind this worker's own
+        burst, not Redis), then checks the breaker and runs with a hard `socket_timeout_s`."""
+        async with self._slots:
+            if not self._breaker.allow():
+                raise RedisUnavailable("redis circuit open")
+            try:
+                async with asyncio.timeout(self._timeout):
+                    result = await make()
+            except asyncio.CancelledError:
+                self._breaker.record_failure()  # frees a half-open trial slot; the caller was cancelled
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._breaker.record_failure()
+                if self._cache is not None:
+                    self._cache.counters.l2_errors += 1
+                raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            self._breaker.record_success()
+            return result
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_breaker_change(self, name: str, old: State, new: State) -> None:
+        if old == "closed" and new == "open":
+            log.warning("project_cache_redis_unavailable", detail="continuing on the in-process tier")
+            if self._pubsub_reset is not None:
+                self._pubsub_reset.set()  # reconnect the listener too: it may have missed invalidations
+        elif new == "closed":
+            log.info("project_cache_redis_available", detail="shared tier in use again")
+
+    # ------------------------------------------------------------------ reading
+
+    def _parse(self, raw: str | None) -> SharedAnswer | None:
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+            age = max(0.0, self._wall() - float(value["verified_at"]))
+            absent = bool(value.get("absent", False))
+        except (ValueError, KeyError, TypeError):
+            return None  # not ours or damaged: treat as a miss (a confirm overwrites it)
+        if absent:
+            remaining = self.settings.absent_ttl_s - age
+            return SharedAnswer(absent_remaining=remaining) if remaining > 0 else None
+        return SharedAnswer(verified_age=age) if age < self.settings.ttl_s else None
+
+    async def lookup(self, project_id: str) -> SharedAnswer | None:
+        """The project's shared entry, None when there is none. Raises RedisUnavailable."""
+        return self._parse(await self._call(lambda: self._client.get(self.key(project_id))))
+
+    async def _try_lock(self, project_id: str) -> str | None:
+        token = uuid.uuid4().hex
+        acquired = await self._call(
+            lambda: self._client.set(self.lock_key(project_id), token, nx=True, px=self.settings.lock_lease_ms)
+        )
+        return token if acquired else None
+
+    async def _peek(self, project_id: str) -> tuple[SharedAnswer | None, bool]:
+        async def both() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self.key(project_id))
+                pipe.exists(self.lock_key(project_id))
+                return await pipe.execute()
+
+        raw, locked = await self._call(both)
+        return self._parse(raw), bool(locked)
+
+    async def _get_or_lock(self, project_id: str) -> tuple[SharedAnswer | None, str | None]:
+        """(the shared answer, None) if the entry exists; (None, token) if we took the lock;
+        (None, None) if another worker holds it. Raises RedisUnavailable."""
+        token = uuid.uuid4().hex
+        found, raw = await self._call(
+            lambda: self._get_or_lock_script(
+                keys=[self.key(project_id), self.lock_key(project_id)], args=[token, self.settings.lock_lease_ms]
+            )
+        )
+        if int(found) == 1:
+            answer = self._parse(raw)
+            if answer is not None:
+                return answer, None
+            # Expired by our clock (or damaged): a miss, and the next confirm overwrites it.
+            return None, await self._try_lock(project_id)
+        return None, token if int(found) == 2 else None
+
+    async def before_load(self, project_id: str, *, refresh: bool) -> SharedAnswer:
+        """Decide an in-process miss: a shared hit or absence, this worker's lock, or LOCAL.
+
+        Never raises for Redis trouble (answers LOCAL). Waits for another worker's load at
+        most `lock_wait_s`, then loads itself.
+        """
+        assert self._cache is not None
+        counters = self._cache.counters
+        try:
+            if refresh:  # a refresh loads regardless; the lock only spares the others a load
+                token = await self._try_lock(project_id)
+                return SharedAnswer(token=token) if token is not None else LOCAL
+            deadline = asyncio.get_running_loop().time() + self.settings.lock_wait_s
+            waited = False
+            while True:
+                found, token = await self._get_or_lock(project_id)
+                if found is not None:
+                    return found
+                if token is not None:
+                    if not waited:
+                        counters.l2_misses += 1
+                    return SharedAnswer(token=token)
+                if not waited:
+                    counters.lock_waits += 1
+                    waited = True
+                found, free = await self._wait(project_id, deadline)
+                if found is not None:
+                    return found
+                if not free:  # waited lock_wait_s: the owner is too slow, load without the lock
+                    log.info("project_cache_lock_wait_timeout", project_id=project_id, waited_s=self.settings.lock_wait_s)
+                    return LOCAL
+        except RedisUnavailable:
+            return LOCAL
+
+    async def _wait(self, project_id: str, deadline: float) -> tuple[SharedAnswer | None, bool]:
+        """Wait for the lock owner: (answer, _) when the entry appears, (None, True) when the
+        lock is gone without one, (None, False) at the deadline."""
+        loop = asyncio.get_running_loop()
+        event = self._ready_events.setdefault(project_id, asyncio.Event())
+        poll = 0.05  # the ready message normally wakes us first; polls catch a lost one or an expired lease
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None, False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(poll, remaining))
+                event.clear()
+                found, locked = await self._peek(project_id)
+                if found is not None:
+                    return found, True
+                if not locked:
+                    return None, True
+                poll = min(poll * 2, 0.25)
+        finally:
+            if self._ready_events.get(project_id) is event:
+                del self._ready_events[project_id]
+
+    async def before_refresh(self, project_id: str, refresh_after_s: float) -> SharedAnswer:
+        """Decide a background refresh: adopt a fresher shared entry, skip (busy), or lock and load."""
+        try:
+            found = await self.lookup(project_id)
+            if found is not None and found.verified_age is not None and found.verified_age < refresh_after_s:
+                return found
+            token = await self._try_lock(project_id)
+            return SharedAnswer(token=token) if token is not None else SharedAnswer(busy=True)
+        except RedisUnavailable:
+            return LOCAL
+
+    # ------------------------------------------------------------------ writing (fire and forget: never block the caller)
+
+    def _entry_px(self) -> int:
+        s = self.settings
+        jitter = min(s.ttl_jitter_s, s.refresh_after_s / 2)
+        return max(1, int((s.ttl_s - random.random() * jitter) * 1000))
+
+    def confirm(self, project_id: str, token: str | None, *, notify: bool) -> None:
+        """The project's rows were acknowledged: write the shared entry, release the lock, wake
+        waiters; `notify` (a refresh) also tells the other workers to drop their older entry."""
+        value = json.dumps({"verified_at": self._wall(), "absent": False})
+        self._spawn(self._write(project_id, value, self._entry_px(), token, notify), f"project-cache-confirm-{project_id}")
+
+    def store_absent(self, project_id: str, token: str | None, ttl_s: float) -> None:
+        value = json.dumps({"verified_at": self._wall(), "absent": True})
+        self._spawn(self._write(project_id, value, max(1, int(ttl_s * 1000)), token, False), f"project-cache-absent-{project_id}")
+
+    async def _write(self, project_id: str, value: str, px: int, token: str | None, notify: bool) -> None:
+        message = json.dumps({"origin": self._origin, "ids": [project_id]}) if notify else ""
+        with contextlib.suppress(RedisUnavailable):
+            await self._call(
+                lambda: self._confirm_script(
+                    keys=[self.key(project_id), self.lock_key(project_id)],
+                    args=[value, px, token or "", self.ready_channel, project_id, self.invalidate_channel if notify else "", message],
+                )
+            )
+
+    def release(self, project_id: str, token: str) -> None:
+        """Give up the lock without an entry (load failed, message abandoned): waiters load."""
+
+        async def unlock() -> None:
+            with contextlib.suppress(RedisUnavailable):
+                await self._call(lambda: self._unlock(keys=[self.lock_key(project_id)], args=[token, self.ready_channel, project_id]))
+
+        self._spawn(unlock(), f"project-cache-unlock-{project_id}")
+
+    def invalidate(self, project_ids: list[str] | None) -> None:
+        """Delete the shared entries (all when None) and tell every other worker to drop its own."""
+        self._spawn(self.invalidate_now(project_ids), "project-cache-invalidate")
+
+    async def invalidate_now(self, project_ids: Iterable[str] | None) -> int:
+        """As `invalidate`, awaited; returns the shared entries deleted (0 when Redis is down)."""
+        ids = None if project_ids is None else list(project_ids)
+        message = json.dumps({"origin": self._origin, "ids": ids})
+        try:
+            if ids is None:
+                deleted = await self._delete_all()
+            elif ids:
+                deleted = await self._call(lambda: self._client.delete(*(self.key(i) for i in ids)))
+            else:
+                return 0
+            await self._call(lambda: self._client.publish(self.invalidate_channel, message))
+        except RedisUnavailable:
+            log.warning("project_cache_invalidate_not_shared", detail="redis unavailable; only this worker dropped its entries")
+            return 0
+        return int(deleted)
+
+    async def _delete_all(self) -> int:
+        deleted = 0
+        cursor: int | str = 0
+        while True:
+            cursor, keys = await self._call(lambda c=cursor: self._client.scan(cursor=c, match=f"{self._key_prefix}*", count=1000))  # type: ignore[misc]
+            if keys:
+                deleted += await self._call(lambda k=keys: self._client.unlink(*k))  # type: ignore[misc]
+            if int(cursor) == 0:
+                return deleted
+
+    # ------------------------------------------------------------------ pub/sub listener
+
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        """Keep one subscription to the invalidate and ready channels, reconnecting forever.
+
+        A resubscription after a failed one means Redis was unreachable for a while:
+        invalidations may have been missed, so the in-process entries are dropped. A failing
+        listener also counts against the breaker, so an idle worker notices Redis is gone.
+        """
+        assert self._pubsub_reset is not None
+        failed = False
+        delay = 0.05
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    await pubsub.subscribe(self.invalidate_channel, self.ready_channel)
+                self._pubsub_reset.clear()
+                self.listening = True
+                delay = 0.05
+                if failed:
+                    self._on_reconnected()
+                    failed = False
+                if not subscribed.done():
+                    subscribed.set_result(None)
+                while not self._pubsub_reset.is_set():
+                    recovering = self._breaker.state != "closed"
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=PROBE_INTERVAL_S if recovering else LISTEN_POLL_S
+                    )
+                    if message is not None:
+                        self._on_message(message)
+                    elif recovering:  # no traffic needed to notice Redis is back: probe through the breaker
+                        with contextlib.suppress(RedisUnavailable):
+                            await self._call(self._client.ping)
+                # Commands failed (breaker opened): resubscribe on a fresh connection.
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not subscribed.done():
+                    subscribed.set_result(None)  # start() does not wait for Redis
+                if self.listening:
+                    log.debug("project_cache_redis_listener_lost", error=f"{type(exc).__name__}: {exc}")
+                self.listening = False
+                failed = True
+                self._breaker.record_failure()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), self._timeout)
+
+    def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        if self._cache is not None:
+            dropped = self._cache._invalidate_local(None)
+            log.info("project_cache_redis_reconnected", dropped_entries=dropped, detail="in-process entries treated as stale")
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        channel, data = message.get("channel"), message.get("data")
+        if channel == self.ready_channel:
+            event = self._ready_events.get(data)  # type: ignore[arg-type]
+            if event is not None:
+                event.set()
+        elif channel == self.invalidate_channel and self._cache is not None:
+            try:
+                body = json.loads(data)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return
+            if body.get("origin") == self._origin:
+                return
+            self.invalidations_received += 1
+            ids = body.get("ids")
+            self._cache._invalidate_local(None if ids is None else [str(i) for i in ids])
