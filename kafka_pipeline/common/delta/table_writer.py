@@ -149,15 +149,12 @@ class DeltaTableWriter:
         return table
 
     def transaction_versions(self, app_ids: list[str]) -> dict[str, int | None]:
-        """Per app id the last offset the entity table holds (the lower of entity and clock table)."""
-        self.ensure()
-        assert self._table is not None and self._clocks is not None
-        self._table.update_incremental()
-        self._clocks.update_incremental()
+        """Per app id the last offset both tables hold (None: nothing yet). Creates nothing."""
+        tables = [open_table(uri, self.storage_options) for uri in (self.uri, self.clock_uri)]
         result: dict[str, int | None] = {}
         for app in app_ids:
-            main, clock = self._table.transaction_version(app), self._clocks.transaction_version(app)
-            result[app] = None if main is None or clock is None else min(main, clock)
+            versions = [None if table is None else table.transaction_version(app) for table in tables]
+            result[app] = None if None in versions else min(v for v in versions if v is not None)
         return result
 
     # -- writing ----------------------------------------------------------------------------
@@ -207,20 +204,7 @@ class DeltaTableWriter:
         if clock_combined is not None:
             resolution = merge_rule.resolve(self.spec, clock_combined, stored, now)
             if resolution.clock_rows.num_rows:
-                (
-                    clocks.table.merge(
-                        resolution.clock_rows,
-                        merge_rule.clock_merge_predicate(self.spec),
-                        source_alias=merge_rule.SOURCE_ALIAS,
-                        target_alias=merge_rule.TARGET_ALIAS,
-                        streamed_exec=False,  # lets delta-rs prune target files by the source's key range
-                        writer_properties=self.writer_properties,
-                        commit_properties=self._commit_properties(progress, clocks.versions),
-                    )
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
+                self._merge_clocks(clocks, resolution.clock_rows, progress)
                 result.commits += 1
                 committed = clocks.table.version()
                 clocks.table.update_incremental()
@@ -234,10 +218,31 @@ class DeltaTableWriter:
         resolution = merge_rule.resolve(self.spec, main_combined, clocks_after, now)
         if resolution.changed == 0:
             return
+        metrics = self._merge_entities(main, resolution.source, progress)
+        result.commits += 1
+        result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))  # type: ignore[call-overload]
+
+    def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: Mapping[str, int]) -> dict[str, object]:
+        return (
+            clocks.table.merge(
+                rows,
+                merge_rule.clock_merge_predicate(self.spec),
+                source_alias=merge_rule.SOURCE_ALIAS,
+                target_alias=merge_rule.TARGET_ALIAS,
+                streamed_exec=False,  # lets delta-rs prune target files by the source's key range
+                writer_properties=self.writer_properties,
+                commit_properties=self._commit_properties(progress, clocks.versions),
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    def _merge_entities(self, main: _Snapshot, source: pa.Table, progress: Mapping[str, int]) -> dict[str, object]:
         expressions = self._expressions
-        metrics = (
+        return (
             main.table.merge(
-                resolution.source,
+                source,
                 expressions.predicate,
                 source_alias=merge_rule.SOURCE_ALIAS,
                 target_alias=merge_rule.TARGET_ALIAS,
@@ -249,8 +254,6 @@ class DeltaTableWriter:
             .when_not_matched_insert(expressions.inserts)
             .execute()
         )
-        result.commits += 1
-        result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))
 
     def _snapshot(self, table: DeltaTable, apps: list[str]) -> _Snapshot:
         table.update_incremental()
@@ -275,14 +278,11 @@ class DeltaTableWriter:
         dataset = clocks.to_pyarrow_dataset(
             file_pruning_predicate=f"{names[0]} >= {_sql_literal(low)} AND {names[0]} <= {_sql_literal(high)}"
         )
-        condition = None
-        for name in names:
-            term = pc.field(name).isin(pc.unique(keys[name]))
-            condition = term if condition is None else condition & term
-        candidates = dataset.to_table(filter=condition)
-        if len(names) > 1:  # isin per column is a superset for composite keys
-            candidates = candidates.join(keys, names, join_type="left semi", use_threads=False)
-        return candidates
+        # Files are pruned by the Delta log's key stats; the key match itself happens in Arrow.
+        # (A pyarrow filter would be pushed into the scan, where delta-rs-written files carry
+        # `string_view` columns that pyarrow cannot compare with the dataset's `string`.)
+        candidates = dataset.to_table()
+        return candidates.join(keys, names, join_type="left semi", use_threads=False).select(self._clock_schema.names)
 
 
 def _unwritten(rows: pa.Table, versions: Mapping[str, int | None]) -> pa.Table:

@@ -1,0 +1,90 @@
+"""`kafka-pipeline write`: the entity writer (entity rows -> Delta tables, exactly once)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from kafka_pipeline.cli import UsageError
+from kafka_pipeline.common.config import Settings, format_validation_error, load_settings
+from kafka_pipeline.common.logging import configure_logging
+
+NAME = "write"
+HELP = (
+    "Merge the entity-rows topic into the eight Delta tables: batches of up to --max-rows rows or "
+    "--max-latency-s seconds, one MERGE per table per batch by the newest-non-null merge rule, per-partition "
+    "progress recorded in every Delta commit so crashes and replays never write twice; Kafka offsets are "
+    "committed after the tables. Rows that do not fit the table contract send their message to the DLQ. "
+    "SIGTERM/SIGINT: stop reading, flush, commit, exit 0."
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-rows", type=_positive_int, metavar="N",
+                        help="flush when this many rows are pending (default: KP_WRITER__MAX_ROWS / config, 20000)")
+    parser.add_argument("--max-latency-s", type=_positive_float, metavar="SECONDS",
+                        help="flush when the oldest pending message is this old (default: KP_WRITER__MAX_LATENCY_S / config, 2)")
+    parser.add_argument("--tables-root", metavar="URI",
+                        help="folder or URI holding the Delta tables (default: DELTA_TABLES_ROOT / config)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = load_settings()
+    try:
+        if args.max_rows is not None:
+            settings.writer.max_rows = args.max_rows
+        if args.max_latency_s is not None:
+            settings.writer.max_latency_s = args.max_latency_s
+        if args.tables_root:
+            settings.delta.tables_root = args.tables_root
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(exc)) from None
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
+    from kafka_pipeline.claimx.entity_writer import FlushFailed  # noqa: PLC0415 - after logging is set up
+
+    try:
+        asyncio.run(_serve(settings))
+    except FlushFailed as exc:
+        print(f"kafka-pipeline write: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    from kafka_pipeline.claimx.entity_writer import EntityWriter  # noqa: PLC0415
+
+    writer = EntityWriter(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await writer.run(stop)

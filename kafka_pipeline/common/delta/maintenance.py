@@ -1,0 +1,106 @@
+"""Table maintenance: describe, compact (optionally sorted by the merge key), checkpoint, vacuum.
+
+Merges rewrite the files they touch and inserts add small ones; compaction keeps the file count
+down so every MERGE scans less, and sorting by the merge key (`z_order` on the key) keeps each
+file to a narrow key range, so a MERGE's key-range pruning skips most files. Maintenance commits
+are ordinary Delta commits: run next to a live writer, one of the two may see a conflict and
+retry (the writer does so by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from kafka_pipeline.common.delta.table_writer import open_table
+
+DEFAULT_RETENTION_HOURS = 168  # Delta's default: time travel and slow readers keep working for a week
+
+
+@dataclass
+class TableDescription:
+    uri: str
+    version: int
+    rows: int
+    files: int
+    size_bytes: int
+    last_commit_at: datetime | None
+    last_operation: str | None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def describe(uri: str, *, samples: int = 0, storage_options: Mapping[str, str] | None = None) -> TableDescription | None:
+    """Version, row count, files, last commit and `samples` rows of the table (None if absent)."""
+    table = open_table(uri, storage_options)
+    if table is None:
+        return None
+    actions = pa.table(table.get_add_actions(flatten=True))
+    rows = int(pc.sum(actions["num_records"]).as_py() or 0) if actions.num_rows else 0
+    size = int(pc.sum(actions["size_bytes"]).as_py() or 0) if actions.num_rows else 0
+    history = table.history(1)
+    last = history[0] if history else {}
+    committed = datetime.fromtimestamp(last["timestamp"] / 1000, tz=UTC) if "timestamp" in last else None
+    sample_rows = table.to_pyarrow_dataset().head(samples).to_pylist() if samples and rows else []
+    return TableDescription(
+        uri=uri,
+        version=table.version(),
+        rows=rows,
+        files=actions.num_rows,
+        size_bytes=size,
+        last_commit_at=committed,
+        last_operation=last.get("operation"),
+        samples=sample_rows,
+    )
+
+
+@dataclass
+class MaintenanceReport:
+    uri: str
+    compacted: dict[str, Any] | None = None
+    checkpoint_version: int | None = None
+    vacuumed: list[str] = field(default_factory=list)
+    vacuum_dry_run: bool = True
+    error: str | None = None
+
+
+def maintain(
+    uri: str,
+    *,
+    compact: bool = True,
+    sort_by: Sequence[str] = (),
+    checkpoint: bool = True,
+    vacuum: bool = True,
+    retention_hours: int = DEFAULT_RETENTION_HOURS,
+    dry_run: bool = True,
+    storage_options: Mapping[str, str] | None = None,
+) -> MaintenanceReport | None:
+    """Compact (or sort by `sort_by`), checkpoint and vacuum one table (None if absent).
+
+    Vacuum deletes files no longer in the table and older than `retention_hours`; with
+    `dry_run` it only lists them.
+    """
+    table = open_table(uri, storage_options)
+    if table is None:
+        return None
+    report = MaintenanceReport(uri=uri, vacuum_dry_run=dry_run)
+    if compact:
+        report.compacted = _compact(table, sort_by)
+    if checkpoint:
+        table.update_incremental()
+        table.create_checkpoint()
+        report.checkpoint_version = table.version()
+    if vacuum:
+        report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+    return report
+
+
+def _compact(table: DeltaTable, sort_by: Sequence[str]) -> dict[str, Any]:
+    if sort_by:
+        return table.optimize.z_order(list(sort_by))
+    return table.optimize.compact()
