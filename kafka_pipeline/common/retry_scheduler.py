@@ -177,19 +177,19 @@ class RetryScheduler:
         self._producer = make_producer(self.kafka)
         self._consumer = make_consumer(self.kafka, group_id=self.settings.retry.group_id, max_poll_records=500)
         self._admin = AIOKafkaAdminClient(**connection_kwargs(self.kafka))
-        await self._producer.start()
-        await self._admin.start()
-        self._consumer.subscribe([self.kafka.retry_topic], listener=_Rebalance(self))
-        await self._consumer.start()
-        if self.settings.worker.http_port:
-            self.ops = OpsServer(self.settings.worker.http_host, self.settings.worker.http_port,
-                                 readiness={"retry_scheduler": self._readiness}, registry=self.registry)
-            await self.ops.start()
-        self._running = True
-        log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id,
-                 ops_port=self.ops.port if self.ops else None)
-        next_stats = time.monotonic() + self.stats_interval_s
         try:
+            await self._producer.start()
+            await self._admin.start()
+            self._consumer.subscribe([self.kafka.retry_topic], listener=_Rebalance(self))
+            await self._consumer.start()
+            if self.settings.worker.http_port:
+                self.ops = OpsServer(self.settings.worker.http_host, self.settings.worker.http_port,
+                                     readiness={"retry_scheduler": self._readiness}, registry=self.registry)
+                await self.ops.start()
+            self._running = True
+            log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id,
+                     ops_port=self.ops.port if self.ops else None)
+            next_stats = time.monotonic() + self.stats_interval_s
             while not stop_event.is_set():
                 self._last_loop = time.monotonic()
                 self._apply_backpressure()
@@ -369,7 +369,12 @@ class RetryScheduler:
             return True
         if time.monotonic() - self._topics_checked_at >= TOPIC_REFRESH_S or not self._topics:
             assert self._admin is not None
-            self._topics = set(await self._admin.list_topics())
+            try:
+                self._topics = set(await self._admin.list_topics())
+            except KafkaError as exc:
+                # Cannot tell now: let the send decide (a failed send is tried again, never dropped).
+                log.warning("could not list topics", error=str(exc))
+                return True
             self._topics_checked_at = time.monotonic()
         return topic in self._topics
 
