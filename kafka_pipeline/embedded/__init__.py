@@ -1,0 +1,1 @@
+"""The whole pipeline on one machine: broker, API simulator and workers as child processes."""

@@ -1,0 +1,125 @@
+"""The embedded stack: tansu broker + ClaimX API simulator + the three workers, one machine.
+
+`kafka-pipeline run` uses it; so do the end-to-end and fault-injection tests, which kill and
+restart its workers. Workers run as child processes exactly as they would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka_pipeline.common.config import Settings
+from kafka_pipeline.common.embedded_broker import EmbeddedBroker
+from kafka_pipeline.common.kafka import ensure_topics
+from kafka_pipeline.common.topic_offsets import group_lag, high_watermarks
+from kafka_pipeline.embedded.worker_process import WorkerProcess
+from kafka_pipeline.simulator.server import SimulatorProcess
+
+WORKER_COMMANDS = ("enrich", "write", "retry-scheduler")
+
+
+@dataclass
+class DrainStatus:
+    events_lag: int
+    entity_rows_lag: int
+    retry_lag: int
+
+    @property
+    def drained(self) -> bool:
+        return self.events_lag == 0 and self.entity_rows_lag == 0 and self.retry_lag == 0
+
+
+@dataclass
+class EmbeddedStack:
+    settings: Settings
+    log_dir: Path | None = None  # None: workers log to this process's stderr
+    simulator_options: dict[str, object] = field(default_factory=dict)
+    broker: EmbeddedBroker | None = field(default=None, init=False)
+    simulator: SimulatorProcess | None = field(default=None, init=False)
+    workers: dict[str, WorkerProcess] = field(default_factory=dict, init=False)
+
+    def start_services(self) -> None:
+        """Broker and simulator; points the settings at them."""
+        broker_log = self.log_dir / "tansu.log" if self.log_dir else None
+        self.broker = EmbeddedBroker(log_path=broker_log).start()
+        sim_log = self.log_dir / "simulator.log" if self.log_dir else None
+        self.simulator = SimulatorProcess(log_path=sim_log, **self.simulator_options).start()  # type: ignore[arg-type]
+        self.settings.kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap_servers})
+        self.settings.api = self.simulator.api_settings(
+            **self.settings.api.model_dump(exclude={"url", "token", "token_file"})
+        )
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment that points a worker process at this stack (same names as production)."""
+        kafka, api = self.settings.kafka, self.settings.api
+        token = api.resolved_token()
+        env = {
+            "KP_ENV": self.settings.env,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KAFKA_EVENTS_TOPIC": kafka.events_topic,
+            "KAFKA_ENTITY_ROWS_TOPIC": kafka.entity_rows_topic,
+            "KAFKA_RETRY_TOPIC": kafka.retry_topic,
+            "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+            "KP_KAFKA__PARTITIONS": str(kafka.partitions),
+            "CLAIMX_API_URL": api.url,
+            "CLAIMX_API_TOKEN": token.get_secret_value() if token else "",
+            "DELTA_TABLES_ROOT": self.settings.delta.tables_root,
+        }
+        if self.settings.cache.redis_url:
+            env["REDIS_URL"] = self.settings.cache.redis_url
+        return env
+
+    async def create_topics(self) -> None:
+        kafka = self.settings.kafka
+        await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic])
+
+    def start_worker(self, command: str, name: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
+        name = name or command
+        log = self.log_dir / f"{name}.log" if self.log_dir else None
+        worker = WorkerProcess(command, {**self.worker_env(), **(env or {})}, name=name, log_path=log).start()
+        self.workers[name] = worker
+        return worker
+
+    def start_workers(self) -> None:
+        for command in WORKER_COMMANDS:
+            self.start_worker(command)
+
+    async def drain_status(self) -> DrainStatus:
+        kafka, s = self.settings.kafka, self.settings
+        events, rows, retry = await asyncio.gather(
+            group_lag(kafka, s.enrich.group_id, kafka.events_topic),
+            group_lag(kafka, s.writer.group_id, kafka.entity_rows_topic),
+            group_lag(kafka, s.retry.group_id, kafka.retry_topic),
+        )
+        return DrainStatus(events, rows, retry)
+
+    async def wait_until_drained(self, *, timeout_s: float, poll_s: float = 1.0, stable_checks: int = 2) -> DrainStatus:
+        """Until every topic's group caught up, `stable_checks` times in a row (a retry may be in the air)."""
+        deadline = time.monotonic() + timeout_s
+        stable = 0
+        status = await self.drain_status()
+        while time.monotonic() < deadline:
+            for name, worker in self.workers.items():
+                if not worker.running:
+                    raise RuntimeError(f"worker {name} exited with code {worker.returncode}")
+            status = await self.drain_status()
+            stable = stable + 1 if status.drained else 0
+            if stable >= stable_checks:
+                return status
+            await asyncio.sleep(poll_s)
+        raise TimeoutError(f"pipeline not drained after {timeout_s:.0f}s: {status}")
+
+    async def dead_letter_count(self) -> int:
+        return sum((await high_watermarks(self.settings.kafka, self.settings.kafka.dlq_topic)).values())
+
+    def stop(self) -> dict[str, int | None]:
+        """Workers first (SIGTERM: they drain and commit), then simulator and broker."""
+        codes = {name: worker.stop(self.settings.worker.shutdown_grace_s) for name, worker in self.workers.items()}
+        if self.simulator is not None:
+            self.simulator.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        return codes
