@@ -98,8 +98,13 @@ class _Batch:
             if record.value is None:
                 raise ValueError("message has no value")
             message = EntityRowsMessage.from_bytes(record.value)
-        except (ValidationError, ValueError) as exc:
-            self.undecodable.append(_Dead(record, "InvalidMessage", _one_line(exc)))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "message"
+            self.undecodable.append(_Dead(record, "InvalidMessage", f"not an entity-rows message: {where}: {first['msg']}"))
+            return
+        except ValueError as exc:
+            self.undecodable.append(_Dead(record, "InvalidMessage", f"not an entity-rows message: {_one_line(exc)}"))
             return
         self.messages.append((record, message))
         self.rows += message.row_count()
@@ -263,22 +268,27 @@ class EntityWriter:
                 continue
             waited = 0.0 if self._batch.started is None else time.monotonic() - self._batch.started
             timeout = max(0.0, min(max_latency - waited, 0.2)) if len(self._batch) else 0.2
-            await self._fetch(timeout)
+            for record in await self._fetch(timeout):
+                self._batch.add(record)  # after a failed flush, the batch keeps growing by this fetch
+                if self._batch.rows >= max_rows and self._last_flush_ok:
+                    await self._flush()
             batch = self._batch
-            if len(batch) and (batch.rows >= max_rows or time.monotonic() - (batch.started or 0) >= max_latency):
+            if len(batch) and time.monotonic() - (batch.started or 0) >= max_latency:
                 await self._flush()
 
-    async def _fetch(self, timeout_s: float) -> None:
+    async def _fetch(self, timeout_s: float) -> list[Any]:
+        """The next records of the assigned partitions, in offset order per partition."""
         assert self._consumer is not None
         fetched = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=FETCH_MAX_RECORDS)
+        out: list[Any] = []
         for tp, records in fetched.items():
-            if tp not in self._assigned:
+            if tp not in self._assigned or not records:
                 continue  # fetched just before a revoke: the new owner reads it again
-            for record in records:
-                self._batch.add(record)
-                self._consumed[tp] = record.offset + 1
+            out.extend(records)
+            self._consumed[tp] = records[-1].offset + 1
             self.messages_consumed += len(records)
             self.metrics.messages.inc(len(records))
+        return out
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         """Wait with every partition paused, still polling so the group keeps this member."""
@@ -286,7 +296,8 @@ class EntityWriter:
         deadline = time.monotonic() + seconds
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
             self._consumer.pause(*self._consumer.assignment())
-            await self._fetch(min(left, 1.0))
+            for record in await self._fetch(min(left, 1.0)):
+                self._batch.add(record)
 
     async def _final_flush(self) -> None:
         """On stop: flush what is pending (retrying a failed batch a few times), then return."""
