@@ -6,6 +6,8 @@ Also warm start from a real Delta table and the admin routes.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +29,8 @@ from kafka_pipeline.common.errors import PermanentError
 from kafka_pipeline.common.ops_server import OpsServer
 from tests.fixtures.redis import RedisServer
 
-SOCKET_TIMEOUT_S = 0.25
+SOCKET_TIMEOUT_S = 0.25  # the outage tests check that no call waits longer than about this
+RELAXED_TIMEOUT_S = 1.0  # the counting tests: a busy test machine must not look like a Redis outage
 
 
 class CountingApi:
@@ -74,7 +77,7 @@ def settings_for(redis_url: str, **overrides: object) -> CacheSettings:
         "ttl_jitter_s": 0.0,
         "lock_lease_ms": 2_000,
         "lock_wait_s": 2.0,
-        "socket_timeout_s": SOCKET_TIMEOUT_S,
+        "socket_timeout_s": RELAXED_TIMEOUT_S,
     }
     values.update(overrides)
     return CacheSettings(**values)  # type: ignore[arg-type]
@@ -117,12 +120,26 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def workers(redis_url: str) -> AsyncIterator[list[ProjectCache]]:
-    settings = settings_for(redis_url)
-    caches = [make_worker(settings) for _ in range(3)]
+async def start_workers(settings: CacheSettings, count: int = 3) -> list[ProjectCache]:
+    caches = [make_worker(settings) for _ in range(count)]
     for cache in caches:
         await cache.start()
+    return caches
+
+
+@pytest.fixture
+async def workers(redis_url: str) -> AsyncIterator[list[ProjectCache]]:
+    """Three simulated workers sharing one Redis."""
+    caches = await start_workers(settings_for(redis_url))
+    yield caches
+    for cache in caches:
+        await cache.close()
+
+
+@pytest.fixture
+async def outage_workers(redis_url: str) -> AsyncIterator[list[ProjectCache]]:
+    """Three workers with the short production socket timeout, for the outage tests."""
+    caches = await start_workers(settings_for(redis_url, socket_timeout_s=SOCKET_TIMEOUT_S))
     yield caches
     for cache in caches:
         await cache.close()
@@ -225,7 +242,8 @@ async def test_invalidate_all_reaches_the_others(workers: list[ProjectCache]) ->
     assert api.calls["p2"] == 2
 
 
-async def test_redis_outage_is_routine(redis_server: RedisServer, workers: list[ProjectCache]) -> None:
+async def test_redis_outage_is_routine(redis_server: RedisServer, outage_workers: list[ProjectCache]) -> None:
+    workers = outage_workers
     api = CountingApi(delay=0.01)
     before = [f"before{i}" for i in range(30)]
     during = [f"during{i}" for i in range(30)]
@@ -264,6 +282,34 @@ async def test_redis_outage_is_routine(redis_server: RedisServer, workers: list[
     loads_before = api.total
     await asyncio.gather(*(event(cache, api, pid) for cache in workers for pid in before))
     assert api.total - loads_before == 30
+
+
+async def test_a_hung_redis_costs_at_most_one_socket_timeout(redis_server: RedisServer, outage_workers: list[ProjectCache]) -> None:
+    workers = outage_workers
+    api = CountingApi(delay=0.01)
+    assert redis_server.process is not None
+    pid = redis_server.process.pid
+
+    async def timed(cache: ProjectCache, project_id: str) -> float:
+        started = time.monotonic()
+        await event(cache, api, project_id)
+        return time.monotonic() - started
+
+    os.kill(pid, signal.SIGSTOP)  # accepts connections (kernel backlog) but never answers
+    try:
+        durations = await asyncio.gather(*(timed(cache, f"h{i}") for cache in workers for i in range(40)))
+        assert max(durations) < SOCKET_TIMEOUT_S + 0.2, max(durations)
+        assert all(count <= 3 for count in api.calls.values())
+        await eventually(lambda: all(c.stats().redis_state == "down" for c in workers), timeout_s=3.0)
+        # With the circuit open nothing waits on Redis at all.
+        durations = await asyncio.gather(*(timed(cache, f"k{i}") for cache in workers for i in range(40)))
+        assert max(durations) < 0.1, max(durations)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await eventually(lambda: all(c.stats().redis_state == "up" for c in workers), timeout_s=8.0)
+    loads_before = api.total
+    await asyncio.gather(*(event(cache, api, f"after{i}") for cache in workers for i in range(20)))
+    assert api.total - loads_before == 20
 
 
 async def test_background_refresh_fires_once_across_workers(redis_url: str) -> None:
@@ -401,7 +447,7 @@ async def test_start_with_redis_down_does_not_block(redis_server: RedisServer) -
     port = redis_server.port
     redis_server.stop()
     try:
-        cache = make_worker(settings_for(f"redis://127.0.0.1:{port}/0"))
+        cache = make_worker(settings_for(f"redis://127.0.0.1:{port}/0", socket_timeout_s=SOCKET_TIMEOUT_S))
         started = time.monotonic()
         await cache.start()
         api = CountingApi(delay=0)

@@ -70,30 +70,36 @@ class _CacheCollector(Collector):
         redis_up = GaugeMetricFamily(
             f"{PREFIX}_redis_up", "1 while the shared Redis tier is usable, 0 while the worker runs on its in-process tier.", labels=["cache"]
         )
+        by_name: dict[str, list[ProjectCache]] = {}
         for cache in caches:
-            c, name = cache.counters, cache.name
-            for result, value in (
-                ("hit_l1", c.l1_hits),
-                ("hit_l2", c.l2_hits),
-                ("miss", c.misses),
-                ("coalesced", c.coalesced),
-                ("absent", c.absent_hits),
+            by_name.setdefault(cache.name, []).append(cache)
+        for name, group in by_name.items():  # caches sharing a name (rare: tests) are summed
+
+            def total(field: str, group: list[ProjectCache] = group) -> float:
+                return float(sum(getattr(cache.counters, field) for cache in group))
+
+            for result, field in (
+                ("hit_l1", "l1_hits"),
+                ("hit_l2", "l2_hits"),
+                ("miss", "misses"),
+                ("coalesced", "coalesced"),
+                ("absent", "absent_hits"),
             ):
-                requests.add_metric([name, result], value)
-            misses.add_metric([name, "l1"], c.l2_hits + c.misses + c.coalesced)
-            misses.add_metric([name, "l2"], c.l2_misses)
-            lock_waits.add_metric([name], c.lock_waits)
-            loads.add_metric([name, "ok"], c.loads_ok)
-            loads.add_metric([name, "failed"], c.loads_failed)
-            evictions.add_metric([name], c.evictions)
-            refreshes.add_metric([name, "ok"], c.background_refreshes)
-            refreshes.add_metric([name, "failed"], c.background_refresh_failures)
-            redis_errors.add_metric([name], c.l2_errors)
-            size.add_metric([name], len(cache))
-            pending.add_metric([name], cache.stats().pending)
-            tier = cache.shared_tier
-            if tier is not None:
-                redis_up.add_metric([name], 1.0 if tier.is_up else 0.0)
+                requests.add_metric([name, result], total(field))
+            misses.add_metric([name, "l1"], total("l2_hits") + total("misses") + total("coalesced"))
+            misses.add_metric([name, "l2"], total("l2_misses"))
+            lock_waits.add_metric([name], total("lock_waits"))
+            loads.add_metric([name, "ok"], total("loads_ok"))
+            loads.add_metric([name, "failed"], total("loads_failed"))
+            evictions.add_metric([name], total("evictions"))
+            refreshes.add_metric([name, "ok"], total("background_refreshes"))
+            refreshes.add_metric([name, "failed"], total("background_refresh_failures"))
+            redis_errors.add_metric([name], total("l2_errors"))
+            size.add_metric([name], float(sum(len(cache) for cache in group)))
+            pending.add_metric([name], float(sum(cache.stats().pending for cache in group)))
+            tiers = [cache.shared_tier for cache in group if cache.shared_tier is not None]
+            if tiers:
+                redis_up.add_metric([name], 1.0 if all(tier.is_up for tier in tiers) else 0.0)
         yield from (requests, misses, lock_waits, loads, evictions, refreshes, redis_errors, size, pending, redis_up)
 
 

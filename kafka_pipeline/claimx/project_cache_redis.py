@@ -207,13 +207,21 @@ class RedisTier:
     # ------------------------------------------------------------------ calls, bounded and broken-circuit aware
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """One Redis call: waits for a free connection slot (queueing behind this worker's own
-        burst, not Redis), then checks the breaker and runs with a hard `socket_timeout_s`."""
-        async with self._slots:
+        """One Redis call, `socket_timeout_s` at most in all: the wait for a free connection slot
+        (this worker's own burst, so not a Redis failure) and the call itself (a failure for
+        the breaker when it errs or runs out of time)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RedisUnavailable("no free redis connection in time") from None
+        try:
             if not self._breaker.allow():
                 raise RedisUnavailable("redis circuit open")
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout_at(deadline):
                     result = await make()
             except asyncio.CancelledError:
                 self._breaker.record_failure()  # frees a half-open trial slot; the caller was cancelled
@@ -225,6 +233,8 @@ class RedisTier:
                 raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
             self._breaker.record_success()
             return result
+        finally:
+            self._slots.release()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -485,7 +495,7 @@ class RedisTier:
     def _on_reconnected(self) -> None:
         self.reconnects += 1
         if self._cache is not None:
-            dropped = self._cache._invalidate_local(None)
+            dropped = self._cache.invalidate(None, broadcast=False)
             log.info("project_cache_redis_reconnected", dropped_entries=dropped, detail="in-process entries treated as stale")
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -503,4 +513,4 @@ class RedisTier:
                 return
             self.invalidations_received += 1
             ids = body.get("ids")
-            self._cache._invalidate_local(None if ids is None else [str(i) for i in ids])
+            self._cache.invalidate(None if ids is None else [str(i) for i in ids], broadcast=False)
