@@ -46,6 +46,9 @@ _OLD = "__kp_old__"  # clock columns joined beside a combined batch
 # Clock cell meaning "the column holds null" (0001-01-01T00:00:00Z in microseconds).
 NO_VALUE_US = -62_135_596_800_000_000
 NO_VALUE = datetime(1, 1, 1, tzinfo=UTC)
+# Compute functions get typed scalars only: a plain Python int makes pyarrow probe for optional
+# packages (a failed import per call, which adds up to seconds per flush).
+_NO_VALUE_SCALAR = pa.scalar(NO_VALUE_US, pa.int64())
 
 
 class TableContract(Protocol):
@@ -170,7 +173,7 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
         old_us = pc.if_else(
             is_new_key,
             null_us,
-            pc.if_else(pc.is_null(old_cell), old_row_us, pc.if_else(pc.equal(old_cell, NO_VALUE_US), null_us, old_cell)),
+            pc.if_else(pc.is_null(old_cell), old_row_us, pc.if_else(pc.equal(old_cell, _NO_VALUE_SCALAR), null_us, old_cell)),
         )
         src_us = joined[_CLOCK + name]
         taken = pc.fill_null(
@@ -180,7 +183,7 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
         any_taken = pc.or_(any_taken, taken)
         new_us = pc.if_else(taken, src_us, old_us)
         clock_columns[name] = pc.if_else(
-            pc.is_null(new_us), NO_VALUE_US, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
+            pc.is_null(new_us), _NO_VALUE_SCALAR, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
         )
         source_columns[name] = pc.if_else(taken, joined[name], _typed_null(joined.schema.field(name).type))
 
@@ -196,7 +199,8 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
         schema=clock_schema(spec),
     )
 
-    now_column = pa.array([now] * changed.num_rows, TIMESTAMP)
+    now_us = pa.scalar(int(now.timestamp() * 1_000_000), pa.int64())
+    now_column = pc.cast(pa.repeat(now_us, changed.num_rows), TIMESTAMP)
     source: dict[str, pa.ChunkedArray | pa.Array] = {key: changed[key] for key in keys}
     for name in spec.value_columns:
         source[name] = keep(source_columns[name])

@@ -26,8 +26,11 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.fs as pa_fs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
 
 from kafka_pipeline.common.backoff import backoff_delay
 from kafka_pipeline.common.delta import merge_rule
@@ -72,10 +75,6 @@ def read_delta_table(
         return schema.empty_table()
     data = table.to_pyarrow_dataset().to_table()
     return data.sort_by([(key, "ascending") for key in sort_keys])
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass
@@ -269,18 +268,32 @@ class DeltaTableWriter:
         return CommitProperties(app_transactions=transactions)
 
     def _read_clocks(self, clocks: DeltaTable, keys: pa.Table) -> pa.Table:
-        """The clock rows of `keys` (a table of merge-key columns)."""
-        if keys.num_rows == 0 or not clocks.file_uris():
+        """The clock rows of `keys` (a table of merge-key columns).
+
+        Files are pruned by the first key column's min/max in the Delta log; the key match
+        itself is a join in Arrow. (Two things avoided on purpose: `to_pyarrow_dataset` turns
+        every statistic of every file into a pyarrow expression, and a pyarrow filter is pushed
+        into the scan, where delta-rs-written files carry `string_view` columns that pyarrow
+        will not compare with the dataset's `string`.)
+        """
+        if keys.num_rows == 0:
+            return self._clock_schema.empty_table()
+        actions = pa.table(clocks.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
             return self._clock_schema.empty_table()
         names = list(self.spec.merge_keys)
         first = keys[names[0]]
-        low, high = pc.min(first).as_py(), pc.max(first).as_py()
-        dataset = clocks.to_pyarrow_dataset(
-            file_pruning_predicate=f"{names[0]} >= {_sql_literal(low)} AND {names[0]} <= {_sql_literal(high)}"
-        )
-        # Files are pruned by the Delta log's key stats; the key match itself happens in Arrow.
-        # (A pyarrow filter would be pushed into the scan, where delta-rs-written files carry
-        # `string_view` columns that pyarrow cannot compare with the dataset's `string`.)
+        low, high = pc.min(first), pc.max(first)
+        min_col, max_col = f"min.{names[0]}", f"max.{names[0]}"
+        if min_col in actions.column_names and max_col in actions.column_names:
+            overlaps = pc.and_(pc.greater_equal(actions[max_col], low), pc.less_equal(actions[min_col], high))
+            actions = actions.filter(pc.fill_null(overlaps, True))  # no stats: read the file
+        if actions.num_rows == 0:
+            return self._clock_schema.empty_table()
+        paths = actions["path"].to_pylist()
+        sizes = dict(zip(paths, actions["size_bytes"].to_pylist(), strict=True))
+        filesystem = pa_fs.PyFileSystem(DeltaStorageHandler(clocks.table_uri, self.storage_options or None, sizes))
+        dataset = pds.dataset(paths, schema=self._clock_schema, format="parquet", filesystem=filesystem)
         candidates = dataset.to_table()
         return candidates.join(keys, names, join_type="left semi", use_threads=False).select(self._clock_schema.names)
 
@@ -291,7 +304,7 @@ def _unwritten(rows: pa.Table, versions: Mapping[str, int | None]) -> pa.Table:
     for app, version in versions.items():
         if version is None:
             continue
-        already = pc.and_(pc.equal(rows[APP], app), pc.less_equal(rows[OFFSET], version))
+        already = pc.and_(pc.equal(rows[APP], pa.scalar(app, pa.string())), pc.less_equal(rows[OFFSET], pa.scalar(version, pa.int64())))
         keep = pc.invert(already) if keep is None else pc.and_(keep, pc.invert(already))
     return rows if keep is None else rows.filter(keep)
 

@@ -1,0 +1,468 @@
+"""The entity writer through the real broker into real Delta tables.
+
+The stream used here has rows for every table, overlapping keys (task templates shared across
+projects, i.e. across partitions), event times out of order, nulls, minimal update rows and
+duplicated messages. Every event time is unique, so the expected tables follow from the merge
+rule alone (`reference`), whatever the arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pytest
+from aiokafka import TopicPartition
+
+from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.entity_writer import EntityWriter, app_id, read_rows
+from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch, parse_timestamp, rows_to_arrow
+from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.common.config import DeltaSettings, KafkaSettings, Settings, WorkerSettings, WriterSettings, load_settings
+from kafka_pipeline.common.dead_letter import DeadLetter
+from kafka_pipeline.common.delta import table_uri
+from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+SESSION_TIMEOUT_MS = 6_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- conversion ---------------------------------------------------------------------------------
+
+
+def message(rows: dict[str, list[dict[str, Any]]], trace: str = "t-1", at: datetime = T0) -> EntityRowsMessage:
+    return EntityRowsMessage(trace_id=trace, event_type="TEST", project_id="1", event_time=at, rows=rows)
+
+
+def test_conversion_types_rows_by_the_contract() -> None:
+    tables = rows_to_arrow(message({
+        "claimx_media": [{"media_id": 501, "project_id": 1, "latitude": 30, "longitude": -97.5,
+                          "taken_date": "2024-04-30T22:15:00", "expires_at": "2024-05-01T01:00:00-05:00"}],
+        "claimx_events": [{"event_type": "PROJECT_FILE_ADDED", "project_id": "1", "event_date": "2024-05-01",
+                           "ingested_at": "2024-05-01T08:00:00Z"}],
+        "claimx_video_collab": [{"video_collaboration_id": "v1", "session_count": 3, "total_time_seconds": 12}],
+    }), app="g:t:0", offset=7)
+    media = tables["claimx_media"].to_pylist()[0]
+    assert (media["media_id"], media["project_id"], media["latitude"], media["longitude"]) == ("501", "1", 30.0, -97.5)
+    assert media["taken_date"] == datetime(2024, 4, 30, 22, 15, tzinfo=UTC)  # naive = UTC
+    assert media["expires_at"] == datetime(2024, 5, 1, 6, tzinfo=UTC)
+    assert (media["trace_id"], media["event_time"], media["__kp_offset"], media["__kp_app"]) == ("t-1", T0, 7, "g:t:0")
+    event = tables["claimx_events"].to_pylist()[0]
+    assert (event["trace_id"], event["event_date"]) == ("t-1", date(2024, 5, 1))  # the event's own trace is its key
+    video = tables["claimx_video_collab"].to_pylist()[0]
+    assert (video["session_count"], video["total_time_seconds"]) == (3, 12.0)
+    for name, table in tables.items():
+        for field in TABLES[name].schema:
+            if field.name not in ("created_at", "updated_at"):
+                assert table.schema.field(field.name).type == field.type, (name, field.name)
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        ({"media_id": "m", "latitude": "abc"}, "claimx_media.latitude: expected float64, got 'abc'"),
+        ({"media_id": "m", "latitude": True}, "claimx_media.latitude: expected float64, got True"),
+        ({"media_id": "m", "taken_date": "yesterday"}, "claimx_media.taken_date: expected ISO-8601 timestamp, got 'yesterday'"),
+        ({"media_id": "m", "taken_date": 1714550400}, "claimx_media.taken_date: expected ISO-8601 timestamp, got 1714550400"),
+        ({"media_id": 1.5}, "claimx_media.media_id: expected string, got 1.5"),
+        ({"media_id": "m", "gps": "x"}, "claimx_media.gps: column not in the table's schema"),
+        ({"media_id": "m", "created_at": "2024-01-01T00:00:00Z"}, "claimx_media.created_at: metadata column is set by the writer"),
+        ({"latitude": 1.0}, "claimx_media.media_id: merge key is missing or null"),
+    ],
+)
+def test_conversion_never_drops_a_misfit_silently(row: dict[str, Any], error: str) -> None:
+    with pytest.raises(SchemaMismatch) as raised:
+        rows_to_arrow(message({"claimx_media": [row]}))
+    assert str(raised.value).startswith(error)
+
+
+def test_a_bad_message_adds_nothing_and_the_batch_goes_on() -> None:
+    builder = BatchBuilder()
+    builder.add(message({"claimx_projects": [{"project_id": "1", "year_built": 1990}]}), app="a", offset=0)
+    with pytest.raises(SchemaMismatch, match=r"claimx_projects.year_built: expected int64, got 1990.5"):
+        builder.add(message({"claimx_events": [{"event_type": "X"}], "claimx_projects": [{"project_id": "2", "year_built": 1990.5}]}),
+                    app="a", offset=1)
+    with pytest.raises(SchemaMismatch, match="claimx_nope: no such table"):
+        builder.add(message({"claimx_nope": [{}]}), app="a", offset=2)
+    builder.add(message({"claimx_projects": [{"project_id": "3", "xa_autolink_fail": False}]}), app="a", offset=3)
+    tables = builder.tables()
+    assert list(tables) == ["claimx_projects"]  # the bad message's events row is not there
+    assert tables["claimx_projects"].column("project_id").to_pylist() == ["1", "3"]
+
+
+# -- a stream and what the tables must hold afterwards -----------------------------------------
+
+
+def build_stream(seed: int, events: int, projects: int = 12) -> list[EntityRowsMessage]:
+    rng = random.Random(seed)
+    ids = [str(7000 + i) for i in range(projects)]
+    seconds = rng.sample(range(events * 20), events)  # unique, shuffled: out of order everywhere
+    maybe = lambda value, p=0.3: None if rng.random() < p else value  # noqa: E731
+    stream: list[EntityRowsMessage] = []
+    for i in range(events):
+        pid = rng.choice(ids)
+        at = T0 + timedelta(seconds=seconds[i])
+        rows: dict[str, list[dict[str, Any]]] = {
+            "claimx_events": [{"event_type": "TEST", "project_id": pid, "ingested_at": at.isoformat(), "event_date": at.date().isoformat()}]
+        }
+        kind = rng.randrange(7)
+        if kind == 0:  # a project fetch: a full row, with the nulls the API really has
+            rows["claimx_projects"] = [{
+                "project_id": int(pid), "status": maybe(rng.choice(["OPEN", "CLOSED", "REVIEW"])), "city": maybe(rng.choice(["Austin", "Waco"])),
+                "year_built": maybe(rng.randrange(1950, 2020)), "square_footage": maybe(rng.uniform(500, 4000)),
+                "date_of_loss": maybe((at - timedelta(days=3)).replace(tzinfo=None).isoformat()), "company_name": "Acme",
+            }]
+            rows["claimx_contacts"] = [{"project_id": pid, "contact_email": f"ph{pid}@x.com", "contact_type": "POLICYHOLDER",
+                                        "first_name": maybe(rng.choice(["Ann", "Bea"])), "is_primary_contact": True}]
+        elif kind == 1:  # the minimal update rows
+            rows["claimx_projects"] = [rng.choice([
+                {"project_id": pid, "master_file_name": f"MFN-{i}"},
+                {"project_id": pid, "policyholder_invited_at": at.isoformat()},
+                {"project_id": pid, "xa_autolink_fail": True, "xa_autolink_fail_at": at.isoformat()},
+            ])]
+        elif kind == 2:
+            rows["claimx_media"] = [{"media_id": f"{pid}-m{rng.randrange(3)}", "project_id": pid, "file_name": maybe(f"f{i}.jpg"),
+                                     "latitude": maybe(rng.uniform(-90, 90)), "longitude": maybe(rng.uniform(-180, 180))}]
+        elif kind in (3, 4):
+            task = f"T{rng.randrange(4)}"  # shared by all projects: these keys meet across partitions
+            assignment = f"{pid}-a{rng.randrange(2)}"
+            rows["claimx_tasks"] = [{"assignment_id": assignment, "task_id": task, "project_id": pid, "status": maybe(rng.choice(["ASSIGNED", "COMPLETED"])),
+                                     "stp_enabled": maybe(rng.random() < 0.5), "date_assigned": maybe(at.isoformat())}]
+            rows["claimx_task_templates"] = [{"task_id": task, "name": maybe(f"Template {i}"), "enabled": maybe(rng.random() < 0.5)}]
+            rows["claimx_external_links"] = [{"link_id": f"L-{assignment}", "assignment_id": assignment, "project_id": pid,
+                                              "email": maybe(f"ext{i}@x.com"), "phone": maybe(str(rng.randrange(10**9)))}]
+            rows["claimx_contacts"] = [{"project_id": pid, "contact_email": f"ext{i % 3}@x.com", "contact_type": "POLICYHOLDER",
+                                        "task_assignment_id": assignment, "is_primary_contact": False}]
+        elif kind == 5:
+            rows["claimx_video_collab"] = [{"video_collaboration_id": f"{pid}-v", "project_id": pid, "session_count": maybe(rng.randrange(9)),
+                                            "total_time_seconds": maybe(rng.uniform(0, 900)), "claim_rep_full_name": maybe("Rep One")}]
+        stream.append(EntityRowsMessage(trace_id=f"trace-{seed}-{i}", event_type="TEST", project_id=pid, event_time=at, rows=rows))
+    for duplicate in rng.sample(stream, events // 8):  # redelivered messages, later in the stream
+        stream.insert(rng.randrange(stream.index(duplicate), len(stream) + 1), duplicate)
+    return stream
+
+
+def _normal(type_: pa.DataType, value: Any) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(type_):
+        return str(value)
+    if pa.types.is_timestamp(type_):
+        return parse_timestamp(value)
+    if pa.types.is_date32(type_):
+        return date.fromisoformat(value)
+    if pa.types.is_float64(type_):
+        return float(value)
+    return value
+
+
+def reference(stream: Iterable[EntityRowsMessage]) -> dict[str, list[dict[str, Any]]]:
+    """Per table, the merge rule applied by hand: per key and column the newest non-null value."""
+    folded: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {name: {} for name in TABLES}
+    for msg in sorted(stream, key=lambda m: m.event_time):  # event times are unique per event
+        for name, rows in msg.rows.items():
+            spec = TABLES[name]
+            for raw in rows:
+                row = {col: _normal(spec.schema.field(col).type, value) for col, value in raw.items()}
+                row.setdefault("trace_id", msg.trace_id)
+                key = tuple(row[k] for k in spec.merge_keys)
+                out = folded[name].setdefault(key, dict.fromkeys(spec.schema.names))
+                out.update({col: value for col, value in row.items() if value is not None})
+                out["trace_id"], out["event_time"] = msg.trace_id if "trace_id" not in spec.merge_keys else row["trace_id"], msg.event_time
+    return {
+        name: [{k: v for k, v in row.items() if k not in ("created_at", "updated_at")} for _, row in sorted(rows.items())]
+        for name, rows in folded.items()
+    }
+
+
+def table_contents(root: str) -> dict[str, list[dict[str, Any]]]:
+    return {name: [{k: v for k, v in row.items() if k not in ("created_at", "updated_at")} for row in read_rows(root, name)]
+            for name in TABLES}
+
+
+# -- broker helpers -----------------------------------------------------------------------------
+
+
+async def produce(kafka: KafkaSettings, values: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Send (key, value) pairs in order; returns the end offset (last + 1) per partition."""
+    await ensure_topics(kafka, [kafka.entity_rows_topic, kafka.dlq_topic])
+    producer = make_producer(kafka)
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        for key, value in values:
+            meta = await producer.send_and_wait(kafka.entity_rows_topic, value, key=key)
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    finally:
+        await producer.stop()
+    return ends
+
+
+def encoded(stream: list[EntityRowsMessage]) -> list[tuple[bytes, bytes]]:
+    return [(m.project_id.encode(), m.to_bytes()) for m in stream]
+
+
+async def committed(kafka: KafkaSettings, group: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The group's committed offsets (a consumer that asks, never joins)."""
+    consumer = make_consumer(kafka, group_id=group)
+    await consumer.start()
+    try:
+        result = {}
+        for p in partitions:
+            offset = await consumer.committed(TopicPartition(kafka.entity_rows_topic, p))
+            result[p] = -1 if offset is None else offset
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def wait_committed(kafka: KafkaSettings, group: str, ends: dict[int, int], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await committed(kafka, group, ends)
+        if all(got[p] >= end for p, end in ends.items()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"group {group} committed {got}, expected {ends}")
+        await asyncio.sleep(0.3)
+
+
+def writer_settings(kafka: KafkaSettings, root: str, group: str, **writer: Any) -> Settings:
+    worker = writer.pop("worker", None) or WorkerSettings(name=f"writer-{group}")
+    return load_settings(
+        kafka={**kafka.model_dump(), "session_timeout_ms": SESSION_TIMEOUT_MS},  # tansu joins take session/2
+        delta=DeltaSettings(tables_root=root),
+        writer=WriterSettings(group_id=group, **{"max_rows": 40, "max_latency_s": 0.3, "stats_interval_s": 1.0, **writer}),
+        worker=worker,
+    )
+
+
+async def run_until_committed(settings: Settings, ends: dict[int, int]) -> EntityWriter:
+    writer = EntityWriter(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        await wait_committed(settings.kafka, settings.writer.group_id, ends)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    return writer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+async def test_writer_merges_the_stream_and_dead_letters_misfits(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    stream = build_stream(seed=1, events=120)
+    bad_latitude = message({"claimx_media": [{"media_id": "bad-1", "latitude": "abc"}], "claimx_events": [{"event_type": "X"}]}, trace="bad-1")
+    unknown_column = message({"claimx_projects": [{"project_id": "7001", "favourite_colour": "red"}]}, trace="bad-2")
+    values = encoded(stream)
+    values.insert(30, (b"7001", bad_latitude.to_bytes()))
+    values.insert(60, (b"7001", unknown_column.to_bytes()))
+    values.insert(90, (b"7002", b"{not json"))
+    ends = await produce(kafka_settings, values)
+
+    port = free_port()
+    group = f"writer-{uuid.uuid4().hex[:8]}"
+    settings = writer_settings(kafka_settings, str(tmp_path), group, worker=WorkerSettings(name="writer-e2e", http_port=port))
+    writer = EntityWriter(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        await wait_committed(kafka_settings, group, ends)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            ready = await http.get("/health/ready")
+            metrics = (await http.get("/metrics")).text
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    assert table_contents(str(tmp_path)) == reference(stream)
+    assert ready.status_code == 200 and ready.json()["checks"]["flush"]["ready"] is True
+    assert 'claimx_writer_rows_written_total{table="claimx_projects"}' in metrics
+    assert 'claimx_writer_dead_letters_total{error_type="SchemaMismatch"} 2.0' in metrics
+    rows = sum(m.row_count() for m in stream)
+    assert writer.rows_written == rows and writer.dead_lettered == 3
+    assert writer.flushes >= rows // 40  # max_rows=40: many small merges, not one big one
+
+    consumer = make_consumer(kafka_settings, kafka_settings.dlq_topic, group_id=None)
+    await consumer.start()
+    try:
+        letters: list[DeadLetter] = []
+        while len(letters) < 3:
+            batch = await consumer.getmany(timeout_ms=5000)
+            assert batch, "dead letters missing"
+            letters += [DeadLetter.from_bytes(r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    by_trace = {letter.trace_id: letter for letter in letters}
+    assert by_trace["bad-1"].error_type == "SchemaMismatch"
+    assert by_trace["bad-1"].error_message == "claimx_media.latitude: expected float64, got 'abc'"
+    assert by_trace["bad-1"].value is not None and EntityRowsMessage.from_bytes(by_trace["bad-1"].value.raw()) == bad_latitude
+    assert by_trace["bad-2"].error_message == "claimx_projects.favourite_colour: column not in the table's schema"
+    assert by_trace[None].error_type == "InvalidMessage" and by_trace[None].value.data == "{not json"
+    assert {letter.error_category for letter in letters} == {"permanent"} and {letter.worker for letter in letters} == {"writer-e2e"}
+    assert read_rows(str(tmp_path), "claimx_media") and "bad-1" not in {r["media_id"] for r in read_rows(str(tmp_path), "claimx_media")}
+
+
+async def test_two_writers_split_the_partitions_through_a_rebalance(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    stream = build_stream(seed=2, events=120)
+    half = len(stream) // 2
+    ends = await produce(kafka_settings, encoded(stream[:half]))
+    group = f"writer-{uuid.uuid4().hex[:8]}"
+    first = EntityWriter(writer_settings(kafka_settings, str(tmp_path), group, max_rows=30))
+    second = EntityWriter(writer_settings(kafka_settings, str(tmp_path), group, max_rows=30))
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop_first))]
+    try:
+        while first.flushes < 3:  # the first writer is mid-stream when the second one joins
+            await asyncio.sleep(0.05)
+        tasks.append(asyncio.create_task(second.run(stop_second)))
+        more = await produce(kafka_settings, encoded(stream[half:]))
+        ends = {p: max(ends.get(p, 0), more.get(p, 0)) for p in {*ends, *more}}
+        await wait_committed(kafka_settings, group, ends, timeout_s=90)
+        assert first._assigned and second._assigned and not (first._assigned & second._assigned)
+    finally:
+        stop_first.set()
+        stop_second.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert second.rows_written > 0
+    assert table_contents(str(tmp_path)) == reference(stream)
+
+
+def _writer_env(kafka: KafkaSettings, root: str, group: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KP_", "KAFKA_", "DELTA_", "WORKER_", "LOG_"))}
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KAFKA_ENTITY_ROWS_TOPIC": kafka.entity_rows_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "DELTA_TABLES_ROOT": root,
+        "KP_KAFKA__PARTITIONS": str(kafka.partitions),
+        "KP_KAFKA__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "KP_WRITER__GROUP_ID": group,
+        "KP_WRITER__MAX_ROWS": "25",
+        "KP_WRITER__MAX_LATENCY_S": "0.3",
+        "KP_WRITER__STATS_INTERVAL_S": "1",
+        "LOG_FORMAT": "json",
+        "WORKER_NAME": "writer-subprocess",
+    })
+    env.update(extra)
+    return env
+
+
+def _start_writer(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "kafka_pipeline", "write", *args], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+async def _wait_for_log(log: Path, needle: str, start: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while needle not in log.read_text()[start:]:
+        assert proc.poll() is None, f"writer exited early:\n{log.read_text()[start:]}"
+        assert time.monotonic() < deadline, f"no {needle!r} in the writer log:\n{log.read_text()[start:]}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_sigkill_at_random_points_then_replay_changes_nothing(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    stream = build_stream(seed=3, events=220)
+    expected = reference(stream)
+    ends = await produce(kafka_settings, encoded(stream))
+    total = sum(ends.values())
+
+    # An uninterrupted run (in-process, its own group and tables) to compare with.
+    clean_root = str(tmp_path / "clean")
+    await run_until_committed(writer_settings(kafka_settings, clean_root, f"clean-{uuid.uuid4().hex[:8]}", max_rows=25), ends)
+    assert table_contents(clean_root) == expected
+
+    # The same stream through `kafka-pipeline write`, SIGKILLed three times at random points.
+    root = str(tmp_path / "killed")
+    group = f"killed-{uuid.uuid4().hex[:8]}"
+    env = _writer_env(kafka_settings, root, group)
+    log = tmp_path / "writer.log"
+    rng = random.Random(20240501)
+    progress_at_kill = []
+    for _ in range(3):
+        start = len(log.read_text()) if log.exists() else 0
+        proc = _start_writer(env, log)
+        await _wait_for_log(log, "partitions assigned", start, proc)
+        await asyncio.sleep(rng.uniform(0.3, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        progress_at_kill.append(sum(max(0, o) for o in (await committed(kafka_settings, group, ends)).values()))
+    assert progress_at_kill[0] < total, "the first kill came after the stream was done"
+
+    start = len(log.read_text())
+    proc = _start_writer(env, log)
+    try:
+        await wait_committed(kafka_settings, group, ends, timeout_s=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[start:]
+    after_kills = read_rows_all(root)
+    assert table_contents(root) == table_contents(clean_root) == expected
+    assert any("Cycle " in json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{"))
+
+    # Replay the whole topic from offset 0 under a new group into the same tables: nothing changes
+    # (not even created_at); at most updated_at moves.
+    await run_until_committed(writer_settings(kafka_settings, root, f"replay-{uuid.uuid4().hex[:8]}", max_rows=60), ends)
+    replayed = read_rows_all(root)
+    for name in TABLES:
+        assert [{k: v for k, v in r.items() if k != "updated_at"} for r in replayed[name]] == [
+            {k: v for k, v in r.items() if k != "updated_at"} for r in after_kills[name]
+        ], name
+        assert all(new["updated_at"] >= old["updated_at"] for new, old in zip(replayed[name], after_kills[name]))
+
+
+def read_rows_all(root: str) -> dict[str, list[dict[str, Any]]]:
+    return {name: read_rows(root, name) for name in TABLES}
+
+
+async def test_sigterm_flushes_what_is_pending_and_exits_zero(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    stream = build_stream(seed=4, events=30)
+    ends = await produce(kafka_settings, encoded(stream))
+    root = str(tmp_path)
+    group = f"term-{uuid.uuid4().hex[:8]}"
+    # Nothing would be flushed for a minute or 10,000 rows: only the SIGTERM flush writes.
+    env = _writer_env(kafka_settings, root, group, KP_WRITER__MAX_ROWS="10000", KP_WRITER__MAX_LATENCY_S="60")
+    log = tmp_path / "writer.log"
+    proc = _start_writer(env, log, "--tables-root", root)
+    await _wait_for_log(log, "partitions assigned", 0, proc)
+    deadline = time.monotonic() + 20
+    while '"pending_rows": 0' in (log.read_text().splitlines() or [""])[-1] or "pending_rows" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        await asyncio.sleep(0.2)  # until a cycle line reports rows pending
+    assert not Path(table_uri(root, "claimx_events")).exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log.read_text()
+    assert table_contents(root) == reference(stream)
+    assert await committed(kafka_settings, group, ends) == ends
+    assert app_id(group, kafka_settings.entity_rows_topic, 0) == f"{group}:{kafka_settings.entity_rows_topic}:0"
+
+
+def test_write_command_rejects_bad_arguments_in_one_line() -> None:
+    for args, needle in ((["--max-rows", "0"], "--max-rows"), (["--max-latency-s", "soon"], "--max-latency-s")):
+        done = subprocess.run([sys.executable, "-m", "kafka_pipeline", "write", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and needle in done.stderr and done.stderr.strip().count("\n") == 0
