@@ -105,7 +105,8 @@ def combine(spec: TableContract, rows: pa.Table) -> pa.Table:
     `rows` has the columns of `input_schema(spec)` (bookkeeping beyond `SEQ` is ignored). The
     result has the keys, every value column with its newest non-null value, `_CLOCK + c` with
     that value's event time in microseconds (null when every row had null), `event_time` (µs,
-    the newest) and `trace_id` (of the newest row; ties go to the later arrival).
+    the newest) and `trace_id` (of the newest row; ties go to the later arrival). Keys that
+    occur once pass straight through; only repeated keys are aggregated.
     """
     keys = list(spec.merge_keys)
     event_us = pc.cast(rows["event_time"], pa.int64())
@@ -118,12 +119,31 @@ def combine(spec: TableContract, rows: pa.Table) -> pa.Table:
     if has_trace_column(spec):
         columns["trace_id"] = rows["trace_id"]
     columns[SEQ] = rows[SEQ]
-    ordered = pa.table(columns).sort_by([("event_time", "ascending"), (SEQ, "ascending")])
-    carried = [name for name in ordered.column_names if name not in keys and name != SEQ]
+    table = pa.table(columns)
+    carried = [name for name in table.column_names if name not in keys and name != SEQ]
+
+    repeated = _repeated_keys(spec, table)
+    if not pc.any(repeated).as_py():
+        return table.select(keys + carried)
+    single = table.filter(pc.invert(repeated)).select(keys + carried)
+    ordered = table.filter(repeated).sort_by([("event_time", "ascending"), (SEQ, "ascending")])
     # `last` skips nulls, and the input is in (event_time, arrival) order: per key it picks the
     # newest non-null value of each column, and beside it that value's event time.
     folded = ordered.group_by(keys, use_threads=False).aggregate([(name, "last") for name in carried])
-    return folded.rename_columns([name.removesuffix("_last") for name in folded.column_names])
+    folded = folded.rename_columns([name.removesuffix("_last") for name in folded.column_names])
+    return pa.concat_tables([single, folded.select(keys + carried).cast(single.schema)])
+
+
+def _repeated_keys(spec: TableContract, table: pa.Table) -> pa.ChunkedArray:
+    """Per row: does its key occur more than once in `table`?"""
+    if len(spec.merge_keys) == 1:
+        key = table[spec.merge_keys[0]]
+    else:  # one text per composite key (unit separator between the parts)
+        parts = [pc.fill_null(table[k], pa.scalar("", pa.string())) for k in spec.merge_keys]
+        key = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.string()))
+    counts = pc.value_counts(key)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), pa.scalar(1, pa.int64())))
+    return pc.is_in(key, value_set=repeated)
 
 
 @dataclass(frozen=True)

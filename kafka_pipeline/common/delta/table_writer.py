@@ -109,7 +109,13 @@ class DeltaTableWriter:
         max_conflict_retries: int = 30,
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        streamed_exec: bool = False,
+        configuration: Mapping[str, str] | None = None,
     ) -> None:
+        """`streamed_exec=False` (the default) lets delta-rs derive a pruning predicate from the
+        source's key range, so a MERGE only scans and rewrites the files that range overlaps.
+        `configuration`: Delta table properties for tables this writer creates (for instance
+        `delta.targetFileSize`)."""
         self.spec = spec
         self.uri = table_uri(root, spec.name)
         self.clock_uri = clock_table_uri(root, spec.name)
@@ -118,6 +124,8 @@ class DeltaTableWriter:
         self.max_conflict_retries = max_conflict_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.streamed_exec = streamed_exec
+        self.configuration = dict(configuration or {})
         self._clock_schema = merge_rule.clock_schema(spec)
         self._expressions = merge_rule.merge_expressions(spec)
         self._table: DeltaTable | None = None
@@ -136,7 +144,13 @@ class DeltaTableWriter:
         table = open_table(uri, self.storage_options)
         if table is None:
             try:
-                table = DeltaTable.create(uri, schema=schema, storage_options=self.storage_options or None, name=uri.rsplit("/", 1)[-1])
+                table = DeltaTable.create(
+                    uri,
+                    schema=schema,
+                    storage_options=self.storage_options or None,
+                    name=uri.rsplit("/", 1)[-1],
+                    configuration=self.configuration or None,
+                )
             except DeltaError as exc:
                 if "already exists" not in str(exc):
                     raise
@@ -195,11 +209,17 @@ class DeltaTableWriter:
             return
 
         main_combined = merge_rule.combine(self.spec, main_rows) if main_rows.num_rows else None
-        clock_combined = merge_rule.combine(self.spec, clock_rows) if clock_rows.num_rows else None
+        if clock_rows.num_rows == 0:
+            clock_combined = None
+        elif main.versions == clocks.versions:  # both tables are at the same offsets: same rows
+            clock_combined = main_combined
+        else:
+            clock_combined = merge_rule.combine(self.spec, clock_rows)
         wanted = [t for t in (main_combined, clock_combined) if t is not None]
         stored = self._read_clocks(clocks.table, pa.concat_tables([merge_rule.key_table(self.spec, t) for t in wanted]))
 
         clocks_after = stored
+        main_source: pa.Table | None = None
         if clock_combined is not None:
             resolution = merge_rule.resolve(self.spec, clock_combined, stored, now)
             if resolution.clock_rows.num_rows:
@@ -209,15 +229,20 @@ class DeltaTableWriter:
                 clocks.table.update_incremental()
                 if clocks.table.version() == committed:
                     clocks_after = merge_rule.overlay(self.spec, stored, resolution.clock_rows)
+                    if clock_combined is main_combined:
+                        # Resolving the same rows against the clocks they just set gives the
+                        # same winners: the entity source is this resolution's.
+                        main_source = resolution.source
                 else:  # another writer moved the clocks on since our commit: read them again
                     clocks_after = self._read_clocks(clocks.table, merge_rule.key_table(self.spec, main_combined or clock_combined))
 
         if main_combined is None:
             return
-        resolution = merge_rule.resolve(self.spec, main_combined, clocks_after, now)
-        if resolution.changed == 0:
+        if main_source is None:
+            main_source = merge_rule.resolve(self.spec, main_combined, clocks_after, now).source
+        if main_source.num_rows == 0:
             return
-        metrics = self._merge_entities(main, resolution.source, progress)
+        metrics = self._merge_entities(main, main_source, progress)
         result.commits += 1
         result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))  # type: ignore[call-overload]
 
@@ -228,7 +253,7 @@ class DeltaTableWriter:
                 merge_rule.clock_merge_predicate(self.spec),
                 source_alias=merge_rule.SOURCE_ALIAS,
                 target_alias=merge_rule.TARGET_ALIAS,
-                streamed_exec=False,  # lets delta-rs prune target files by the source's key range
+                streamed_exec=self.streamed_exec,
                 writer_properties=self.writer_properties,
                 commit_properties=self._commit_properties(progress, clocks.versions),
             )
@@ -245,7 +270,7 @@ class DeltaTableWriter:
                 expressions.predicate,
                 source_alias=merge_rule.SOURCE_ALIAS,
                 target_alias=merge_rule.TARGET_ALIAS,
-                streamed_exec=False,
+                streamed_exec=self.streamed_exec,
                 writer_properties=self.writer_properties,
                 commit_properties=self._commit_properties(progress, main.versions),
             )
