@@ -362,7 +362,7 @@ async def test_every_event_type_end_to_end(kafka_settings: KafkaSettings, api: S
         await until(lambda: worker.counts.processed >= len(lines), task)
     counts = worker.counts
     assert (counts.consumed, counts.succeeded, counts.skipped, counts.dead_lettered) == (len(lines), len(known), len(unknown), 5)
-    assert counts.reconciles() and counts.in_flight == 0
+    assert counts.reconciles() and counts.pending == 0
 
     records = await read_topic(settings.kafka, settings.kafka.entity_rows_topic, len(known))
     messages = [EntityRowsMessage.from_bytes(r.value) for r in records]
@@ -642,7 +642,7 @@ async def test_two_workers_share_the_group_and_a_rebalance_loses_nothing(kafka_s
         await until(lambda: first.counts.processed >= 20, task_one)
         async with running(second) as task_two:
             await until(lambda: first.counts.processed + second.counts.processed >= len(lines), task_two)
-            await until(lambda: first.counts.in_flight == 0 and second.counts.in_flight == 0)
+            await until(lambda: first.counts.pending == 0 and second.counts.pending == 0)
             await asyncio.sleep(1.5)  # let both commit
     assert first.counts.reconciles() and second.counts.reconciles()
     assert second.counts.consumed > 0  # the rebalance gave it partitions
@@ -698,7 +698,7 @@ async def test_sigterm_drains_in_flight_events_and_commits(kafka_settings: Kafka
             proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
     summary = [json.loads(line) for line in stderr.splitlines() if '"enrichment worker stopped"' in line]
-    assert summary and summary[0]["reconciled"] is True and summary[0]["in_flight"] == 0
+    assert summary and summary[0]["reconciled"] is True and summary[0]["pending"] == 0
     assert any('"Cycle ' in line for line in stderr.splitlines())
     processed = summary[0]["succeeded"] + summary[0]["skipped"] + summary[0]["dead_lettered"]
     assert 0 < processed < len(lines)  # stopped mid-stream

@@ -14,7 +14,14 @@ Read top to bottom, one consumed message goes through:
    on shutdown, up to the highest offset below which every message is done.
 
 Every consumed message ends in exactly one outcome: succeeded, skipped or dead_lettered
-(`WorkerCounts.reconciles()`). Up to `settings.enrich.max_in_flight` messages are in flight.
+(`WorkerCounts.reconciles()`).
+
+At most `settings.enrich.max_in_flight` events are in flight: parsed and being processed
+(fetching, waiting for their project's turn, handing their message to the producer). An event
+frees its slot once its message is in the producer; until the broker acknowledges it, the event
+is still pending (its offset is not done, a drain or revoke waits for it). Those awaiting an ack
+are bounded by the producer itself, which holds at most one batch per partition besides the
+one being sent and makes `send()` wait beyond that.
 
 A message that could not be produced at all (the broker is gone) is not finished: the worker
 stops with `WorkerAborted` without committing past it, and its replacement replays it.
@@ -70,7 +77,8 @@ API_LATENCY = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
-IN_FLIGHT = Gauge("claimx_enrich_in_flight", "Events being processed.", ["worker"])
+IN_FLIGHT = Gauge("claimx_enrich_in_flight", "Events being processed (holding an in-flight slot).", ["worker"])
+AWAITING_ACK = Gauge("claimx_enrich_awaiting_ack", "Events whose message waits for the broker's acknowledgement.", ["worker"])
 COMMITS = PromCounter("claimx_enrich_commits", "Offset commits by result.", ["result"])
 
 
@@ -115,7 +123,8 @@ def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Set
 @dataclass
 class WorkerCounts:
     consumed: int = 0
-    in_flight: int = 0
+    pending: int = 0  # consumed, not yet finished: in flight or awaiting the broker's ack
+    in_flight: int = 0  # holding an in-flight slot (being processed)
     outcomes: Counter[str] = field(default_factory=Counter)
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, event_type)
     aborted: int = 0  # could not be produced: the worker stopped
@@ -141,8 +150,12 @@ class WorkerCounts:
         return sum(self.outcomes.values())
 
     def reconciles(self) -> bool:
-        """Every consumed message is in exactly one outcome, or still in flight."""
-        return self.consumed == self.processed + self.in_flight + self.aborted
+        """Every consumed message is in exactly one outcome, or still pending."""
+        return self.consumed == self.processed + self.pending + self.aborted
+
+    @property
+    def awaiting_ack(self) -> int:
+        return self.pending - self.in_flight
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -161,7 +174,7 @@ class EnrichmentWorker:
         *,
         cache: ProjectVerifier | None = None,
         api_transport: Any = None,
-        media_window_s: float = 0.005,
+        media_window_s: float = 0.002,
     ) -> None:
         self.settings = settings
         self.name = settings.worker.name
@@ -251,8 +264,9 @@ class EnrichmentWorker:
         await self.api.aclose()
         if self.ops is not None:
             await self.ops.stop()
-        with contextlib.suppress(KeyError):
-            IN_FLIGHT.remove(self.name)
+        for gauge in (IN_FLIGHT, AWAITING_ACK):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name)
 
     def summary(self) -> dict[str, Any]:
         c = self.counts
@@ -261,7 +275,7 @@ class EnrichmentWorker:
             "succeeded": c.succeeded,
             "skipped": c.skipped,
             "dead_lettered": c.dead_lettered,
-            "in_flight": c.in_flight,
+            "pending": c.pending,
             "reconciled": c.reconciles(),
             "api_calls": dict(self.api.calls),
         }
@@ -291,8 +305,8 @@ class EnrichmentWorker:
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         self.tracker.track(tp, record.offset)
         self.counts.consumed += 1
+        self.counts.pending += 1
         self.counts.in_flight += 1
-        IN_FLIGHT.labels(self.name).set(self.counts.in_flight)
         event: ClaimXEvent | None = None
         error: PermanentError | None = None
         try:
@@ -304,7 +318,7 @@ class EnrichmentWorker:
         if event is not None:
             previous = self._project_tail.get(event.project_id)
             self._project_tail[event.project_id] = turn
-        task = asyncio.create_task(self._run_one(tp, record, event, error, previous, turn))
+        task = asyncio.create_task(self._run_one(tp, record, event, error, previous, turn, _Slot(self)))
         self._tasks[tp].add(task)
         task.add_done_callback(self._tasks[tp].discard)
 
@@ -316,10 +330,11 @@ class EnrichmentWorker:
         parse_error: PermanentError | None,
         previous: asyncio.Event | None,
         turn: asyncio.Event,
+        slot: _Slot,
     ) -> None:
         event_type = _type_label(event)
         try:
-            outcome = await self._process(record, event, parse_error, previous, turn)
+            outcome = await self._process(record, event, parse_error, previous, turn, slot)
         except WorkerAborted as exc:
             self.counts.aborted += 1
             if self._fatal is None:
@@ -330,9 +345,8 @@ class EnrichmentWorker:
             turn.set()
             if event is not None and self._project_tail.get(event.project_id) is turn:
                 del self._project_tail[event.project_id]
-            self.counts.in_flight -= 1
-            IN_FLIGHT.labels(self.name).set(self.counts.in_flight)
-            self._slot_freed.set()
+            slot.release()
+            self.counts.pending -= 1
         self.counts.finished(outcome, event_type)
         EVENTS.labels(outcome, event_type).inc()
         self.tracker.done(tp, record.offset)
@@ -344,11 +358,12 @@ class EnrichmentWorker:
         parse_error: PermanentError | None,
         previous: asyncio.Event | None,
         turn: asyncio.Event,
+        slot: _Slot,
     ) -> Outcome:
         if event is None:
             assert parse_error is not None
             log.warning("malformed event", reason=str(parse_error), topic=record.topic, partition=record.partition, offset=record.offset)
-            return await self._fail(record, parse_error, None)
+            return await self._fail(record, parse_error, None, slot)
         handler = handler_for(event.event_type)
         if handler is None:
             log.info("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
@@ -358,11 +373,12 @@ class EnrichmentWorker:
             result = await handler.handle(event, self.context)
         except PipelineError as exc:
             await _wait(previous)
-            return await self._fail(record, exc, event)
+            return await self._fail(record, exc, event, slot)
         except Exception as exc:  # noqa: BLE001 - a bug in a handler must not stop the worker
             log.exception("handler failed unexpectedly", event_type=event.event_type, trace_id=event.trace_id)
             await _wait(previous)
-            return await self._fail(record, PermanentError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__), event)
+            error = PermanentError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+            return await self._fail(record, error, event, slot)
         message = EntityRowsMessage(
             trace_id=event.trace_id,
             event_type=event.event_type,
@@ -372,11 +388,13 @@ class EnrichmentWorker:
         )
         await _wait(previous)  # one project's messages go out in offset order
         try:
-            await self._produce(self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn)
+            await self._produce(
+                self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn, slot=slot
+            )
         except PermanentError as exc:  # e.g. rows too large for the topic
             if result.carries_project:
                 self.cache.abandon(event.project_id)
-            return await self._fail(record, exc, event)
+            return await self._fail(record, exc, event, slot)
         except WorkerAborted:
             if result.carries_project:
                 self.cache.abandon(event.project_id)
@@ -386,7 +404,7 @@ class EnrichmentWorker:
         self.auth_failed = False
         return "succeeded"
 
-    async def _fail(self, record: ConsumerRecord, error: PipelineError, event: ClaimXEvent | None) -> Outcome:
+    async def _fail(self, record: ConsumerRecord, error: PipelineError, event: ClaimXEvent | None, slot: _Slot) -> Outcome:
         trace_id = event.trace_id if event is not None else None
         if error.category == "auth":
             self.auth_failed = True
@@ -408,7 +426,7 @@ class EnrichmentWorker:
             )
         route = route_failure(record, error, settings=self.settings, trace_id=trace_id)
         try:
-            await self._produce(route.topic, route.value, route.key, headers=route.headers)
+            await self._produce(route.topic, route.value, route.key, headers=route.headers, slot=slot)
         except PermanentError as exc:
             raise WorkerAborted(f"the failure of offset {record.offset} could not be routed: {exc}") from exc
         return route.outcome
@@ -421,9 +439,10 @@ class EnrichmentWorker:
         *,
         headers: list[tuple[str, bytes]] | None = None,
         turn: asyncio.Event | None = None,
+        slot: _Slot | None = None,
     ) -> None:
-        """Hand the message to the producer (then `turn` lets the project's next event go) and
-        wait for the broker's ack."""
+        """Hand the message to the producer (then `turn` lets the project's next event go and
+        `slot` is freed for the next event) and wait for the broker's ack."""
         assert self._producer is not None
         try:
             try:
@@ -431,6 +450,8 @@ class EnrichmentWorker:
             finally:
                 if turn is not None:
                     turn.set()
+                if slot is not None:
+                    slot.release()
             await delivery
         except MessageSizeTooLargeError as exc:
             raise PermanentError(f"message of {len(value)} bytes too large for {topic}: {exc}", error_type="MessageTooLarge") from None
@@ -509,7 +530,8 @@ class EnrichmentWorker:
             API_LATENCY.labels(kind).observe(seconds)
 
     def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
-        return self.running, {"assigned_partitions": len(self._assigned), "in_flight": self.counts.in_flight}
+        c = self.counts
+        return self.running, {"assigned_partitions": len(self._assigned), "in_flight": c.in_flight, "awaiting_ack": c.awaiting_ack}
 
     def _api_ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.api.breaker.state
@@ -520,7 +542,7 @@ class EnrichmentWorker:
         return {"project_cache": check} if check is not None else {}
 
     def _sample(self) -> CycleSnapshot:
-        gauges: dict[str, Any] = {"in_flight": self.counts.in_flight}
+        gauges: dict[str, Any] = {"in_flight": self.counts.in_flight, "awaiting_ack": self.counts.awaiting_ack}
         stats = self.cache.stats() if hasattr(self.cache, "stats") else None
         if stats is not None:
             gauges["project_cache_size"] = stats.size
@@ -532,6 +554,27 @@ class EnrichmentWorker:
             api_calls=sum(self.api.calls.values()),
             gauges=gauges,
         )
+
+
+class _Slot:
+    """One of the worker's `max_in_flight` slots, held by an event until its message is in the
+    producer (or it ended without one); `release` is idempotent."""
+
+    __slots__ = ("worker", "held")
+
+    def __init__(self, worker: EnrichmentWorker) -> None:
+        self.worker = worker
+        self.held = True
+        IN_FLIGHT.labels(worker.name).set(worker.counts.in_flight)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            counts = self.worker.counts
+            counts.in_flight -= 1
+            IN_FLIGHT.labels(self.worker.name).set(counts.in_flight)
+            AWAITING_ACK.labels(self.worker.name).set(counts.awaiting_ack)
+            self.worker._slot_freed.set()  # noqa: SLF001
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
