@@ -254,3 +254,31 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
     started = time.monotonic()
     await asyncio.gather(*(bucket.acquire() for _ in range(3)))
     assert time.monotonic() - started >= 0.09
+
+
+async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
+    from kafka_pipeline.claimx.api_client import ShardedTransport
+
+    transport = ShardedTransport(8, per_shard=2)
+    assert len(transport._shards) == 4
+    answered: list[int] = []
+
+    class Shard(httpx.AsyncBaseTransport):
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/boom":
+                raise httpx.ConnectError("refused")
+            await asyncio.sleep(0.01)
+            answered.append(self.index)
+            return httpx.Response(200, json={"shard": self.index})
+
+    transport._shards = [Shard(i) for i in range(4)]
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        responses = await asyncio.gather(*(client.get("/") for _ in range(8)))
+        assert sorted(r.json()["shard"] for r in responses) == [0, 0, 1, 1, 2, 2, 3, 3]  # least busy first
+        assert transport._active == [0, 0, 0, 0]  # released once each body was read
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/boom")
+        assert transport._active == [0, 0, 0, 0]

@@ -99,6 +99,26 @@ async def test_single_flight_shares_one_call_and_keeps_nothing() -> None:
     assert await flight.run("k", call) == 2 and flight.shared == 4
 
 
+async def test_single_flight_never_shares_a_request_already_sent() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    sent: list[float] = []
+
+    async def call() -> int:
+        sent.append(time.monotonic())
+        number = len(sent)
+        await asyncio.sleep(0.05)
+        return number
+
+    first = asyncio.ensure_future(flight.run("k", call))
+    await asyncio.sleep(0.01)  # the first request is on the wire
+    late = await asyncio.gather(flight.run("k", call), flight.run("k", call))
+    assert await first == 1 and late == [2, 2]  # the late callers got a request of their own, shared
+    assert flight.calls == 2 and flight.shared == 1
+    with pytest.raises(ZeroDivisionError):
+        await flight.run("x", lambda: asyncio.sleep(0, result=1 / 0))
+    assert await flight.run("x", call) == 3  # a failed flight leaves nothing behind
+
+
 def test_every_contract_event_type_has_a_handler() -> None:
     assert set(EVENT_TYPES) <= set(HANDLERS)
     assert handler_for(UNKNOWN_EVENT_TYPE) is None

@@ -47,26 +47,40 @@ class ProjectVerifier(Protocol):
 
 
 class SingleFlight(Generic[K, V]):
-    """Concurrent calls for one key share one call; nothing is kept once it finished."""
+    """Calls for one key that ask before the request goes out share it; nothing is kept after.
 
-    def __init__(self) -> None:
-        self._flights: dict[K, asyncio.Future[V]] = {}
+    A flight collects callers for `window_s` (0: the current turn of the event loop, i.e. every
+    event dispatched together), then sends its request. A caller arriving after that starts a
+    new flight: sharing a request sent before the caller's event was even read could hand it
+    an answer older than the change the event announces.
+    """
+
+    def __init__(self, window_s: float = 0.0) -> None:
+        self.window_s = window_s
+        self._open: dict[K, asyncio.Future[V]] = {}  # flights still collecting callers
+        self.calls = 0
         self.shared = 0  # calls answered by another caller's flight
 
     async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
-        flight = self._flights.get(key)
+        flight = self._open.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(call())
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done, key=key: self._finished(key, done))
+            flight = asyncio.ensure_future(self._fly(key, call))
+            self._open[key] = flight
+            flight.add_done_callback(lambda done, key=key: self._close(key, done))
         else:
             self.shared += 1
         return await asyncio.shield(flight)
 
-    def _finished(self, key: K, flight: asyncio.Future[V]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
+    async def _fly(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        await asyncio.sleep(self.window_s)
+        self._close(key, asyncio.current_task())  # from here on, new callers start a new flight
+        self.calls += 1
+        return await call()
+
+    def _close(self, key: K, flight: asyncio.Future[Any] | None) -> None:
+        if flight is not None and self._open.get(key) is flight:
+            del self._open[key]
+        if flight is not None and flight.done() and not flight.cancelled():
             flight.exception()  # seen: every waiter got it, or no waiter is left to get it
 
 
