@@ -8,9 +8,10 @@
 2. Merges --rows more rows in flushes of --batch-rows (the writer's `max_rows`) exactly as the
    worker does (`DeltaTableWriter.write`: fold per key, read clocks, MERGE clocks, MERGE
    entities, app transactions in both commits). The stream: --update-fraction of the rows
-   update existing projects, drawn from the newest --hot-fraction of the key space (claims are
-   worked on while they are recent; `--hot-fraction 1` is the uniform worst case), the rest are
-   new projects; --minimal-fraction of the rows are minimal update rows (one column set).
+   update existing projects, drawn from the newest --hot-fraction of the key space at that
+   moment (claims are worked on while they are recent, so the window slides as projects are
+   created; `--hot-fraction 1` is the uniform worst case), the rest are new projects;
+   --minimal-fraction of the rows are minimal update rows (one column set).
 3. Appends the same rows with plain `write_deltalake(mode="append")`: no merge, no read, the
    ceiling for getting these rows into Delta at all.
 4. Converts one flush worth of entity-rows messages (JSON-ready dicts) to typed Arrow, the CPU
@@ -39,6 +40,7 @@ from deltalake import DeltaTable, write_deltalake
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
+from kafka_pipeline.claimx.entity_writer import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
 from kafka_pipeline.claimx.row_conversion import BatchBuilder  # noqa: E402
 from kafka_pipeline.claimx.schemas import PROJECTS  # noqa: E402
 from kafka_pipeline.common.delta import merge_rule  # noqa: E402
@@ -117,8 +119,9 @@ def stream(args: argparse.Namespace) -> list[pa.Table]:
         size = min(args.batch_rows, args.rows - b)
         numbers = []
         for _ in range(size):
-            if args.existing_rows and rng.random() < args.update_fraction:
-                numbers.append(args.existing_rows - 1 - rng.randrange(hot))
+            if next_new and rng.random() < args.update_fraction:
+                # the hot window slides: recent projects, including the ones created meanwhile
+                numbers.append(next_new - 1 - rng.randrange(min(hot, next_new)))
             else:
                 numbers.append(next_new)
                 next_new += 1
@@ -139,7 +142,11 @@ def bench_merge(writer: DeltaTableWriter, batches: list[pa.Table]) -> dict[str, 
         changed += result.keys_changed
     rows = sum(b.num_rows for b in batches)
     commits = table_versions(writer) - versions_before
+    merge_ms = {name: sum(h["operationMetrics"].get("execution_time_ms", 0) for h in DeltaTable(uri).history(len(batches)))
+                for name, uri in (("entity", writer.uri), ("clock", writer.clock_uri))}
     return {
+        "entity_merge_s": merge_ms["entity"] / 1000,
+        "clock_merge_s": merge_ms["clock"] / 1000,
         "rows": rows,
         "seconds": sum(seconds),
         "rows_per_s": rows / sum(seconds),
@@ -185,9 +192,13 @@ def main() -> int:
     parser.add_argument("--batch-rows", type=int, default=20_000, help="rows per flush, the writer's max_rows (default 20,000)")
     parser.add_argument("--update-fraction", type=float, default=0.5, help="share of rows that update existing projects (default 0.5)")
     parser.add_argument("--hot-fraction", type=float, default=0.05,
-                        help="updates hit the newest this share of existing projects (default 0.05; 1 = uniform)")
+                        help="updates hit the newest this share of projects (default 0.05, a sliding window; 1 = uniform)")
     parser.add_argument("--minimal-fraction", type=float, default=0.2, help="share of minimal update rows (default 0.2)")
-    parser.add_argument("--target-file-mb", type=int, default=32, help="delta.targetFileSize of the tables, MiB (default 32)")
+    default_mb = ENTITY_FILE_BYTES / 1024 / 1024
+    parser.add_argument("--target-file-mb", type=float, default=default_mb,
+                        help=f"delta.targetFileSize of the entity table, MiB (default {default_mb:g}: the writer's)")
+    parser.add_argument("--clock-file-mb", type=float,
+                        help=f"delta.targetFileSize of the clock table, MiB (default: the entity size / {CLOCK_FILE_RATIO})")
     parser.add_argument("--streamed-exec", action="store_true", help="MERGE with streamed_exec=True (no source-derived file pruning)")
     parser.add_argument("--seed-chunk", type=int, default=250_000, help="rows per seeding write (default 250,000)")
     parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
@@ -197,10 +208,16 @@ def main() -> int:
     if not (0 <= args.update_fraction <= 1 and 0 < args.hot_fraction <= 1 and 0 <= args.minimal_fraction <= 1):
         parser.error("fractions must lie in [0, 1] (--hot-fraction above 0)")
 
+    clock_mb = args.clock_file_mb if args.clock_file_mb is not None else args.target_file_mb / CLOCK_FILE_RATIO
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-writer-"))
     try:
-        configuration = {"delta.targetFileSize": str(args.target_file_mb * 1024 * 1024)}
-        writer = DeltaTableWriter(PROJECTS, str(root / "merge"), streamed_exec=args.streamed_exec, configuration=configuration)
+        writer = DeltaTableWriter(
+            PROJECTS,
+            str(root / "merge"),
+            streamed_exec=args.streamed_exec,
+            configuration={"delta.targetFileSize": str(int(args.target_file_mb * 1024 * 1024))},
+            clock_configuration={"delta.targetFileSize": str(int(clock_mb * 1024 * 1024))},
+        )
         seed_s = seed(writer, args.existing_rows, args.seed_chunk) if args.existing_rows else 0.0
         files_before = len(DeltaTable(writer.uri).file_uris()) if args.existing_rows else 0
         print(f"seeded {args.existing_rows:,} rows in {seed_s:.1f} s ({files_before} files after compaction)")
@@ -216,6 +233,9 @@ def main() -> int:
         print(f"merge  : {merged['rows_per_s']:>10,.0f} rows/s   (flush p50 {merged['flush_p50_s']:.2f} s, max {merged['flush_max_s']:.2f} s; "
               f"{merged['keys_changed']:,.0f} keys changed)")
         print(f"append : {ceiling:>10,.0f} rows/s   (plain write_deltalake append of the same rows: the ceiling)")
+        other = merged["seconds"] - merged["entity_merge_s"] - merged["clock_merge_s"]
+        print(f"time   : entity MERGE {merged['entity_merge_s']:.1f} s, clock MERGE {merged['clock_merge_s']:.1f} s, "
+              f"fold/read/resolve {other:.1f} s, of {merged['seconds']:.1f} s")
         print(f"commits: {merged['commits_per_100k']:.1f} Delta commits per 100,000 rows (entity + clock table)")
         print(f"files  : {files_before} -> {files_after} in the entity table")
         print(f"convert: {conversion:>10,.0f} rows/s   (entity-rows messages -> typed Arrow, one thread)")

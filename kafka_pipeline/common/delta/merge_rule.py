@@ -136,11 +136,7 @@ def combine(spec: TableContract, rows: pa.Table) -> pa.Table:
 
 def _repeated_keys(spec: TableContract, table: pa.Table) -> pa.ChunkedArray:
     """Per row: does its key occur more than once in `table`?"""
-    if len(spec.merge_keys) == 1:
-        key = table[spec.merge_keys[0]]
-    else:  # one text per composite key (unit separator between the parts)
-        parts = [pc.fill_null(table[k], pa.scalar("", pa.string())) for k in spec.merge_keys]
-        key = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.string()))
+    key = key_text(spec, table)
     counts = pc.value_counts(key)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), pa.scalar(1, pa.int64())))
     return pc.is_in(key, value_set=repeated)
@@ -172,65 +168,70 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
     so replaying rows the tables already hold older values for is a no-op.
     """
     keys = list(spec.merge_keys)
-    if clocks is None or clocks.num_rows == 0:
-        clocks = clock_schema(spec).empty_table()
-    renamed = clocks.rename_columns([n if n in keys else _OLD + n for n in clocks.column_names])
-    joined = combined.join(renamed, keys, join_type="left outer", use_threads=False)
+    stored = aligned_clocks(spec, combined, clocks)  # row i: the stored clocks of combined's key i
 
     null_us = _typed_null(pa.int64())
-    src_row_us = joined["event_time"]
-    old_row_us = pc.cast(joined[_OLD + "event_time"], pa.int64())
-    is_new_key = pc.is_null(old_row_us)
-    newest = pc.or_(is_new_key, pc.fill_null(pc.greater_equal(src_row_us, old_row_us), False))
-    new_row_us = pc.if_else(is_new_key, src_row_us, pc.max_element_wise(src_row_us, old_row_us))
+    src_row_us = combined["event_time"]
+    old_row_us = pc.cast(stored["event_time"], pa.int64())  # null: a new key
+    newest = pc.or_kleene(pc.is_null(old_row_us), pc.greater_equal(src_row_us, old_row_us))
+    new_row_us = pc.max_element_wise(src_row_us, old_row_us)  # skips the null of a new key
     any_taken = newest
 
     clock_columns: dict[str, pa.ChunkedArray] = {}
     source_columns: dict[str, pa.ChunkedArray] = {}
     for name in spec.value_columns:
-        old_cell = pc.cast(joined[_OLD + name], pa.int64())
-        # The stored value's event time; null when the key is new or the column holds null.
-        old_us = pc.if_else(
-            is_new_key,
-            null_us,
-            pc.if_else(pc.is_null(old_cell), old_row_us, pc.if_else(pc.equal(old_cell, _NO_VALUE_SCALAR), null_us, old_cell)),
-        )
-        src_us = joined[_CLOCK + name]
-        taken = pc.fill_null(
-            pc.and_kleene(pc.is_valid(src_us), pc.or_kleene(pc.is_null(old_us), pc.greater_equal(src_us, old_us))),
-            False,
-        )
+        cell = pc.cast(stored[name], pa.int64())
+        # The stored value's event time: null when the key is new or the column holds null.
+        old_us = pc.if_else(pc.is_null(cell), old_row_us, pc.if_else(pc.equal(cell, _NO_VALUE_SCALAR), null_us, cell))
+        src_us = combined[_CLOCK + name]
+        # never null: a null source is False, a null stored value is True
+        taken = pc.and_kleene(pc.is_valid(src_us), pc.or_kleene(pc.is_null(old_us), pc.greater_equal(src_us, old_us)))
         any_taken = pc.or_(any_taken, taken)
         new_us = pc.if_else(taken, src_us, old_us)
         clock_columns[name] = pc.if_else(
             pc.is_null(new_us), _NO_VALUE_SCALAR, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
         )
-        source_columns[name] = pc.if_else(taken, joined[name], _typed_null(joined.schema.field(name).type))
+        source_columns[name] = pc.if_else(taken, combined[name], _typed_null(combined.schema.field(name).type))
 
-    changed = joined.filter(any_taken)
     keep = lambda column: pc.filter(column, any_taken)  # noqa: E731 - local shorthand
-
+    changed_keys = {key: keep(combined[key]) for key in keys}
     clock_rows = pa.table(
         {
-            **{key: changed[key] for key in keys},
+            **changed_keys,
             "event_time": pc.cast(keep(new_row_us), TIMESTAMP),
             **{name: pc.cast(keep(clock_columns[name]), TIMESTAMP) for name in spec.value_columns},
         },
         schema=clock_schema(spec),
     )
 
-    now_us = pa.scalar(int(now.timestamp() * 1_000_000), pa.int64())
-    now_column = pc.cast(pa.repeat(now_us, changed.num_rows), TIMESTAMP)
-    source: dict[str, pa.ChunkedArray | pa.Array] = {key: changed[key] for key in keys}
+    count = clock_rows.num_rows
+    now_column = pc.cast(pa.repeat(pa.scalar(int(now.timestamp() * 1_000_000), pa.int64()), count), TIMESTAMP)
+    source: dict[str, pa.ChunkedArray | pa.Array] = dict(changed_keys)
     for name in spec.value_columns:
         source[name] = keep(source_columns[name])
     if has_trace_column(spec):
-        source["trace_id"] = changed["trace_id"]
-    source["event_time"] = pc.cast(changed["event_time"], TIMESTAMP)
+        source["trace_id"] = keep(combined["trace_id"])
+    source["event_time"] = pc.cast(keep(src_row_us), TIMESTAMP)
     source["created_at"] = now_column
     source["updated_at"] = now_column
     source[NEWEST] = keep(newest)
     return Resolution(clock_rows=clock_rows, source=pa.table(source))
+
+
+def key_text(spec: TableContract, table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """One value per row identifying its merge key (composite keys joined by a unit separator)."""
+    if len(spec.merge_keys) == 1:
+        return table[spec.merge_keys[0]]
+    parts = [pc.fill_null(table[k], pa.scalar("", pa.string())) for k in spec.merge_keys]
+    return pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.string()))
+
+
+def aligned_clocks(spec: TableContract, combined: pa.Table, clocks: pa.Table | None) -> pa.Table:
+    """For each row of `combined`, the clock row of its key (all null where there is none)."""
+    if clocks is None or clocks.num_rows == 0:
+        return pa.table({f.name: pa.nulls(combined.num_rows, f.type) for f in clock_schema(spec)})
+    positions = pc.index_in(key_text(spec, combined), value_set=key_text(spec, clocks))
+    return clocks.take(positions)
 
 
 def overlay(spec: TableContract, clocks: pa.Table | None, updates: pa.Table) -> pa.Table:
@@ -239,8 +240,7 @@ def overlay(spec: TableContract, clocks: pa.Table | None, updates: pa.Table) -> 
         return updates
     if updates.num_rows == 0:
         return clocks
-    keys = list(spec.merge_keys)
-    kept = clocks.join(updates.select(keys), keys, join_type="left anti", use_threads=False)
+    kept = clocks.filter(pc.invert(pc.is_in(key_text(spec, clocks), value_set=key_text(spec, updates))))
     return pa.concat_tables([kept.select(updates.column_names).cast(updates.schema), updates])
 
 

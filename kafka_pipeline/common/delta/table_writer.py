@@ -111,11 +111,14 @@ class DeltaTableWriter:
         backoff_max_s: float = 2.0,
         streamed_exec: bool = False,
         configuration: Mapping[str, str] | None = None,
+        clock_configuration: Mapping[str, str] | None = None,
     ) -> None:
         """`streamed_exec=False` (the default) lets delta-rs derive a pruning predicate from the
         source's key range, so a MERGE only scans and rewrites the files that range overlaps.
-        `configuration`: Delta table properties for tables this writer creates (for instance
-        `delta.targetFileSize`)."""
+        `configuration` / `clock_configuration`: Delta table properties of the entity / clock
+        table when this writer creates them (for instance `delta.targetFileSize`; clock rows are
+        a tenth of an entity row's size, so their files can be smaller for the same row count).
+        The clock table gets `configuration` when `clock_configuration` is not given."""
         self.spec = spec
         self.uri = table_uri(root, spec.name)
         self.clock_uri = clock_table_uri(root, spec.name)
@@ -126,6 +129,7 @@ class DeltaTableWriter:
         self.backoff_max_s = backoff_max_s
         self.streamed_exec = streamed_exec
         self.configuration = dict(configuration or {})
+        self.clock_configuration = dict(self.configuration if clock_configuration is None else clock_configuration)
         self._clock_schema = merge_rule.clock_schema(spec)
         self._expressions = merge_rule.merge_expressions(spec)
         self._table: DeltaTable | None = None
@@ -136,11 +140,11 @@ class DeltaTableWriter:
     def ensure(self) -> None:
         """Open both tables, creating them with the contract's schema when missing."""
         if self._table is None:
-            self._table = self._open_or_create(self.uri, self.spec.schema)
+            self._table = self._open_or_create(self.uri, self.spec.schema, self.configuration)
         if self._clocks is None:
-            self._clocks = self._open_or_create(self.clock_uri, self._clock_schema)
+            self._clocks = self._open_or_create(self.clock_uri, self._clock_schema, self.clock_configuration)
 
-    def _open_or_create(self, uri: str, schema: pa.Schema) -> DeltaTable:
+    def _open_or_create(self, uri: str, schema: pa.Schema, configuration: Mapping[str, str]) -> DeltaTable:
         table = open_table(uri, self.storage_options)
         if table is None:
             try:
@@ -149,7 +153,7 @@ class DeltaTableWriter:
                     schema=schema,
                     storage_options=self.storage_options or None,
                     name=uri.rsplit("/", 1)[-1],
-                    configuration=self.configuration or None,
+                    configuration=dict(configuration) or None,
                 )
             except DeltaError as exc:
                 if "already exists" not in str(exc):
@@ -320,7 +324,8 @@ class DeltaTableWriter:
         filesystem = pa_fs.PyFileSystem(DeltaStorageHandler(clocks.table_uri, self.storage_options or None, sizes))
         dataset = pds.dataset(paths, schema=self._clock_schema, format="parquet", filesystem=filesystem)
         candidates = dataset.to_table()
-        return candidates.join(keys, names, join_type="left semi", use_threads=False).select(self._clock_schema.names)
+        wanted = pc.is_in(merge_rule.key_text(self.spec, candidates), value_set=merge_rule.key_text(self.spec, keys))
+        return candidates.filter(wanted)
 
 
 def _unwritten(rows: pa.Table, versions: Mapping[str, int | None]) -> pa.Table:
