@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import httpx
 import pyarrow as pa
 import pytest
 from aiokafka import TopicPartition
+from deltalake import write_deltalake
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.entity_writer import EntityWriter, app_id, read_rows
@@ -324,6 +326,34 @@ async def test_writer_merges_the_stream_and_dead_letters_misfits(kafka_settings:
     assert by_trace[None].error_type == "InvalidMessage" and by_trace[None].value.data == "{not json"
     assert {letter.error_category for letter in letters} == {"permanent"} and {letter.worker for letter in letters} == {"writer-e2e"}
     assert read_rows(str(tmp_path), "claimx_media") and "bad-1" not in {r["media_id"] for r in read_rows(str(tmp_path), "claimx_media")}
+
+
+async def test_a_failing_table_keeps_the_batch_and_commits_nothing_until_it_heals(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    stream = build_stream(seed=5, events=60)
+    ends = await produce(kafka_settings, encoded(stream))
+    root = str(tmp_path)
+    blocker = Path(table_uri(root, "claimx_media"))
+    write_deltalake(str(blocker), pa.table({"media_id": ["x"], "latitude": ["not the contract"]}))  # refused by the writer
+    group = f"heal-{uuid.uuid4().hex[:8]}"
+    writer = EntityWriter(writer_settings(kafka_settings, root, group, max_rows=1000))
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while writer._flush_failures < 2:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        ready, details = writer._flush_ready()
+        assert not ready and "claimx_media" in details["error"] and details["pending_rows"] > 0
+        assert set((await committed(kafka_settings, group, ends)).values()) == {-1}  # nothing committed
+        assert read_rows(root, "claimx_projects")  # the other tables of the batch were written
+        shutil.rmtree(blocker)  # the operator moves the bad table away
+        await wait_committed(kafka_settings, group, ends)
+        assert writer._flush_ready()[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert table_contents(root) == reference(stream)
 
 
 async def test_two_writers_split_the_partitions_through_a_rebalance(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

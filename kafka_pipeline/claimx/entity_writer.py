@@ -214,6 +214,7 @@ class EntityWriter:
         self._producer: AIOKafkaProducer | None = None
         self.ops: OpsServer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._generation = 0  # rebalances seen (a revoke starts a new one)
         self._joined = False
         self._running = False
         self._last_flush_ok = True
@@ -289,7 +290,12 @@ class EntityWriter:
                 continue
             waited = 0.0 if self._batch.started is None else time.monotonic() - self._batch.started
             timeout = max(0.0, min(max_latency - waited, 0.2)) if len(self._batch) else 0.2
+            generation = self._generation
             for record in await self._fetch(timeout):
+                if self._generation != generation:
+                    # A rebalance happened during the flush below: the consumer re-reads every
+                    # assigned partition from its committed offset, so the rest of this fetch goes.
+                    break
                 self._batch.add(record)  # after a failed flush, the batch keeps growing by this fetch
                 if self._batch.rows >= max_rows and self._last_flush_ok:
                     await self._flush()
@@ -341,7 +347,8 @@ class EntityWriter:
     async def _flush_locked(self) -> None:
         """Write the pending batch; on failure keep it pending (it is retried) and pause reading."""
         batch = self._batch
-        if not len(batch):
+        if not len(batch):  # nothing pending (a failed batch may have gone with a revoke)
+            self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
             return
         started = time.monotonic()
         try:
@@ -441,6 +448,7 @@ class EntityWriter:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Hand partitions over clean: flush what is pending; if that fails, drop their records
         (never committed, so the next owner reads them again)."""
+        self._generation += 1
         async with self._lock:
             if len(self._batch):
                 await self._flush_locked()
