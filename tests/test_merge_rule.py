@@ -20,8 +20,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.entity_writer import read_rows, read_table
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, parse_timestamp
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.common.delta import DeltaTableWriter, merge_expressions
-from kafka_pipeline.common.delta import merge_rule
+from kafka_pipeline.common.delta import DeltaTableWriter, merge_expressions, merge_rule
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 APP = "claimx-writer:claimx.entity_rows:0"
@@ -139,7 +138,6 @@ def test_duplicates_and_same_batch_repeats_change_nothing_but_updated_at(tables:
 
 def test_older_rows_that_change_nothing_are_not_written(tables: Tables) -> None:
     tables.write([project(5, "new", status="open", city="Austin")])
-    version = tables.writers["claimx_projects"].write  # noqa: F841 - keep the writer warm
     [before] = tables.rows("claimx_projects")
     results = tables.write([project(1, "old", status="stale", city="Boston")])
     [after] = tables.rows("claimx_projects")
