@@ -174,7 +174,7 @@ class EnrichmentWorker:
         *,
         cache: ProjectVerifier | None = None,
         api_transport: Any = None,
-        media_window_s: float = 0.002,
+        media_window_s: float = 0.025,
     ) -> None:
         self.settings = settings
         self.name = settings.worker.name
@@ -229,6 +229,8 @@ class EnrichmentWorker:
                 )
                 await self.ops.start()
             self.running = True
+            IN_FLIGHT.labels(self.name).set_function(lambda: self.counts.in_flight)  # read at scrape time
+            AWAITING_ACK.labels(self.name).set_function(lambda: self.counts.awaiting_ack)
             self._stats = CycleStats(self._sample, interval_s=self.settings.enrich.stats_interval_s)
             stats_task = asyncio.create_task(self._stats.loop(stats_stop), name="cycle-stats")
             log.info(
@@ -348,7 +350,7 @@ class EnrichmentWorker:
             slot.release()
             self.counts.pending -= 1
         self.counts.finished(outcome, event_type)
-        EVENTS.labels(outcome, event_type).inc()
+        _child(EVENTS, outcome, event_type).inc()
         self.tracker.done(tp, record.offset)
 
     async def _process(
@@ -379,7 +381,7 @@ class EnrichmentWorker:
             await _wait(previous)
             error = PermanentError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
             return await self._fail(record, error, event, slot)
-        message = EntityRowsMessage(
+        message = EntityRowsMessage.model_construct(  # every field is already validated
             trace_id=event.trace_id,
             event_type=event.event_type,
             project_id=event.project_id,
@@ -525,9 +527,9 @@ class EnrichmentWorker:
     # --- observability ------------------------------------------------------------------------
 
     def _observe_api_call(self, kind: str, outcome: str, seconds: float) -> None:
-        API_CALLS.labels(kind, outcome).inc()
-        if outcome not in ("circuit_open",):
-            API_LATENCY.labels(kind).observe(seconds)
+        _child(API_CALLS, kind, outcome).inc()
+        if outcome != "circuit_open":
+            _child(API_LATENCY, kind).observe(seconds)
 
     def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
         c = self.counts
@@ -565,15 +567,11 @@ class _Slot:
     def __init__(self, worker: EnrichmentWorker) -> None:
         self.worker = worker
         self.held = True
-        IN_FLIGHT.labels(worker.name).set(worker.counts.in_flight)
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            counts = self.worker.counts
-            counts.in_flight -= 1
-            IN_FLIGHT.labels(self.worker.name).set(counts.in_flight)
-            AWAITING_ACK.labels(self.worker.name).set(counts.awaiting_ack)
+            self.worker.counts.in_flight -= 1
             self.worker._slot_freed.set()  # noqa: SLF001
 
 
@@ -586,6 +584,18 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.worker._on_assigned(set(assigned))  # noqa: SLF001
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once (labels() takes a lock and builds a key each call)."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 async def _wait(turn: asyncio.Event | None) -> None:

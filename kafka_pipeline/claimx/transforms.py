@@ -132,20 +132,20 @@ _CONVERTERS: dict[pa.DataType, Any] = {
     INT64: as_int,
     FLOAT64: as_float,
 }
-_COLUMN_TYPES: dict[str, dict[str, pa.DataType]] = {
-    name: dict(zip(spec.schema.names, spec.schema.types, strict=True)) for name, spec in TABLES.items()
+# table -> column -> the converter of the column's type
+_COLUMN_CONVERTERS: dict[str, dict[str, Any]] = {
+    name: {column: _CONVERTERS[kind] for column, kind in zip(spec.schema.names, spec.schema.types, strict=True)}
+    for name, spec in TABLES.items()
 }
 
 
 def conform(spec: TableSpec, values: Mapping[str, Any]) -> Row:
     """The row with every value converted to its column's type; an unknown column is a bug."""
-    types = _COLUMN_TYPES[spec.name]
-    row: Row = {}
-    for column, value in values.items():
-        if column not in types:
-            raise KeyError(f"{spec.name} has no column {column!r}")
-        row[column] = _CONVERTERS[types[column]](value)
-    return row
+    converters = _COLUMN_CONVERTERS[spec.name]
+    try:
+        return {column: converters[column](value) for column, value in values.items()}
+    except KeyError as exc:
+        raise KeyError(f"{spec.name} has no column {exc.args[0]!r}") from None
 
 
 def _unwrap(body: Any) -> Any:

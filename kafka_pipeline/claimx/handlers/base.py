@@ -37,7 +37,9 @@ V = TypeVar("V")
 
 
 class ProjectVerifier(Protocol):
-    """What the handlers need of the ProjectCache (NoCache implements it too)."""
+    """What the handlers need of the ProjectCache (NoCache implements it too). A cache that also
+    answers `project_id in cache` (confirmed and unexpired) lets a handler skip running the
+    verification beside its own fetch."""
 
     async def verify(self, project_id: str, load: Callable[[], Awaitable[ProjectSnapshot]], *, refresh: bool = False) -> Verification: ...
 
@@ -102,6 +104,11 @@ class HandlerContext:
         body = await self.api.get_project(project_id)
         return ProjectSnapshot(project_id, transforms.project_rows(body, project_id))
 
+    def is_confirmed(self, project_id: str) -> bool:
+        """Is the project a confirmed cache entry (verify() would be a hit)? False when the cache cannot tell."""
+        contains = getattr(type(self.cache), "__contains__", None)
+        return contains is not None and contains(self.cache, project_id)
+
     async def verify_project(self, project_id: str, *, refresh: bool = False) -> Verification:
         return await self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
 
@@ -130,6 +137,16 @@ class EventHandler:
     async def handle(self, event: ClaimXEvent, ctx: HandlerContext) -> HandlerResult:
         if not self.ensure_project:
             return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event)))
+        if not self.refresh_project and ctx.is_confirmed(event.project_id):
+            # verify() answers at once (and counts the hit): no need to run it beside the fetch.
+            verification = await ctx.verify_project(event.project_id)
+            try:
+                own = await self.child_rows(event, ctx)
+            except BaseException:
+                if verification.snapshot is not None:
+                    ctx.cache.abandon(event.project_id)
+                raise
+            return self._result(event, verification, own)
         verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=self.refresh_project))
         try:
             own = await self.child_rows(event, ctx)
@@ -145,6 +162,10 @@ class EventHandler:
             if verification.snapshot is not None:
                 ctx.cache.abandon(event.project_id)
             raise child_error
+        return self._result(event, verification, own)
+
+    @staticmethod
+    def _result(event: ClaimXEvent, verification: Verification, own: Rows) -> HandlerResult:
         project_rows = verification.snapshot.rows if verification.snapshot is not None else {}
         return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event)), verification)
 
