@@ -645,8 +645,10 @@ async def test_readiness_and_metrics_when_healthy(kafka_settings: KafkaSettings,
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.ops.port}") as ops:
             ready = await ops.get("/health/ready")
             metrics = (await ops.get("/metrics")).text
+            cache_stats = await ops.get("/cache/stats")
     assert ready.status_code == 200, ready.json()
     assert "claimx_api_latency_seconds_bucket" in metrics and "claimx_project_cache_requests_total" in metrics
+    assert cache_stats.status_code == 200 and cache_stats.json()["size"] == 2
 
 
 async def test_two_workers_share_the_group_and_a_rebalance_loses_nothing(kafka_settings: KafkaSettings, api: SimulatorProcess) -> None:
@@ -726,3 +728,25 @@ async def test_sigterm_drains_in_flight_events_and_commits(kafka_settings: Kafka
     assert sum(positions.values()) == processed  # everything it finished, nothing it did not
     rows = await read_topic(kafka, kafka.entity_rows_topic, summary[0]["succeeded"])
     assert len(rows) == summary[0]["succeeded"]
+
+
+async def test_a_stale_project_is_refreshed_in_the_background_and_written(kafka_settings: KafkaSettings, api: SimulatorProcess) -> None:
+    settings = worker_settings(kafka_settings, api, cache={"ttl_s": 60, "refresh_after_s": 1, "ttl_jitter_s": 0})
+    pid = project_ids(1, first=5_000_970)[0]
+
+    def event(kind: str, second: int) -> str:
+        return json.dumps({"event_type": kind, "project_id": pid, "ingested_at": f"2026-04-01T00:00:{second:02d}Z"})
+
+    await produce(settings.kafka, [event("PROJECT_CREATED", 0), event("POLICYHOLDER_INVITED", 1)])
+    worker = EnrichmentWorker(settings)
+    async with running(worker) as task:
+        await until(lambda: worker.counts.processed >= 2, task)
+        await asyncio.sleep(1.2)  # the entry is now older than refresh_after_s
+        await produce(settings.kafka, [event("POLICYHOLDER_JOINED", 2)])
+        await until(lambda: worker.counts.processed >= 3 and worker.cache.stats().background_refreshes == 1, task)
+    assert api.stats()["project"] == 2  # the creation, then one background refresh
+    messages = [EntityRowsMessage.from_bytes(r.value) for r in await read_topic(settings.kafka, settings.kafka.entity_rows_topic, 4)]
+    (refreshed,) = [m for m in messages if m.event_type == "PROJECT_REFRESHED"]
+    assert refreshed.project_id == str(pid) and refreshed.rows["claimx_projects"][0]["project_number"]
+    joined = next(m for m in messages if m.event_type == "POLICYHOLDER_JOINED")
+    assert [set(r) for r in joined.rows["claimx_projects"]] == [{"project_id", "policyholder_joined_at"}]  # a hit: no project rows
