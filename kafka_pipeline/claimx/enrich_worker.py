@@ -175,7 +175,7 @@ class EnrichmentWorker:
         *,
         cache: ProjectVerifier | None = None,
         api_transport: Any = None,
-        media_window_s: float = 0.025,
+        media_window_s: float = 0.005,
     ) -> None:
         self.settings = settings
         self.name = settings.worker.name
@@ -209,15 +209,15 @@ class EnrichmentWorker:
 
         Raises WorkerAborted when a message could not be produced (after committing what is done)."""
         kafka = self.settings.kafka
-        await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.dlq_topic])
-        self._producer = make_producer(kafka)
-        self._consumer = make_consumer(
-            kafka, group_id=self.settings.enrich.group_id, max_poll_records=self.settings.enrich.max_in_flight
-        )
-        self._consumer.subscribe([kafka.events_topic], listener=_RebalanceListener(self))
         stats_stop = asyncio.Event()
         stats_task: asyncio.Task[None] | None = None
         try:
+            await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.dlq_topic])
+            self._producer = make_producer(kafka)
+            self._consumer = make_consumer(
+                kafka, group_id=self.settings.enrich.group_id, max_poll_records=self.settings.enrich.max_in_flight
+            )
+            self._consumer.subscribe([kafka.events_topic], listener=_RebalanceListener(self))
             if hasattr(self.cache, "start"):
                 await self.cache.start()
             await self._producer.start()
@@ -307,7 +307,11 @@ class EnrichmentWorker:
                 next_commit = time.monotonic() + COMMIT_INTERVAL_S
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        self.tracker.track(tp, record.offset)
+        try:
+            self.tracker.track(tp, record.offset)
+        except ValueError:  # handed out again (a fetch position reset): it is in flight or done already
+            log.warning("re-delivered message ignored", topic=tp.topic, partition=tp.partition, offset=record.offset)
+            return
         self.counts.consumed += 1
         self.counts.pending += 1
         self.counts.in_flight += 1
