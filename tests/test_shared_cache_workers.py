@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.common.config import KafkaSettings
+from kafka_pipeline.common.delta.maintenance import table_row_counts
 from kafka_pipeline.common.embedded_broker import free_port
 from kafka_pipeline.common.kafka import ensure_topics, make_producer
 from kafka_pipeline.common.topic_offsets import high_watermarks
@@ -225,11 +227,9 @@ def test_restarted_worker_warm_starts_from_delta(workers_factory, api, tmp_path:
         assert wait_for_messages(kafka, kafka.entity_rows_topic, len(events)) == len(events)
         assert exports(api, projects) == dict.fromkeys(projects, 1)
         deadline = time.monotonic() + 60  # until the writer has the projects in Delta
-        from kafka_pipeline.common.delta_tables import table_row_counts
-
-        while time.monotonic() < deadline and table_row_counts(str(tables)).get("claimx_projects", 0) < len(projects):
+        while time.monotonic() < deadline and table_row_counts(str(tables), list(TABLES)).get("claimx_projects", 0) < len(projects):
             time.sleep(0.5)
-        assert table_row_counts(str(tables))["claimx_projects"] == len(projects)
+        assert table_row_counts(str(tables), list(TABLES))["claimx_projects"] == len(projects)
 
         workers.procs["w1"].stop(20)
         workers.start("w1")

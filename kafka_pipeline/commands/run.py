@@ -20,7 +20,7 @@ from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.cli import UsageError
 from kafka_pipeline.common.config import load_settings
-from kafka_pipeline.common.delta_tables import table_row_counts
+from kafka_pipeline.common.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.stack import EmbeddedStack
 
 NAME = "run"
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(root: str, storage_options: dict[str, str], dead_letters: int) -> None:
-    counts = table_row_counts(root, storage_options)
+    counts = table_row_counts(root, list(TABLES), storage_options)
     width = max(len(name) for name in TABLES)
     print("drained: rows per table")
     for name in TABLES:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from kafka_pipeline.common.delta.table_writer import open_table
+from kafka_pipeline.common.delta.table_writer import open_table, table_uri
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: time travel and slow readers keep working for a week
 
@@ -104,3 +104,13 @@ def _compact(table: DeltaTable, sort_by: Sequence[str]) -> dict[str, Any]:
     if sort_by:
         return table.optimize.z_order(list(sort_by))
     return table.optimize.compact()
+
+
+def table_row_counts(root: str, names: Sequence[str], storage_options: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Rows per existing table under `root` (tables not created yet are left out)."""
+    counts: dict[str, int] = {}
+    for name in names:
+        description = describe(table_uri(root, name), storage_options=storage_options)
+        if description is not None:
+            counts[name] = description.rows
+    return counts
