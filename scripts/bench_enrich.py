@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the enrichment worker against the API simulator, next to the naive baseline.
 
-    python scripts/bench_enrich.py                       # defaults: ~1 minute
+    python scripts/bench_enrich.py                       # defaults: under a minute
     python scripts/bench_enrich.py --events 10000 --projects 500 --latency-ms 50
 
 Starts the embedded tansu broker and the ClaimX API simulator (`--latency-ms` per request) and
