@@ -2,7 +2,7 @@
 """Benchmark the enrichment worker against the API simulator, next to the naive baseline.
 
     python scripts/bench_enrich.py                       # defaults: under a minute
-    python scripts/bench_enrich.py --events 10000 --projects 500 --latency-ms 50
+    python scripts/bench_enrich.py --events 30000 --projects 1500 --latency-ms 50
 
 Starts the embedded tansu broker and the ClaimX API simulator (`--latency-ms` per request) and
 runs the same `EnrichmentWorker` twice on a generated event stream:
@@ -10,14 +10,15 @@ runs the same `EnrichmentWorker` twice on a generated event stream:
 - optimized: `max_in_flight` events at once (default 256), the ProjectCache (single-flight
   project verification), per-project media batching;
 - naive: one event in flight and a cache that never caches (`NoCache`: every event fetches its
-  project), i.e. one event after another with every API call it needs.
+  project), i.e. one event after another with every API call it needs (an event's project
+  fetch still overlaps its own child fetch: it is the same worker code).
 
 The naive run processes the first `--naive-events` events of the same stream (it is slow; its
 events/s is steady after a few events). Both runs use the same API bounds: the default
 `max_concurrency` (64) and `--api-rate` requests per second (default 5000: the simulator has no
 quota, and the production default of 500/s would make the rate limit, not the worker, the
-thing measured). Timing starts at the first consumed event (after
-the consumer group join) and ends when the last event is finished (its rows acknowledged).
+thing measured). Timing starts at the first consumed event (after the consumer group join) and
+ends when the last event is finished (its rows acknowledged).
 Export calls are read from the simulator's `/_stats`.
 """
 
