@@ -36,8 +36,9 @@ from kafka_pipeline.claimx.project_cache import NoCache, ProjectCache, ProjectSn
 from kafka_pipeline.common.config import ApiSettings, CacheSettings, KafkaSettings, Settings, load_settings
 from kafka_pipeline.common.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.common.dead_letter import DeadLetter
-from kafka_pipeline.common.errors import PermanentError, TransientError
+from kafka_pipeline.common.errors import AuthError, PermanentError, TransientError
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.common.retry_scheduler import RetryScheduler
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import EVENT_TYPES, UNKNOWN_EVENT_TYPE, generate_events
 from kafka_pipeline.simulator.ids import project_children, project_ids
@@ -164,15 +165,30 @@ async def test_project_not_found_wins_over_the_child_error() -> None:
             await handler_for(event.event_type).handle(event, ctx)
 
 
-def test_route_failure_today_is_the_dead_letter_topic() -> None:
-    settings = Settings(kafka=KafkaSettings(dlq_topic="dlq.x"), worker={"name": "w1"})
+def test_route_failure_by_category_and_attempt() -> None:
+    settings = Settings(kafka=KafkaSettings(dlq_topic="dlq.x", retry_topic="retry.x"), retry={"delays_s": [5, 60]}, worker={"name": "w1"})
     record = _Record(topic="ev", partition=2, offset=41, key=b"5", value=b"{bad", headers=[("h", b"1")], timestamp=1_767_225_600_000)
-    for error in (PermanentError("missing field project_id", error_type="MalformedEvent"), TransientError("503"),):
-        route = route_failure(record, error, settings=settings, trace_id="t-1")
-        letter = DeadLetter.from_bytes(route.value)
-        assert (route.outcome, route.topic, route.key) == ("dead_lettered", "dlq.x", b"5")
-        assert (letter.original_topic, letter.partition, letter.offset, letter.value.raw()) == ("ev", 2, 41, b"{bad")
-        assert (letter.error_category, letter.error_message, letter.trace_id, letter.worker) == (error.category, str(error), "t-1", "w1")
+
+    permanent = route_failure(record, PermanentError("missing field project_id", error_type="MalformedEvent"), settings=settings, trace_id=None)
+    letter = DeadLetter.from_bytes(permanent.value)
+    assert (permanent.outcome, permanent.topic, permanent.key) == ("dead_lettered", "dlq.x", b"5")
+    assert (letter.original_topic, letter.partition, letter.offset, letter.value.raw()) == ("ev", 2, 41, b"{bad")
+    assert (letter.error_category, letter.error_message, letter.worker, letter.attempts) == ("permanent", "missing field project_id", "w1", 1)
+
+    transient = route_failure(record, TransientError("GET /x: 503", error_type="Http503"), settings=settings, trace_id="t-1")
+    headers = dict(transient.headers)
+    assert (transient.outcome, transient.topic, transient.key, transient.value) == ("retried", "retry.x", b"5", b"{bad")
+    assert headers["retry-attempt"] == b"1" and headers["retry-target-topic"] == b"ev" and headers["h"] == b"1"
+
+    last_try = _Record(**{**record.__dict__, "headers": transient.headers})  # came back for attempt 1 ...
+    second = route_failure(last_try, TransientError("503"), settings=settings, trace_id="t-1")
+    assert second.outcome == "retried" and dict(second.headers)["retry-attempt"] == b"2"
+    exhausted = route_failure(_Record(**{**record.__dict__, "headers": second.headers}), TransientError("503"), settings=settings, trace_id="t-1")
+    letter = DeadLetter.from_bytes(exhausted.value)
+    assert exhausted.outcome == "dead_lettered" and (letter.error_category, letter.attempts, letter.trace_id) == ("transient", 3, "t-1")
+
+    auth = route_failure(record, AuthError("401"), settings=settings, trace_id="t-2")
+    assert auth.outcome == "dead_lettered" and DeadLetter.from_bytes(auth.value).error_category == "auth"
 
 
 class _Record:
@@ -563,7 +579,7 @@ async def test_failures_end_where_the_contract_says_and_the_worker_goes_on(kafka
     ]
     # enough in-process retries to ride out a short burst; a breaker that does not open in this test
     retrying = {"retries": 8, "backoff_base_s": 0.1, "backoff_max_s": 1.0, "breaker_failure_threshold": 1000}
-    settings = worker_settings(kafka_settings, api, api=retrying)
+    settings = worker_settings(kafka_settings, api, api=retrying, retry={"delays_s": [0.5, 1.0]})
     await produce(settings.kafka, lines)
     worker = EnrichmentWorker(settings)
     async with running(worker) as task:
@@ -599,19 +615,28 @@ async def test_failures_end_where_the_contract_says_and_the_worker_goes_on(kafka
         assert time.monotonic() - started >= 1.0  # not before the Retry-After
         assert worker.counts.dead_lettered == 4 and worker.counts.succeeded == 2 + len(burst) + len(limited)
 
-        # 500s for longer than the retries: transient failure, dead-lettered for now, worker goes on
+        # 500s for longer than the in-process retries: the event goes to the retry topic, the
+        # worker goes on, and the retry scheduler brings it back once it is due: it succeeds then
         api.set_faults(error_rate=1.0)
         worker.cache.invalidate([str(healthy)])
         before = worker.counts.processed
         await produce(settings.kafka, [event(healthy, "POLICYHOLDER_JOINED", 50)])
-        await until(lambda: worker.counts.processed >= before + 1, task)
+        await until(lambda: worker.counts.retried == 1, task)
         api.reset_faults()
-        letters = [DeadLetter.from_bytes(r.value) for r in await read_topic(settings.kafka, settings.kafka.dlq_topic, 5)]
-        (last,) = [d for d in letters if d.error_category == "transient"]
-        assert last.error_type in {"Http500", "Http503"} and last.trace_id
+        (retry,) = await read_topic(settings.kafka, settings.kafka.retry_topic, 1)
+        assert dict(retry.headers)["retry-attempt"] == b"1" and b"Http50" in dict(retry.headers)["retry-error"]
+        assert json.loads(retry.value)["event_type"] == "POLICYHOLDER_JOINED"
         await produce(settings.kafka, [event(healthy, "POLICYHOLDER_JOINED", 51)])
         await until(lambda: worker.counts.processed >= before + 2, task)
-        assert worker.counts.succeeded == 3 + len(burst) + len(limited)
+        scheduler_stop = asyncio.Event()
+        scheduler = asyncio.create_task(RetryScheduler(settings).run(scheduler_stop))
+        try:
+            await until(lambda: worker.counts.processed >= before + 3, task)  # the retried event, back after its delay
+        finally:
+            scheduler_stop.set()
+            await scheduler
+        assert worker.counts.succeeded == 4 + len(burst) + len(limited)
+        assert (worker.counts.retried, worker.counts.dead_lettered) == (1, 4)
     assert worker.counts.reconciles()
 
 
@@ -722,7 +747,7 @@ async def test_sigterm_drains_in_flight_events_and_commits(kafka_settings: Kafka
     summary = [json.loads(line) for line in stderr.splitlines() if '"enrichment worker stopped"' in line]
     assert summary and summary[0]["reconciled"] is True and summary[0]["pending"] == 0
     assert any('"Cycle ' in line for line in stderr.splitlines())
-    processed = summary[0]["succeeded"] + summary[0]["skipped"] + summary[0]["dead_lettered"]
+    processed = summary[0]["succeeded"] + summary[0]["skipped"] + summary[0]["retried"] + summary[0]["dead_lettered"]
     assert 0 < processed < len(lines)  # stopped mid-stream
     positions = await committed(kafka, settings.enrich.group_id)
     assert sum(positions.values()) == processed  # everything it finished, nothing it did not

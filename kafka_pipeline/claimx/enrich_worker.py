@@ -8,13 +8,14 @@ Read top to bottom, one consumed message goes through:
 2. `_process`: the registered handler fetches what the event needs from the ClaimX API while
    the ProjectCache verifies the parent project (`handlers.base.EventHandler.handle`).
 3. The rows are produced to the entity-rows topic keyed by project id; a failure is sent where
-   `route_failure` says (for now: the dead-letter topic); an unknown event type is skipped.
+   `route_failure` says (the retry topic or the dead-letter topic); an unknown event type is
+   skipped.
 4. Once the broker acknowledged that message, the project's snapshot is confirmed in the cache
    and the offset is marked done. Offsets are committed every `COMMIT_INTERVAL_S`, on revoke and
    on shutdown, up to the highest offset below which every message is done.
 
-Every consumed message ends in exactly one outcome: succeeded, skipped or dead_lettered
-(`WorkerCounts.reconciles()`).
+Every consumed message ends in exactly one outcome: succeeded, skipped, retried or
+dead_lettered (`WorkerCounts.reconciles()`).
 
 At most `settings.enrich.max_in_flight` events are in flight: parsed and being processed
 (fetching, waiting for their project's turn, handing their message to the producer). An event
@@ -59,12 +60,12 @@ from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_produ
 from kafka_pipeline.common.logging import get_logger
 from kafka_pipeline.common.offset_tracker import OffsetTracker
 from kafka_pipeline.common.ops_server import OpsServer
-from kafka_pipeline.common.retry import attempt_of
+from kafka_pipeline.common.retry import RetryMessage, attempt_of, next_hop
 
 log = get_logger(__name__)
 
-Outcome = Literal["succeeded", "skipped", "dead_lettered"]
-OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "dead_lettered")
+Outcome = Literal["succeeded", "skipped", "retried", "dead_lettered"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "retried", "dead_lettered")
 
 COMMIT_INTERVAL_S = 0.5
 FETCH_TIMEOUT_MS = 200
@@ -97,25 +98,42 @@ class FailureRoute:
     outcome: Outcome
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Settings, trace_id: str | None) -> FailureRoute:
-    """Where a failed event goes. Today every category goes to the dead-letter topic:
-    permanent failures and malformed messages by the contract, transient ones (after the
-    client's in-process retries) and auth failures until the retry scheduler and the pause on
-    401 exist. This is the one function those later changes replace."""
-    letter = dead_letter_for(
+    """Where a failed event goes; the one place that decides it.
+
+    - permanent (malformed message, 404 and other 4xx): the dead-letter topic, with the reason;
+    - transient (5xx, 429, timeouts, open circuit, after the client's in-process retries): the
+      retry topic while `settings.retry.delays_s` has a delay left for the message's attempt
+      (`kafka_pipeline.common.retry.next_hop`), then the dead-letter topic;
+    - auth (401): the dead-letter topic with category "auth" (and the worker reports it loudly
+      and turns unready); pausing the consumer instead is a later change of this function.
+    """
+    if error.category == "auth":
+        letter = dead_letter_for(
+            record,
+            error_type=error.error_type,
+            error_message=str(error),
+            category="auth",
+            worker=settings.worker.name,
+            attempts=attempt_of(record.headers) + 1,
+            trace_id=trace_id,
+        )
+        return FailureRoute("dead_lettered", settings.kafka.dlq_topic, record.key, letter.to_bytes())
+    hop = next_hop(
         record,
-        error_type=error.error_type,
-        error_message=str(error),
-        category=error.category,
+        error,
+        delays_s=settings.retry.delays_s,
+        retry_topic=settings.kafka.retry_topic,
         worker=settings.worker.name,
-        attempts=attempt_of(record.headers) + 1,
         trace_id=trace_id,
     )
-    return FailureRoute("dead_lettered", settings.kafka.dlq_topic, record.key, letter.to_bytes())
+    if isinstance(hop, RetryMessage):
+        return FailureRoute("retried", hop.topic, hop.key, hop.value, hop.headers)
+    return FailureRoute("dead_lettered", settings.kafka.dlq_topic, record.key, hop.to_bytes())
 
 
 # --- counters --------------------------------------------------------------------------------
@@ -141,6 +159,10 @@ class WorkerCounts:
     @property
     def skipped(self) -> int:
         return self.outcomes["skipped"]
+
+    @property
+    def retried(self) -> int:
+        return self.outcomes["retried"]
 
     @property
     def dead_lettered(self) -> int:
@@ -212,7 +234,7 @@ class EnrichmentWorker:
         stats_stop = asyncio.Event()
         stats_task: asyncio.Task[None] | None = None
         try:
-            await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.dlq_topic])
+            await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic])
             self._producer = make_producer(kafka)
             self._consumer = make_consumer(
                 kafka, group_id=self.settings.enrich.group_id, max_poll_records=self.settings.enrich.max_in_flight
@@ -278,7 +300,9 @@ class EnrichmentWorker:
             "consumed": c.consumed,
             "succeeded": c.succeeded,
             "skipped": c.skipped,
+            "retried": c.retried,
             "dead_lettered": c.dead_lettered,
+            "in_flight": c.in_flight,
             "pending": c.pending,
             "reconciled": c.reconciles(),
             "api_calls": dict(self.api.calls),
@@ -557,7 +581,7 @@ class EnrichmentWorker:
             gauges["hit_rate"] = float(stats.hit_rate)
         return CycleSnapshot(
             succeeded=self.counts.succeeded,
-            failed=self.counts.dead_lettered,
+            failed=self.counts.retried + self.counts.dead_lettered,
             skipped=self.counts.skipped,
             api_calls=sum(self.api.calls.values()),
             gauges=gauges,
