@@ -200,3 +200,16 @@ async def test_missing_topic_and_bad_arguments(kafka_settings: KafkaSettings, ca
     with pytest.raises(SystemExit) as exit_info:
         main(["dlq", "replay", *dlq_args(kafka)])  # neither --all nor --trace-ids
     assert exit_info.value.code == 2
+
+
+async def test_a_twice_dead_lettered_original_is_counted_and_replayed_once(kafka_settings: KafkaSettings, capsys) -> None:
+    """A worker killed between its DLQ send and its offset commit dead-letters the message again."""
+    kafka = kafka_settings
+    letter = parse_failure(kafka, 7)
+    await seed(kafka, [letter, letter.model_copy(update={"worker": "enrich-2"}), parse_failure(kafka, 8)])
+    assert await cli("dlq", "list", "--json", *dlq_args(kafka)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["not_replayed"] == 3 and summary["originals"] == 2
+    assert await cli("dlq", "replay", "--all", *dlq_args(kafka)) == 0
+    replayed = await consume(kafka, kafka.events_topic)
+    assert sorted(r.value for r in replayed) == [b"not json 7", b"not json 8"]

@@ -195,6 +195,9 @@ class DlqSummary:
     replayed: int
     unreadable: int
     complete: bool
+    # distinct original messages among the pending ones: a worker crash between its DLQ send
+    # and its offset commit dead-letters the same original again (at-least-once)
+    originals: int
     # (original topic, error category, error type) -> count, over the dead letters not replayed
     groups: list[tuple[str, str, str, int]]
 
@@ -206,11 +209,18 @@ class DlqSummary:
             "not_replayed": self.pending,
             "replayed": self.replayed,
             "unreadable": self.unreadable,
+            "originals": self.originals,
             "complete": self.complete,
             "groups": [
                 {"original_topic": t, "error_category": c, "error_type": e, "count": n} for t, c, e, n in self.groups
             ],
         }
+
+
+def original_of(entry: DlqEntry) -> tuple[str, int, int]:
+    """Which consumed message a dead letter stands for (duplicates share it)."""
+    assert entry.letter is not None
+    return (entry.letter.original_topic, entry.letter.partition, entry.letter.offset)
 
 
 def summarize(snapshot: DlqSnapshot) -> DlqSummary:
@@ -225,6 +235,7 @@ def summarize(snapshot: DlqSnapshot) -> DlqSummary:
         pending=len(pending),
         replayed=len(readable) - len(pending),
         unreadable=len(snapshot.entries) - len(readable),
+        originals=len({original_of(e) for e in pending}),
         complete=snapshot.complete,
         groups=groups,
     )
@@ -235,7 +246,8 @@ def format_summary(summary: DlqSummary) -> str:
         return f"DLQ topic {summary.topic} does not exist: nothing was dead-lettered"
     lines = [
         f"DLQ {summary.topic}: {summary.total} dead letters ({summary.pending} not replayed, "
-        f"{summary.replayed} replayed), {summary.unreadable} unreadable records"
+        f"{summary.replayed} replayed), {summary.unreadable} unreadable records; "
+        f"{summary.originals} distinct original messages not replayed"
     ]
     if not summary.complete:
         lines.append("warning: the topic stopped delivering before its end; counts are partial")
@@ -361,7 +373,7 @@ async def replay(
     await _start(producer, kafka)
     try:
         sends = []
-        for entry in sendable:
+        for entry in {original_of(e): e for e in sendable}.values():  # each original once
             letter = entry.letter
             assert letter is not None
             sends.append(await producer.send(
