@@ -28,10 +28,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import importlib.util
 import json
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -49,13 +47,6 @@ from kafka_pipeline.common.errors import AuthError, PermanentError, PipelineErro
 from kafka_pipeline.common.logging import get_logger
 
 log = get_logger(__name__)
-
-# httpcore runs `import sniffio` for every request to tell asyncio from trio. When sniffio is not
-# installed (recent anyio no longer pulls it in) every such import is a failed search of
-# sys.path, about a third of the client's CPU per request. A None entry in sys.modules makes the
-# failure immediate; httpcore then assumes asyncio, which is what this pipeline runs on.
-if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 ApiKind = Literal["project", "media", "task", "video"]
 API_KINDS: tuple[ApiKind, ...] = ("project", "media", "task", "video")
