@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -15,18 +14,10 @@ from kafka_pipeline.common.config import KafkaSettings
 from kafka_pipeline.common.dead_letter import DeadLetter, dead_letter_for
 from kafka_pipeline.common.dlq_ops import MARKER_HEADER, read_dlq
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.common.dead_letter import RecordView as Record
 from kafka_pipeline.common.retry import RETRY_ATTEMPT, Failure, RetryMessage, next_hop
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    timestamp: int | None = 1_790_000_000_000
 
 
 def parse_failure(kafka: KafkaSettings, n: int) -> DeadLetter:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import pytest
 
 from kafka_pipeline.common.dead_letter import DeadLetter
 from kafka_pipeline.common.errors import AuthError, PermanentError, TransientError
+from kafka_pipeline.common.dead_letter import RecordView as Record
 from kafka_pipeline.common.retry import (
     MAX_ERROR_HEADER_BYTES,
     RETRY_ATTEMPT,
@@ -32,15 +32,6 @@ TRANSIENT = Failure("ApiUnavailable", "503 from /export/project/17", "transient"
 NOW = 1_700_000_000_000
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    timestamp: int | None = 1_699_999_999_000
 
 
 def fresh() -> Record:

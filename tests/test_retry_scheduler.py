@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from kafka_pipeline.common.config import KafkaSettings, Settings, load_settings
 from kafka_pipeline.common.dead_letter import DeadLetter
 from kafka_pipeline.common.embedded_broker import free_port
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.common.dead_letter import RecordView as Record
 from kafka_pipeline.common.retry import (
     RETRY_ATTEMPT,
     RETRY_DUE_AT,
@@ -35,15 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRANSIENT = Failure("ApiUnavailable", "503", "transient")
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    timestamp: int | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -66,6 +67,22 @@ class DeadLetter(BaseModel):
 
     def original_headers(self) -> list[tuple[str, bytes]]:
         return [(name, value.raw()) for name, value in self.headers]
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """The attributes of a consumed record that `dead_letter_for` and retry routing read.
+
+    aiokafka's ConsumerRecord has them too; this is for records rebuilt from headers or tests.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: int | None = None  # epoch ms
 
 
 def dead_letter_for(

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.common.dead_letter import DeadLetter, dead_letter_for
+from kafka_pipeline.common.dead_letter import DeadLetter, RecordView, dead_letter_for
 from kafka_pipeline.common.errors import Category, PipelineError
 
 RETRY_ATTEMPT = "retry-attempt"
@@ -114,19 +114,6 @@ class RetryInfo:
     original_offset: int | None = None
     error_category: str | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class _RecordView:
-    """The attributes `dead_letter_for` reads, pointing at the first failure's coordinates."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    timestamp: int | None = None
 
 
 def now_ms() -> int:
@@ -264,7 +251,7 @@ def next_hop(
             due_at_ms=due_at,
             target_topic=target_topic,
         )
-    first_failure = _RecordView(
+    first_failure = RecordView(  # the first failure's coordinates
         topic=target_topic,
         partition=original_partition,
         offset=original_offset,

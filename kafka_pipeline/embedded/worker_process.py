@@ -6,12 +6,13 @@ Used by `kafka-pipeline run`, by the crash tests (SIGKILL at random moments) and
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from kafka_pipeline.common.processes import stop_process
 
 
 @dataclass
@@ -65,15 +66,9 @@ class WorkerProcess:
         process = self._process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        code = stop_process(process, timeout_s)
         self._close_log()
-        return process.returncode
+        return code
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
+from kafka_pipeline.common.processes import stop_process
 from kafka_pipeline.simulator.app import DEFAULT_PASSWORD, DEFAULT_USER, create_app, make_token
 from kafka_pipeline.simulator.data import DEFAULT_SEED
 from kafka_pipeline.simulator.faults import FaultSettings
@@ -294,13 +295,7 @@ class SimulatorProcess:
             self._client.close()
             self._client = None
         if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout_s)
             if process.stdout is not None:
                 process.stdout.close()
         if self._log is not None:
