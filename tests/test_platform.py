@@ -92,3 +92,14 @@ def test_bad_option_is_one_line_and_non_zero() -> None:
                             capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--port" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["enrich", "write", "retry-scheduler", "replay"])
+def test_worker_with_unreachable_broker_says_one_line(command: str, tmp_path) -> None:
+    events = tmp_path / "e.jsonl"
+    events.write_text('{"event_type": "PROJECT_CREATED", "project_id": 1, "ingested_at": "2026-01-01T00:00:00Z"}\n')
+    argv = [command, str(events)] if command == "replay" else [command]
+    result = subprocess.run([sys.executable, "-m", "kafka_pipeline", *argv], capture_output=True, text=True, timeout=90,
+                            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELTA_TABLES_ROOT": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"kafka-pipeline {command}: Kafka broker unreachable at 127.0.0.1:1 (KafkaConnectionError)"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -66,7 +69,8 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: f
     """Create the topics that are missing (partitions and replication from the settings)."""
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     try:
-        await asyncio.wait_for(admin.start(), timeout_s)
+        with _quiet(logging.getLogger("aiokafka")):  # an unreachable broker is reported in one line below
+            await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
         await _close_quietly(admin)
         raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
@@ -88,3 +92,13 @@ async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
         await admin.close()
     except Exception:  # noqa: BLE001 - closing a client that never connected
         pass
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
