@@ -8,14 +8,15 @@ Read top to bottom, one consumed message goes through:
 2. `_process`: the registered handler fetches what the event needs from the ClaimX API while
    the ProjectCache verifies the parent project (`handlers.base.EventHandler.handle`).
 3. The rows are produced to the entity-rows topic keyed by project id; a failure is sent where
-   `route_failure` says (the retry topic or the dead-letter topic); an unknown event type is
-   skipped.
+   `route_failure` says (the retry topic or the dead-letter topic), except a 401, which holds
+   the event (below); an unknown event type is skipped.
 4. Once the broker acknowledged that message, the project's snapshot is confirmed in the cache
    and the offset is marked done. Offsets are committed every `COMMIT_INTERVAL_S`, on revoke and
    on shutdown, up to the highest offset below which every message is done.
 
 Every consumed message ends in exactly one outcome: succeeded, skipped, retried or
-dead_lettered (`WorkerCounts.reconciles()`).
+dead_lettered, unless a revoke or a stop hands it back unfinished (the group reads it again);
+`WorkerCounts.reconciles()` checks it.
 
 At most `settings.enrich.max_in_flight` events are in flight: parsed and being processed
 (fetching, waiting for their project's turn, handing their message to the producer). An event
@@ -24,8 +25,30 @@ is still pending (its offset is not done, a drain or revoke waits for it). Those
 are bounded by the producer itself, which holds at most one batch per partition besides the
 one being sent and makes `send()` wait beyond that.
 
+Back-pressure (`_consume`): while every slot is taken (a slow API) or the credentials were
+rejected, every assigned partition is paused and the loop keeps calling `getmany`. aiokafka
+leaves the group when `getmany` was not called for `max_poll_interval_ms` (its heartbeat task
+compares the time since the last poll ended with that interval), so polling paused partitions
+keeps the assignment however long the API takes; a paused partition returns nothing and its
+prefetched records are dropped (fetched again after `resume`), so memory does not grow either.
+
+Credentials rejected (401, `_handle`): not the event's failure but the worker's, so the event is
+never dead-lettered. It stays in flight, held where it got the 401: its slot taken, its offset
+done neither (nothing at or after it in its partition is committed), its project's later events
+waiting behind it. Consumption pauses, readiness reports `auth_failed`, and every
+`api.breaker_cooldown_s` a probe re-reads the token (`CLAIMX_API_TOKEN_FILE` may have been
+rotated) and asks for the project export of the event that failed. Once the API accepts the
+credentials, the held events run their handler again and consumption resumes. Holding them is
+simpler than seeking back: the offset tracker, the per-project order and the counts stay as
+they are, and nothing is fetched or produced twice. A revoke or a stop hands held events back at
+once (cancelled, offsets uncommitted: the group reads them again), without waiting the grace.
+
 A message that could not be produced at all (the broker is gone) is not finished: the worker
 stops with `WorkerAborted` without committing past it, and its replacement replays it.
+
+Stopping (`_drain`): fetching stops; in-flight events get `worker.shutdown_grace_s` to finish
+(the consumer keeps polling, paused, meanwhile); the rest are handed back (cancelled, their
+offsets uncommitted); what is done is committed.
 """
 
 from __future__ import annotations
@@ -39,28 +62,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
-from kafka_pipeline.claimx.api_client import ClaimXApiClient
+from kafka_pipeline.claimx.api_client import ClaimXApiClient, ShardedTransport
 from kafka_pipeline.claimx.cache_admin import cache_routes
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import ProjectVerifier
+from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerResult, ProjectVerifier
 from kafka_pipeline.claimx.project_cache import ProjectCache, ProjectSnapshot
-from kafka_pipeline.common.config import Settings
+from kafka_pipeline.common.config import ApiSettings, Settings
 from kafka_pipeline.common.cycle_stats import CycleSnapshot, CycleStats
-from kafka_pipeline.common.dead_letter import dead_letter_for
-from kafka_pipeline.common.errors import PermanentError, PipelineError
+from kafka_pipeline.common.errors import AuthError, PermanentError, PipelineError
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.common.logging import get_logger
 from kafka_pipeline.common.offset_tracker import OffsetTracker
 from kafka_pipeline.common.ops_server import OpsServer
-from kafka_pipeline.common.retry import RetryMessage, attempt_of, next_hop
+from kafka_pipeline.common.retry import RetryMessage, next_hop
 
 log = get_logger(__name__)
 
@@ -108,21 +131,11 @@ def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Set
     - permanent (malformed message, 404 and other 4xx): the dead-letter topic, with the reason;
     - transient (5xx, 429, timeouts, open circuit, after the client's in-process retries): the
       retry topic while `settings.retry.delays_s` has a delay left for the message's attempt
-      (`kafka_pipeline.common.retry.next_hop`), then the dead-letter topic;
-    - auth (401): the dead-letter topic with category "auth" (and the worker reports it loudly
-      and turns unready); pausing the consumer instead is a later change of this function.
+      (`kafka_pipeline.common.retry.next_hop`), then the dead-letter topic.
+
+    An auth failure (401) is not the event's fault and never comes here: the worker holds the
+    event and pauses (`EnrichmentWorker._handle`); `next_hop` raises ValueError for it.
     """
-    if error.category == "auth":
-        letter = dead_letter_for(
-            record,
-            error_type=error.error_type,
-            error_message=str(error),
-            category="auth",
-            worker=settings.worker.name,
-            attempts=attempt_of(record.headers) + 1,
-            trace_id=trace_id,
-        )
-        return FailureRoute("dead_lettered", settings.kafka.dlq_topic, record.key, letter.to_bytes())
     hop = next_hop(
         record,
         error,
@@ -147,6 +160,8 @@ class WorkerCounts:
     outcomes: Counter[str] = field(default_factory=Counter)
     by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, event_type)
     aborted: int = 0  # could not be produced: the worker stopped
+    handed_back: int = 0  # unfinished at a revoke or a stop: the group reads them again
+    peak_in_flight: int = 0  # the most events ever in flight at once (never above max_in_flight)
 
     def finished(self, outcome: Outcome, event_type: str) -> None:
         self.outcomes[outcome] += 1
@@ -173,8 +188,8 @@ class WorkerCounts:
         return sum(self.outcomes.values())
 
     def reconciles(self) -> bool:
-        """Every consumed message is in exactly one outcome, or still pending."""
-        return self.consumed == self.processed + self.pending + self.aborted
+        """Every consumed message is in exactly one outcome, still pending, or handed back."""
+        return self.consumed == self.processed + self.pending + self.aborted + self.handed_back
 
     @property
     def awaiting_ack(self) -> int:
@@ -203,7 +218,8 @@ class EnrichmentWorker:
         self.name = settings.worker.name
         self.counts = WorkerCounts()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self._observe_api_call)
+        self.credentials = CredentialsTransport(settings.api, api_transport or ShardedTransport(settings.api.max_concurrency))
+        self.api = ClaimXApiClient(settings.api, transport=self.credentials, observer=self._observe_api_call)
         self.cache: Any = cache if cache is not None else ProjectCache.from_settings(
             settings.cache, delta=settings.delta, on_background_refresh=self._emit_refreshed_project
         )
@@ -211,7 +227,12 @@ class EnrichmentWorker:
         self.context = HandlerContext(api=self.api, cache=self.cache, media=self.media)
         self.ops: OpsServer | None = None
         self.running = False
-        self.auth_failed = False  # the API rejected our credentials and nothing succeeded since
+        self.auth_failed = False  # the API rejected our credentials and no probe got through since
+        self._credentials_ok = asyncio.Event()  # set while the credentials work: held events wait for it
+        self._credentials_ok.set()
+        self._held: set[asyncio.Task[Any]] = set()  # events waiting for the credentials
+        self._probe: asyncio.Task[None] | None = None
+        self._stopping = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._assigned: set[TopicPartition] = set()
@@ -269,6 +290,10 @@ class EnrichmentWorker:
             await self._drain(self.settings.worker.shutdown_grace_s)
         finally:
             self.running = False
+            if self._probe is not None:
+                self._probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._probe
             stats_stop.set()
             if stats_task is not None and self._stats is not None:
                 await stats_task
@@ -304,6 +329,8 @@ class EnrichmentWorker:
             "dead_lettered": c.dead_lettered,
             "in_flight": c.in_flight,
             "pending": c.pending,
+            "handed_back": c.handed_back,
+            "peak_in_flight": c.peak_in_flight,
             "reconciled": c.reconciles(),
             "api_calls": dict(self.api.calls),
         }
@@ -312,23 +339,50 @@ class EnrichmentWorker:
 
     async def _consume(self, stop_event: asyncio.Event) -> None:
         assert self._consumer is not None
-        limit = self.settings.enrich.max_in_flight
         next_commit = time.monotonic() + COMMIT_INTERVAL_S
         while not stop_event.is_set() and self._fatal is None:
-            free = limit - self.counts.in_flight
-            if free <= 0:
+            room = self._room()
+            if room > 0:
+                self._consumer.resume(*self._consumer.paused())
+                self._take(await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=room))
+            else:  # back-pressure (see the module docstring): wait for a slot, polling paused meanwhile
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), 0.2)
-            else:
-                batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=free)
-                for tp, records in batches.items():
-                    for record in records:
-                        if tp in self._assigned:  # revoked while we held it: the next owner reads it
-                            self._dispatch(tp, record)
+                    await asyncio.wait_for(self._slot_freed.wait(), FETCH_TIMEOUT_MS / 1000)
+                if self._room() <= 0:
+                    await self._poll_paused()
             if time.monotonic() >= next_commit:
                 await self._commit()
                 next_commit = time.monotonic() + COMMIT_INTERVAL_S
+
+    def _room(self) -> int:
+        """How many more events may be taken now: none while the credentials are rejected or the
+        worker is stopping."""
+        if self.auth_failed or self._stopping:
+            return 0
+        return self.settings.enrich.max_in_flight - self.counts.in_flight
+
+    async def _poll_paused(self) -> None:
+        """Poll with every assigned partition paused: nothing comes back, but the group keeps this
+        member (aiokafka leaves the group when getmany was not called for max_poll_interval_ms)."""
+        assert self._consumer is not None
+        self._consumer.pause(*self._consumer.assignment())
+        self._take(await self._consumer.getmany(timeout_ms=0))
+
+    def _take(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Dispatch fetched records while there is room; hand the rest back to the consumer.
+
+        Records beyond the room only come from a partition assigned between a pause and the poll
+        after it; seeking back to the first of them makes the consumer fetch them again later."""
+        assert self._consumer is not None
+        for tp, records in batches.items():
+            if tp not in self._assigned:  # revoked while we held it: the next owner reads it
+                continue
+            for record in records:
+                if self._room() <= 0:
+                    self._consumer.seek(tp, record.offset)
+                    break
+                self._dispatch(tp, record)
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
@@ -339,6 +393,7 @@ class EnrichmentWorker:
         self.counts.consumed += 1
         self.counts.pending += 1
         self.counts.in_flight += 1
+        self.counts.peak_in_flight = max(self.counts.peak_in_flight, self.counts.in_flight)
         event: ClaimXEvent | None = None
         error: PermanentError | None = None
         try:
@@ -373,6 +428,9 @@ class EnrichmentWorker:
                 self._fatal = exc.__cause__ or exc
                 log.error("cannot produce to the broker: stopping", error=str(self._fatal), topic=record.topic, offset=record.offset)
             return
+        except asyncio.CancelledError:  # handed back at a revoke or a stop: its offset stays uncommitted
+            self.counts.handed_back += 1
+            raise
         finally:
             turn.set()
             if event is not None and self._project_tail.get(event.project_id) is turn:
@@ -402,7 +460,7 @@ class EnrichmentWorker:
             await _wait(previous)  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
-            result = await handler.handle(event, self.context)
+            result = await self._handle(handler, event)
         except PipelineError as exc:
             await _wait(previous)
             return await self._fail(record, exc, event, slot)
@@ -427,35 +485,85 @@ class EnrichmentWorker:
             if result.carries_project:
                 self.cache.abandon(event.project_id)
             return await self._fail(record, exc, event, slot)
-        except WorkerAborted:
+        except BaseException:  # WorkerAborted, or handed back before the ack: the rows may not be written
             if result.carries_project:
                 self.cache.abandon(event.project_id)
             raise
         if result.carries_project:
             self.cache.confirm(event.project_id)
-        self.auth_failed = False
         return "succeeded"
+
+    async def _handle(self, handler: EventHandler, event: ClaimXEvent) -> HandlerResult:
+        """The handler's result. A 401 holds the event here until the credentials work again,
+        then the handler runs again (the module docstring says why it is held, not routed)."""
+        while True:
+            try:
+                return await handler.handle(event, self.context)
+            except AuthError as exc:
+                self._credentials_rejected(event, exc)
+            task = asyncio.current_task()
+            assert task is not None
+            self._held.add(task)
+            try:
+                await self._credentials_ok.wait()
+            finally:
+                self._held.discard(task)
+
+    # --- credentials -----------------------------------------------------------------------
+
+    def _credentials_rejected(self, event: ClaimXEvent, error: AuthError) -> None:
+        if self.auth_failed:
+            return
+        self.auth_failed = True
+        self._credentials_ok.clear()
+        log.error(
+            "CLAIMX API REJECTED OUR CREDENTIALS (401): consumption paused, events held until they work again; "
+            "fix CLAIMX_API_TOKEN_FILE (re-read before every probe) or CLAIMX_API_TOKEN (needs a restart)",
+            error=str(error),
+            trace_id=event.trace_id,
+            probe_every_s=self.settings.api.breaker_cooldown_s,
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_credentials(event.project_id), name="credentials-probe")
+
+    async def _probe_credentials(self, project_id: str) -> None:
+        """Every `api.breaker_cooldown_s` while the credentials are rejected: re-read the token,
+        then fetch the project export of the event that got the 401. Any answer but a 401 (or a
+        transient failure, which proves nothing) means the API accepts the credentials."""
+        interval = self.settings.api.breaker_cooldown_s
+        while self.auth_failed:
+            await asyncio.sleep(interval)
+            try:
+                self.credentials.reload()
+            except (OSError, ValueError) as exc:
+                log.error("cannot re-read the ClaimX API token file", error=f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                await self.api.get_project(project_id)
+            except AuthError:
+                log.error("ClaimX API still rejects our credentials (401); consumption stays paused", retry_in_s=interval)
+                continue
+            except PermanentError:
+                pass  # the API answered (a 404, say): it accepted the credentials
+            except Exception as exc:  # noqa: BLE001 - transient (or unexpected): proves nothing, try again
+                log.warning("credentials probe inconclusive", error=f"{type(exc).__name__}: {exc}", retry_in_s=interval)
+                continue
+            self.auth_failed = False
+            self._credentials_ok.set()
+            log.info("ClaimX API accepts our credentials again: held events re-run, consumption resumes", held=len(self._held))
 
     async def _fail(self, record: ConsumerRecord, error: PipelineError, event: ClaimXEvent | None, slot: _Slot) -> Outcome:
         trace_id = event.trace_id if event is not None else None
-        if error.category == "auth":
-            self.auth_failed = True
-            log.error(
-                "CLAIMX API REJECTED OUR CREDENTIALS (401): events are being dead-lettered; fix CLAIMX_API_TOKEN",
-                error=str(error),
-                trace_id=trace_id,
-            )
-        else:
-            log.warning(
-                "event failed",
-                category=error.category,
-                error_type=error.error_type,
-                error=str(error),
-                event_type=event.event_type if event else None,
-                trace_id=trace_id,
-                partition=record.partition,
-                offset=record.offset,
-            )
+        log.warning(
+            "event failed",
+            category=error.category,
+            error_type=error.error_type,
+            error=str(error),
+            event_type=event.event_type if event else None,
+            trace_id=trace_id,
+            partition=record.partition,
+            offset=record.offset,
+        )
         route = route_failure(record, error, settings=self.settings, trace_id=trace_id)
         try:
             await self._produce(route.topic, route.value, route.key, headers=route.headers, slot=slot)
@@ -528,10 +636,10 @@ class EnrichmentWorker:
         """Before giving partitions away: let their in-flight events finish (bounded), commit
         what is done, forget the rest (the next owner replays it)."""
         self._assigned -= revoked
-        pending = [task for tp in revoked for task in self._tasks.get(tp, ())]
+        pending = {task for tp in revoked for task in self._tasks.get(tp, ())}
         if pending:
             log.info("rebalance: finishing in-flight events of revoked partitions", partitions=len(revoked), in_flight=len(pending))
-            await asyncio.wait(pending, timeout=self.settings.worker.shutdown_grace_s)
+            await self._finish_or_hand_back(pending, self.settings.worker.shutdown_grace_s, keep_polling=False)
         await self._commit(revoked)
         self.tracker.drop(revoked)
         for tp in revoked:
@@ -543,16 +651,33 @@ class EnrichmentWorker:
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     async def _drain(self, timeout_s: float) -> None:
-        pending = [task for tasks in self._tasks.values() for task in tasks]
+        """On stop: take nothing more, give in-flight events `timeout_s` to finish, commit."""
+        self._stopping = True
+        pending = {task for tasks in self._tasks.values() for task in tasks}
         if pending:
-            log.info("draining in-flight events", in_flight=len(pending))
-            done, still = await asyncio.wait(pending, timeout=timeout_s)
-            if still:
-                log.warning("in-flight events did not finish in time; they will be replayed", unfinished=len(still))
-                for task in still:
-                    task.cancel()
-                await asyncio.wait(still, timeout=5)
+            log.info("draining in-flight events", in_flight=len(pending), held_for_credentials=len(self._held))
+            await self._finish_or_hand_back(pending, timeout_s, keep_polling=True)
         await self._commit()
+
+    async def _finish_or_hand_back(self, tasks: set[asyncio.Task[None]], timeout_s: float, *, keep_polling: bool) -> None:
+        """Wait up to `timeout_s` for `tasks`, then cancel what is left: those events are handed
+        back (their offsets stay uncommitted, the group reads them again). Events held for the
+        credentials cannot finish and are handed back at once. `keep_polling` polls the consumer
+        (paused) while waiting, so a long grace never costs the group membership (not possible
+        inside a rebalance callback, where the rebalance itself is waiting)."""
+        for task in tasks & self._held:
+            task.cancel()
+        deadline = time.monotonic() + timeout_s
+        pending = set(tasks)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _, pending = await asyncio.wait(pending, timeout=min(left, FETCH_TIMEOUT_MS / 1000) if keep_polling else left)
+            if keep_polling:
+                await self._poll_paused()
+        if pending:
+            log.warning("in-flight events did not finish in time; they are handed back and will be replayed", unfinished=len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5)
 
     # --- observability ------------------------------------------------------------------------
 
@@ -563,7 +688,9 @@ class EnrichmentWorker:
 
     def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
         c = self.counts
-        return self.running, {"assigned_partitions": len(self._assigned), "in_flight": c.in_flight, "awaiting_ack": c.awaiting_ack}
+        paused = len(self._consumer.paused()) if self._consumer is not None else 0
+        details = {"assigned_partitions": len(self._assigned), "paused_partitions": paused, "in_flight": c.in_flight, "awaiting_ack": c.awaiting_ack}
+        return self.running, details
 
     def _api_ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.api.breaker.state
@@ -603,6 +730,31 @@ class _Slot:
             self.held = False
             self.worker.counts.in_flight -= 1
             self.worker._slot_freed.set()  # noqa: SLF001
+
+
+class CredentialsTransport(httpx.AsyncBaseTransport):
+    """Sends every ClaimX API request with the current token, which `reload()` reads again from
+    the settings (`CLAIMX_API_TOKEN`, else the file `CLAIMX_API_TOKEN_FILE` names), so an operator
+    can rotate the secret file without restarting the worker. The token is never logged."""
+
+    def __init__(self, settings: ApiSettings, inner: httpx.AsyncBaseTransport) -> None:
+        self.settings = settings
+        self.inner = inner
+        self._authorization: str | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the token again; OSError (or ValueError) when the token file cannot be read."""
+        token = self.settings.resolved_token()
+        self._authorization = f"Basic {token.get_secret_value()}" if token is not None else None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._authorization is not None:
+            request.headers["Authorization"] = self._authorization
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class _RebalanceListener(ConsumerRebalanceListener):

@@ -4,7 +4,10 @@ Read top to bottom: `EntityWriter.run` consumes the entity-rows topic into a pen
 flushes it when `writer.max_rows` rows are pending or the oldest pending message is
 `writer.max_latency_s` old. A flush (off the event loop) converts the messages to typed Arrow
 tables, dead-letters the messages that do not fit the contract, merges every table that has
-rows (concurrently, one MERGE per table), and only then commits the Kafka offsets.
+rows (concurrently, one MERGE per table), and only then commits the Kafka offsets. While a
+flush runs, the loop keeps polling with every partition paused (`_flush`): aiokafka leaves the
+group when `getmany` was not called for `max_poll_interval_ms`, so a slow Delta store slows
+consumption down instead of costing this member its partitions.
 
 Exactly once. Every Delta commit of a flush carries one app transaction per source partition
 of the flush: `Transaction(f"{group}:{topic}:{partition}", last_offset_of_that_partition)`, in
@@ -50,6 +53,9 @@ log = get_logger("kafka_pipeline.entity_writer")
 FETCH_MAX_RECORDS = 2_000
 FLUSH_RETRY_BASE_S = 0.5
 FLUSH_RETRY_MAX_S = 30.0
+# While a flush runs, the consumer is polled (every partition paused) this often: far below
+# the smallest max_poll_interval_ms (10 s), and flushes shorter than this never pause anything.
+POLL_WHILE_FLUSHING_S = 1.0
 
 # `delta.targetFileSize` of the tables the writer creates. Entity keys arrive roughly in id order
 # (recent claims are the busy ones), and each MERGE prunes target files by the batch's key range,
@@ -341,6 +347,24 @@ class EntityWriter:
     # -- flushing ---------------------------------------------------------------------------
 
     async def _flush(self) -> None:
+        """Write the pending batch; if that takes longer than POLL_WHILE_FLUSHING_S, poll with
+        every partition paused until it is done, so the group keeps this member."""
+        assert self._consumer is not None
+        flush = asyncio.ensure_future(self._flush_under_lock())
+        paused = False
+        while not (await asyncio.wait({flush}, timeout=POLL_WHILE_FLUSHING_S))[0]:
+            self._consumer.pause(*self._consumer.assignment())
+            paused = True
+            for tp, records in (await self._consumer.getmany(timeout_ms=0)).items():
+                # Only a partition assigned between the pause and this poll returns records; the
+                # batch being flushed must not grow, so they are handed back to be fetched again.
+                if records:
+                    self._consumer.seek(tp, records[0].offset)
+        if paused:
+            self._consumer.resume(*self._consumer.assignment())
+        await flush
+
+    async def _flush_under_lock(self) -> None:
         async with self._lock:
             await self._flush_locked()
 

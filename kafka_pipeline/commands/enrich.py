@@ -14,9 +14,14 @@ from kafka_pipeline.common.logging import configure_logging
 NAME = "enrich"
 HELP = (
     "Consume ClaimX events, fetch what each needs from the ClaimX API (project verification through the "
-    "project cache), produce one entity-rows message per event keyed by project_id; malformed messages and "
-    "failed events go to the DLQ, unknown event types are skipped. Offsets are committed only when every "
-    "earlier event of the partition is done. SIGTERM/SIGINT: drain in-flight events, commit, exit 0."
+    "project cache), produce one entity-rows message per event keyed by project_id; transient API failures "
+    "go to the retry topic, malformed messages and permanent failures to the DLQ, unknown event types are "
+    "skipped. A 401 pauses consumption (readiness reports auth_failed) until a probe every "
+    "KP_API__BREAKER_COOLDOWN_S seconds gets through; the token file (CLAIMX_API_TOKEN_FILE) is re-read "
+    "before each probe, so a rotated secret needs no restart. At --max-in-flight events in flight the "
+    "partitions are paused, not left. Offsets are committed only when every earlier event of the partition "
+    "is done. SIGTERM/SIGINT: stop fetching, give in-flight events KP_WORKER__SHUTDOWN_GRACE_S to finish "
+    "(the rest are replayed by the next owner), commit, exit 0."
 )
 
 

@@ -2,7 +2,8 @@
 run of a generated stream, optionally with API faults and SIGKILLs, and collect what it left.
 
 `run_pipeline` is the one entry point: it starts a fresh stack (its own broker, simulator and
-tables folder), replays the stream, kills and restarts workers on a schedule, waits until the
+tables folder), replays the stream, kills and restarts workers on a schedule, runs an optional
+`before_drain` step (look at the stack mid-run, then repair what the run broke), waits until the
 pipeline drained, stops the workers gracefully and returns a `PipelineRun` with the tables, the
 dead letters, the simulator's request counts and how often each worker was started.
 """
@@ -14,7 +15,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,7 @@ async def run_pipeline(
     simulator_faults: Mapping[str, object] | None = None,
     kills: Iterable[Kill] = (),
     replay_rate: float | None = None,
+    before_drain: Callable[[EmbeddedStack], Awaitable[None]] | None = None,
     drain_timeout_s: float = 180.0,
     partitions: int = 6,
 ) -> PipelineRun:
@@ -244,7 +246,8 @@ async def run_pipeline(
     `env` goes to every worker, `worker_envs[command]` on top for one worker. `simulator_faults`
     are `SimulatorProcess` fault options (on top of BASE_SIMULATOR_OPTIONS). `kills` SIGKILL a
     worker and start it again at once, timed from the start of the replay, which sends
-    `replay_rate` lines per second (None: as fast as the broker takes them).
+    `replay_rate` lines per second (None: as fast as the broker takes them). `before_drain(stack)`
+    runs once the stream is replayed and the kills are done, before the wait for the drain.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     log_dir = workdir / "logs"
@@ -271,6 +274,8 @@ async def run_pipeline(
 
         summary, _ = await asyncio.gather(replay(settings.kafka, [events_file], rate=replay_rate, progress=False), chaos())
         assert summary.sent == len(stream.lines)
+        if before_drain is not None:
+            await before_drain(stack)
         await stack.wait_until_drained(timeout_s=drain_timeout_s)
         for worker_name, worker in stack.workers.items():  # SIGTERM: drain, commit, exit
             exit_codes[worker_name] = worker.stop(settings.worker.shutdown_grace_s)
