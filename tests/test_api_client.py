@@ -282,3 +282,26 @@ async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
         with pytest.raises(httpx.ConnectError):
             await client.get("/boom")
         assert transport._active == [0, 0, 0, 0]
+
+
+async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) -> None:
+    """An operator rotates the token file; the client sends the new token and never shows either."""
+    token_file = tmp_path / "token"
+    token_file.write_text("b2xkOnRva2Vu\n")
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return httpx.Response(400, text=f"bad request from {request.headers['Authorization']}")
+
+    settings = ApiSettings(url="http://claimx.test", token_file=token_file, retries=0)
+    async with ClaimXApiClient(settings, transport=httpx.MockTransport(answer)) as api:
+        with pytest.raises(PermanentError) as first:
+            await api.get_project("1")
+        token_file.write_text("bmV3OnRva2Vu\n")
+        api.reload_token()
+        with pytest.raises(PermanentError) as second:
+            await api.get_project("1")
+    assert seen == ["Basic b2xkOnRva2Vu", "Basic bmV3OnRva2Vu"]
+    for error in (first.value, second.value):
+        assert "b2xkOnRva2Vu" not in str(error) and "bmV3OnRva2Vu" not in str(error)

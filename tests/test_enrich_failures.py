@@ -108,7 +108,7 @@ async def test_rejected_credentials_pause_consumption_until_the_token_file_is_fi
     token_file.write_text(wrong_token)
     settings = worker_settings(
         kafka_settings, api,
-        api={"token": None, "token_file": str(token_file), "breaker_cooldown_s": 0.3},  # probe every 0.3 s
+        api={"token": None, "token_file": str(token_file), "auth_probe_interval_s": 0.3},
         enrich={"max_in_flight": 4},
         worker={"http_port": free_port(), "shutdown_grace_s": 15},
     )

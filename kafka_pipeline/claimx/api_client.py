@@ -195,18 +195,15 @@ class ClaimXApiClient:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        token = settings.resolved_token()
-        self._secrets = _secret_forms(token.get_secret_value() if token else None)
-        headers = {"Accept": "application/json", "User-Agent": "kafka-pipeline-claimx"}
-        if token is not None:
-            headers["Authorization"] = f"Basic {token.get_secret_value()}"
+        self._secrets: list[str] = []
         self._base_url = settings.url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=settings.url,
-            headers=headers,
+            headers={"Accept": "application/json", "User-Agent": "kafka-pipeline-claimx"},
             timeout=httpx.Timeout(settings.timeout_s),
             transport=transport or ShardedTransport(settings.max_concurrency),
         )
+        self.reload_token()
         self.breaker = breaker or CircuitBreaker(
             "claimx-api",
             failure_threshold=settings.breaker_failure_threshold,
@@ -363,6 +360,18 @@ class ClaimXApiClient:
         if status == 404:
             return PermanentError(message, error_type="NotFound")
         return PermanentError(message, error_type=f"Http{status}")
+
+    def reload_token(self) -> None:
+        """Read the token again (`CLAIMX_API_TOKEN`, else the file `CLAIMX_API_TOKEN_FILE` names),
+        so an operator can rotate the secret without a restart. OSError when the file is unreadable."""
+        token = self.settings.resolved_token()
+        secret = token.get_secret_value() if token is not None else None
+        # scrub the old forms too: an error raised before the rotation may still be formatted
+        self._secrets = list(dict.fromkeys([*_secret_forms(secret), *self._secrets]))
+        if secret is None:
+            self._http.headers.pop("Authorization", None)
+        else:
+            self._http.headers["Authorization"] = f"Basic {secret}"
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -36,7 +36,7 @@ Credentials rejected (401, `_handle`): not the event's failure but the worker's,
 never dead-lettered. It stays in flight, held where it got the 401: its slot taken, its offset
 done neither (nothing at or after it in its partition is committed), its project's later events
 waiting behind it. Consumption pauses, readiness reports `auth_failed`, and every
-`api.breaker_cooldown_s` a probe re-reads the token (`CLAIMX_API_TOKEN_FILE` may have been
+`api.auth_probe_interval_s` a probe re-reads the token (`CLAIMX_API_TOKEN_FILE` may have been
 rotated) and asks for the project export of the event that failed. Once the API accepts the
 credentials, the held events run their handler again and consumption resumes. Holding them is
 simpler than seeking back: the offset tracker, the per-project order and the counts stay as
@@ -62,21 +62,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
-from kafka_pipeline.claimx.api_client import ClaimXApiClient, ShardedTransport
+from kafka_pipeline.claimx.api_client import ClaimXApiClient
 from kafka_pipeline.claimx.cache_admin import cache_routes
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerResult, ProjectVerifier
 from kafka_pipeline.claimx.project_cache import ProjectCache, ProjectSnapshot
-from kafka_pipeline.common.config import ApiSettings, Settings
+from kafka_pipeline.common.config import Settings
 from kafka_pipeline.common.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.common.errors import AuthError, PermanentError, PipelineError
 from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
@@ -218,8 +217,7 @@ class EnrichmentWorker:
         self.name = settings.worker.name
         self.counts = WorkerCounts()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.credentials = CredentialsTransport(settings.api, api_transport or ShardedTransport(settings.api.max_concurrency))
-        self.api = ClaimXApiClient(settings.api, transport=self.credentials, observer=self._observe_api_call)
+        self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self._observe_api_call)
         self.cache: Any = cache if cache is not None else ProjectCache.from_settings(
             settings.cache, delta=settings.delta, on_background_refresh=self._emit_refreshed_project
         )
@@ -521,20 +519,20 @@ class EnrichmentWorker:
             "fix CLAIMX_API_TOKEN_FILE (re-read before every probe) or CLAIMX_API_TOKEN (needs a restart)",
             error=str(error),
             trace_id=event.trace_id,
-            probe_every_s=self.settings.api.breaker_cooldown_s,
+            probe_every_s=self.settings.api.auth_probe_interval_s,
         )
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._probe_credentials(event.project_id), name="credentials-probe")
 
     async def _probe_credentials(self, project_id: str) -> None:
-        """Every `api.breaker_cooldown_s` while the credentials are rejected: re-read the token,
+        """Every `api.auth_probe_interval_s` while the credentials are rejected: re-read the token,
         then fetch the project export of the event that got the 401. Any answer but a 401 (or a
         transient failure, which proves nothing) means the API accepts the credentials."""
-        interval = self.settings.api.breaker_cooldown_s
+        interval = self.settings.api.auth_probe_interval_s
         while self.auth_failed:
             await asyncio.sleep(interval)
             try:
-                self.credentials.reload()
+                self.api.reload_token()
             except (OSError, ValueError) as exc:
                 log.error("cannot re-read the ClaimX API token file", error=f"{type(exc).__name__}: {exc}")
                 continue
@@ -730,31 +728,6 @@ class _Slot:
             self.held = False
             self.worker.counts.in_flight -= 1
             self.worker._slot_freed.set()  # noqa: SLF001
-
-
-class CredentialsTransport(httpx.AsyncBaseTransport):
-    """Sends every ClaimX API request with the current token, which `reload()` reads again from
-    the settings (`CLAIMX_API_TOKEN`, else the file `CLAIMX_API_TOKEN_FILE` names), so an operator
-    can rotate the secret file without restarting the worker. The token is never logged."""
-
-    def __init__(self, settings: ApiSettings, inner: httpx.AsyncBaseTransport) -> None:
-        self.settings = settings
-        self.inner = inner
-        self._authorization: str | None = None
-        self.reload()
-
-    def reload(self) -> None:
-        """Read the token again; OSError (or ValueError) when the token file cannot be read."""
-        token = self.settings.resolved_token()
-        self._authorization = f"Basic {token.get_secret_value()}" if token is not None else None
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._authorization is not None:
-            request.headers["Authorization"] = self._authorization
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class _RebalanceListener(ConsumerRebalanceListener):

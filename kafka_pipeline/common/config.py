@@ -78,6 +78,8 @@ class ApiSettings(Section):
     backoff_max_s: float = Field(5.0, ge=0)
     breaker_failure_threshold: int = Field(20, ge=1)
     breaker_cooldown_s: float = Field(15.0, gt=0)
+    # while the API rejects the credentials (401): how often to re-read the token and try again
+    auth_probe_interval_s: float = Field(15.0, gt=0)
 
     def resolved_token(self) -> SecretStr | None:
         if self.token is not None:

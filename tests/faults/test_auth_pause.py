@@ -7,7 +7,7 @@ CLAIMX_API_TOKEN_FILE naming a file that holds a wrong token. While it is reject
 simulator answers 401s, /health/ready is 503 with `auth_failed`, the events' lag stays above 0
 and the 401s stay far below the number of events (the worker held its first events and paused
 instead of burning through the stream), growing only by the credential probes (one per
-KP_API__BREAKER_COOLDOWN_S = 1 s). Then the file gets the right token. After the drain,
+KP_API__AUTH_PROBE_INTERVAL_S = 1 s). Then the file gets the right token. After the drain,
 `claimx_events` holds every valid event once, the DLQ holds the malformed lines and nothing else
 (no `auth` letters), the outcomes reconcile, and every worker stops with exit code 0.
 """
@@ -74,7 +74,7 @@ def test_a_rejected_token_pauses_the_pipeline_until_the_token_file_is_fixed(tmp_
             "auth-pause",
             stream,
             tmp_path / "run",
-            env=worker_env(KP_API__BREAKER_COOLDOWN_S=str(PROBE_INTERVAL_S)),
+            env=worker_env(KP_API__AUTH_PROBE_INTERVAL_S=str(PROBE_INTERVAL_S)),
             worker_envs={
                 "enrich": {
                     "CLAIMX_API_TOKEN": "",  # no token in the environment: the file is read (and re-read)
