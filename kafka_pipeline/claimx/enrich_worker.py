@@ -704,6 +704,9 @@ class EnrichmentWorker:
         if stats is not None:
             gauges["project_cache_size"] = stats.size
             gauges["hit_rate"] = float(stats.hit_rate)
+            gauges["l1_hit_rate"] = float(stats.l1_hit_rate)  # per tier: in-process, then Redis
+            gauges["l2_hit_rate"] = float(stats.l2_hit_rate)
+            gauges["redis"] = stats.redis_state
         return CycleSnapshot(
             succeeded=self.counts.succeeded,
             failed=self.counts.retried + self.counts.dead_lettered,
