@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from kafka_pipeline.cli import UsageError
-from kafka_pipeline.common.config import Settings, load_settings
+from kafka_pipeline.common.config import load_settings
 from kafka_pipeline.common.logging import configure_logging
+from kafka_pipeline.common.signals import run_until_signalled
 
 NAME = "enrich"
 HELP = (
@@ -58,22 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.stats_interval is not None:
         settings.enrich.stats_interval_s = args.stats_interval
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.claimx.enrich_worker import WorkerAborted  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
 
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(run_until_signalled(lambda: EnrichmentWorker(settings)))
     except WorkerAborted as exc:
         print(f"kafka-pipeline enrich: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-async def _serve(settings: Settings) -> None:
-    from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker  # noqa: PLC0415
-
-    worker = EnrichmentWorker(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await worker.run(stop)

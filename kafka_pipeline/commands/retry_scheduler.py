@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from kafka_pipeline.cli import UsageError
 from kafka_pipeline.common.config import load_settings
 from kafka_pipeline.common.logging import configure_logging
+from kafka_pipeline.common.signals import run_until_signalled
 from kafka_pipeline.common.retry_scheduler import RetryScheduler
 
 NAME = "retry-scheduler"
@@ -46,13 +46,5 @@ def run(args: argparse.Namespace) -> int:
         settings.worker.http_port = args.http_port
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
     scheduler = RetryScheduler(settings, max_waiting_per_partition=args.max_waiting, stats_interval_s=args.stats_interval)
-    asyncio.run(_serve(scheduler))
+    asyncio.run(run_until_signalled(lambda: scheduler))
     return 0
-
-
-async def _serve(scheduler: RetryScheduler) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await scheduler.run(stop)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from pydantic import ValidationError
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 from kafka_pipeline.cli import UsageError
 from kafka_pipeline.common.config import Settings, format_validation_error, load_settings
 from kafka_pipeline.common.logging import configure_logging
+from kafka_pipeline.common.signals import run_until_signalled
 
 NAME = "write"
 HELP = (
@@ -69,22 +69,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.claimx.entity_writer import FlushFailed  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.claimx.entity_writer import EntityWriter, FlushFailed  # noqa: PLC0415 - after logging is set up
 
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(run_until_signalled(lambda: EntityWriter(settings)))
     except FlushFailed as exc:
         print(f"kafka-pipeline write: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-async def _serve(settings: Settings) -> None:
-    from kafka_pipeline.claimx.entity_writer import EntityWriter  # noqa: PLC0415
-
-    writer = EntityWriter(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await writer.run(stop)
