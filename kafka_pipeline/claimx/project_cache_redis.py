@@ -247,6 +247,9 @@ class RedisTier:
             log.warning("project_cache_redis_unavailable", detail="continuing on the in-process tier")
             if self._pubsub_reset is not None:
                 self._pubsub_reset.set()  # reconnect the listener too: it may have missed invalidations
+            # Pooled connections to the Redis that went away are dead; after a restart each would
+            # fail its first command and re-open the breaker. Start over with fresh connections.
+            self._spawn(self._client.connection_pool.disconnect(), "redis-pool-reset")
         elif new == "closed":
             log.info("project_cache_redis_available", detail="shared tier in use again")
 
