@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from kafka_pipeline.claimx.events import to_utc
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import METADATA_COLUMN_NAMES, TABLES, TableSpec
 from kafka_pipeline.common.delta import merge_rule
@@ -43,10 +44,7 @@ def _mismatch(table: str, column: str, expected: str, value: Any) -> SchemaMisma
 
 def parse_timestamp(value: str) -> datetime:
     """ISO-8601 text -> aware UTC datetime (naive = UTC)."""
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return to_utc(datetime.fromisoformat(value))
 
 
 def _string(value: Any) -> str:

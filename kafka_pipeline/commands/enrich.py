@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from kafka_pipeline.cli import UsageError
+from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.common.config import load_settings
 from kafka_pipeline.common.logging import configure_logging
 from kafka_pipeline.common.signals import run_until_signalled
@@ -17,7 +17,7 @@ HELP = (
     "project cache), produce one entity-rows message per event keyed by project_id; transient API failures "
     "go to the retry topic, malformed messages and permanent failures to the DLQ, unknown event types are "
     "skipped. A 401 pauses consumption (readiness reports auth_failed) until a probe every "
-    "KP_API__BREAKER_COOLDOWN_S seconds gets through; the token file (CLAIMX_API_TOKEN_FILE) is re-read "
+    "KP_API__AUTH_PROBE_INTERVAL_S seconds gets through; the token file (CLAIMX_API_TOKEN_FILE) is re-read "
     "before each probe, so a rotated secret needs no restart. At --max-in-flight events in flight the "
     "partitions are paused, not left. Offsets are committed only when every earlier event of the partition "
     "is done. SIGTERM/SIGINT: stop fetching, give in-flight events KP_WORKER__SHUTDOWN_GRACE_S to finish "
@@ -29,34 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS / config)")
     parser.add_argument("--topic", help="events topic to consume (default: KAFKA_EVENTS_TOPIC / config)")
     parser.add_argument("--api-url", help="ClaimX API base URL (default: CLAIMX_API_URL / config); the token comes from CLAIMX_API_TOKEN(_FILE)")
-    parser.add_argument("--max-in-flight", type=int, metavar="N",
+    parser.add_argument("--max-in-flight", type=positive_int, metavar="N",
                         help="events processed at once (default: KP_ENRICH__MAX_IN_FLIGHT / config, 256)")
-    parser.add_argument("--http-port", type=int,
+    parser.add_argument("--http-port", type=port,
                         help="ops HTTP port for /metrics and /health (default: KP_WORKER__HTTP_PORT; 0 = off)")
-    parser.add_argument("--stats-interval", type=float, metavar="SECONDS",
+    parser.add_argument("--stats-interval", type=positive_float, metavar="SECONDS",
                         help="seconds between cycle-stats log lines (default: KP_ENRICH__STATS_INTERVAL_S / config)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_in_flight is not None and args.max_in_flight < 1:
-        raise UsageError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
-    if args.http_port is not None and not 0 <= args.http_port <= 65535:
-        raise UsageError(f"--http-port must be 0..65535, got {args.http_port}")
-    if args.stats_interval is not None and args.stats_interval <= 0:
-        raise UsageError(f"--stats-interval must be > 0, got {args.stats_interval}")
-    settings = load_settings()
-    if args.bootstrap_servers:
-        settings.kafka.bootstrap_servers = args.bootstrap_servers
-    if args.topic:
-        settings.kafka.events_topic = args.topic
-    if args.api_url:
-        settings.api.url = args.api_url
-    if args.max_in_flight is not None:
-        settings.enrich.max_in_flight = args.max_in_flight
-    if args.http_port is not None:
-        settings.worker.http_port = args.http_port
-    if args.stats_interval is not None:
-        settings.enrich.stats_interval_s = args.stats_interval
+    settings = apply_overrides(load_settings(), {
+        "kafka.bootstrap_servers": args.bootstrap_servers,
+        "kafka.events_topic": args.topic,
+        "api.url": args.api_url,
+        "enrich.max_in_flight": args.max_in_flight,
+        "worker.http_port": args.http_port,
+        "enrich.stats_interval_s": args.stats_interval,
+    })
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
     from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
 

@@ -9,24 +9,11 @@ from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.cli import UsageError
+from kafka_pipeline.commands.arguments import positive_float, positive_int
 from kafka_pipeline.common.config import load_settings
 
 NAME = "replay"
 HELP = "Send JSON-lines ClaimX event files to the events topic, keyed by project_id (works against any Kafka)."
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from pydantic import ValidationError
 
-from kafka_pipeline.cli import UsageError
-from kafka_pipeline.common.config import Settings, format_validation_error, load_settings
+from kafka_pipeline.commands.arguments import apply_overrides, positive_float, positive_int
+from kafka_pipeline.common.config import Settings, load_settings
 from kafka_pipeline.common.logging import configure_logging
 from kafka_pipeline.common.signals import run_until_signalled
 
@@ -23,47 +22,21 @@ HELP = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-rows", type=_positive_int, metavar="N",
+    parser.add_argument("--max-rows", type=positive_int, metavar="N",
                         help="flush when this many rows are pending (default: KP_WRITER__MAX_ROWS / config, 20000)")
-    parser.add_argument("--max-latency-s", type=_positive_float, metavar="SECONDS",
+    parser.add_argument("--max-latency-s", type=positive_float, metavar="SECONDS",
                         help="flush when the oldest pending message is this old (default: KP_WRITER__MAX_LATENCY_S / config, 2)")
     parser.add_argument("--tables-root", metavar="URI",
                         help="folder or URI holding the Delta tables (default: DELTA_TABLES_ROOT / config)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
-    try:
-        if args.max_rows is not None:
-            settings.writer.max_rows = args.max_rows
-        if args.max_latency_s is not None:
-            settings.writer.max_latency_s = args.max_latency_s
-        if args.tables_root:
-            settings.delta.tables_root = args.tables_root
-    except ValidationError as exc:
-        raise UsageError(format_validation_error(exc)) from None
-    return settings
+    return apply_overrides(load_settings(), {
+        "writer.max_rows": args.max_rows,
+        "writer.max_latency_s": args.max_latency_s,
+        "delta.tables_root": args.tables_root,
+    })
 
 
 def run(args: argparse.Namespace) -> int:

@@ -132,6 +132,8 @@ class WriterSettings(Section):
 class RetrySettings(Section):
     group_id: str = "claimx-retry-scheduler"
     delays_s: list[float] = Field(default_factory=lambda: [30.0, 120.0, 600.0, 1800.0], min_length=1)
+    max_waiting_per_partition: int = Field(10_000, ge=1)  # held in memory before the partition is paused
+    stats_interval_s: float = Field(30.0, gt=0)
 
 
 class WorkerSettings(Section):

@@ -142,17 +142,18 @@ class RetryScheduler:
         self,
         settings: Settings,
         *,
-        max_waiting_per_partition: int = 10_000,
-        stats_interval_s: float = 30.0,
+        max_waiting_per_partition: int | None = None,
+        stats_interval_s: float | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        if max_waiting_per_partition < 1:
+        """The keyword arguments override `settings.retry` (tests use small ones)."""
+        if max_waiting_per_partition is not None and max_waiting_per_partition < 1:
             raise ValueError("max_waiting_per_partition must be at least 1")
         self.settings = settings
         self.kafka = settings.kafka
         self.worker = settings.worker.name
-        self.max_waiting_per_partition = max_waiting_per_partition
-        self.stats_interval_s = stats_interval_s
+        self.max_waiting_per_partition = max_waiting_per_partition or settings.retry.max_waiting_per_partition
+        self.stats_interval_s = stats_interval_s or settings.retry.stats_interval_s
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = _Metrics(self.registry)
         self.stats = SchedulerStats()

@@ -22,6 +22,7 @@ when `HandlerResult.carries_project` is true.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -124,15 +125,16 @@ class HandlerResult:
         return self.verification is not None and self.verification.snapshot is not None
 
 
-class EventHandler:
+class EventHandler(ABC):
     """Base class: subclasses set `event_types` and implement `child_rows`."""
 
     event_types: ClassVar[tuple[str, ...]] = ()
     ensure_project: ClassVar[bool] = True  # verify the parent project through the cache
     refresh_project: ClassVar[bool] = False  # always load the project (PROJECT_CREATED)
 
+    @abstractmethod
     async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
-        raise NotImplementedError
+        """The event's own rows (without the project snapshot and the events row)."""
 
     async def handle(self, event: ClaimXEvent, ctx: HandlerContext) -> HandlerResult:
         if not self.ensure_project:
