@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from kafka_pipeline import __version__, commands
-from kafka_pipeline.common.config import ConfigError
-from kafka_pipeline.common.embedded_broker import BrokerError
-from kafka_pipeline.common.kafka import BrokerUnreachable
+from kafka_pipeline.config import ConfigError
+from kafka_pipeline.embedded.broker import BrokerError
+from kafka_pipeline.runtime.kafka import BrokerUnreachable
 
 
 class UsageError(Exception):

@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker
-from kafka_pipeline.claimx.project_cache import NoCache
-from kafka_pipeline.common.config import Settings, load_settings
-from kafka_pipeline.common.embedded_broker import EmbeddedBroker
-from kafka_pipeline.common.kafka import ensure_topics, make_producer
-from kafka_pipeline.common.logging import configure_logging
+from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
+from kafka_pipeline.claimx.cache.project_cache import NoCache
+from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
+from kafka_pipeline.runtime.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import generate_events
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import structlog
 
-from kafka_pipeline.claimx.api_client import ClaimXApiClient, TokenBucket, parse_retry_after
-from kafka_pipeline.common.config import ApiSettings
-from kafka_pipeline.common.errors import AuthError, PermanentError, TransientError
+from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, parse_retry_after
+from kafka_pipeline.config import ApiSettings
+from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
 PASSWORD = "s3cret-Passw0rd"
 TOKEN = base64.b64encode(f"svc-claimx:{PASSWORD}".encode()).decode()
@@ -257,7 +257,7 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
 
 
 async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
-    from kafka_pipeline.claimx.api_client import ShardedTransport
+    from kafka_pipeline.claimx.api.client import ShardedTransport
 
     transport = ShardedTransport(8, per_shard=2)
     assert len(transport._shards) == 4

@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import structlog
 
-from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker
+from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.entity_writer import EntityWriter
+from kafka_pipeline.writer.entity_writer import EntityWriter
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
-from kafka_pipeline.common.config import KafkaSettings
+from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.app import make_token
 from kafka_pipeline.simulator.events import generate_events

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
-from kafka_pipeline.common.errors import PermanentError
+from kafka_pipeline.errors import PermanentError
 
 
 def raw(**fields) -> bytes:

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from kafka_pipeline.claimx.project_cache import NoCache, ProjectCache, ProjectSnapshot, Verification
-from kafka_pipeline.common.config import CacheSettings
-from kafka_pipeline.common.errors import PermanentError, TransientError
+from kafka_pipeline.claimx.cache.project_cache import NoCache, ProjectCache, ProjectSnapshot, Verification
+from kafka_pipeline.config import CacheSettings
+from kafka_pipeline.errors import PermanentError, TransientError
 
 
 class FakeClock:

@@ -20,13 +20,13 @@ import redis.asyncio as aioredis
 from deltalake import write_deltalake
 from prometheus_client import REGISTRY, generate_latest
 
-from kafka_pipeline.claimx.cache_admin import cache_routes
-from kafka_pipeline.claimx.project_cache import ProjectCache, ProjectSnapshot, Verification
-from kafka_pipeline.claimx.project_cache_redis import RedisTier
-from kafka_pipeline.claimx.project_cache_warm import warm_from_delta
-from kafka_pipeline.common.config import CacheSettings, DeltaSettings
-from kafka_pipeline.common.errors import PermanentError
-from kafka_pipeline.common.ops_server import OpsServer
+from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot, Verification
+from kafka_pipeline.claimx.cache.redis_tier import RedisTier
+from kafka_pipeline.claimx.cache.warm import warm_from_delta
+from kafka_pipeline.config import CacheSettings, DeltaSettings
+from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.runtime.ops_server import OpsServer
 from tests.fixtures.redis import RedisServer
 
 SOCKET_TIMEOUT_S = 0.5  # the outage tests check that no call waits longer than about this

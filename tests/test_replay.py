@@ -13,7 +13,7 @@ import pytest
 
 from kafka_pipeline.claimx.replay import key_of, replay
 from kafka_pipeline.cli import main
-from kafka_pipeline.common.kafka import make_consumer
+from kafka_pipeline.runtime.kafka import make_consumer
 
 
 def write_events(path: Path, count: int) -> list[bytes]:

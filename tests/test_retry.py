@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from kafka_pipeline.common.dead_letter import DeadLetter
-from kafka_pipeline.common.errors import AuthError, PermanentError, TransientError
-from kafka_pipeline.common.dead_letter import RecordView as Record
-from kafka_pipeline.common.retry import (
+from kafka_pipeline.runtime.dead_letter import DeadLetter
+from kafka_pipeline.errors import AuthError, PermanentError, TransientError
+from kafka_pipeline.runtime.dead_letter import RecordView as Record
+from kafka_pipeline.retry.routing import (
     MAX_ERROR_HEADER_BYTES,
     RETRY_ATTEMPT,
     RETRY_DUE_AT,

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kafka_pipeline.common.config import KafkaSettings, Settings, load_settings
-from kafka_pipeline.common.dead_letter import DeadLetter
-from kafka_pipeline.common.embedded_broker import free_port
-from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.common.dead_letter import RecordView as Record
-from kafka_pipeline.common.retry import (
+from kafka_pipeline.config import KafkaSettings, Settings, load_settings
+from kafka_pipeline.runtime.dead_letter import DeadLetter
+from kafka_pipeline.embedded.broker import free_port
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.runtime.dead_letter import RecordView as Record
+from kafka_pipeline.retry.routing import (
     RETRY_ATTEMPT,
     RETRY_DUE_AT,
     RETRY_TARGET_TOPIC,
@@ -29,8 +29,8 @@ from kafka_pipeline.common.retry import (
     next_hop,
     now_ms,
 )
-from kafka_pipeline.common.retry_scheduler import RetryScheduler
-from kafka_pipeline.common.topic_offsets import committed_offsets, high_watermarks
+from kafka_pipeline.retry.scheduler import RetryScheduler
+from kafka_pipeline.runtime.topic_offsets import committed_offsets, high_watermarks
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSIENT = Failure("ApiUnavailable", "503", "transient")

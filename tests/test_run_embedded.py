@@ -10,7 +10,7 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.run import bundled_sample
-from kafka_pipeline.common.delta.maintenance import table_row_counts
+from kafka_pipeline.delta.maintenance import table_row_counts
 
 
 def test_run_until_drained_writes_every_table(tmp_path: Path) -> None:

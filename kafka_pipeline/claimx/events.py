@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, computed_field, field_validator, model_validator
 
-from kafka_pipeline.common.errors import PermanentError
+from kafka_pipeline.errors import PermanentError
 
 # Canonical field -> the names it may arrive under (snake_case first).
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kafka_pipeline.common.config import KafkaSettings
-from kafka_pipeline.common.kafka import ensure_topics, make_producer
+from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
 PROJECT_ID_FIELDS = ("project_id", "projectId")
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 from kafka_pipeline.claimx.events import to_utc
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import METADATA_COLUMN_NAMES, TABLES, TableSpec
-from kafka_pipeline.common.delta import merge_rule
-from kafka_pipeline.common.errors import PermanentError
+from kafka_pipeline.delta import merge_rule
+from kafka_pipeline.errors import PermanentError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

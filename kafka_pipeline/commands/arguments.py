@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kafka_pipeline.common.config import ConfigError, Settings
+from kafka_pipeline.config import ConfigError, Settings
 
 
 def positive_int(text: str) -> int:

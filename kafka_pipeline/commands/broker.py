@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from kafka_pipeline.common.embedded_broker import EmbeddedBroker
+from kafka_pipeline.embedded.broker import EmbeddedBroker
 
 NAME = "broker"
 HELP = "Start the embedded tansu Kafka broker on loopback and print its address (Ctrl-C stops it)."

@@ -7,8 +7,8 @@ import asyncio
 import json
 
 from kafka_pipeline.cli import UsageError
-from kafka_pipeline.common import dlq_ops
-from kafka_pipeline.common.config import KafkaSettings, load_settings
+from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.config import KafkaSettings, load_settings
 
 NAME = "dlq"
 HELP = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."

@@ -7,9 +7,9 @@ import asyncio
 import sys
 
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
-from kafka_pipeline.common.config import load_settings
-from kafka_pipeline.common.logging import configure_logging
-from kafka_pipeline.common.signals import run_until_signalled
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.runtime.logging import configure_logging
+from kafka_pipeline.runtime.signals import run_until_signalled
 
 NAME = "enrich"
 HELP = (
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         "enrich.stats_interval_s": args.stats_interval,
     })
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.claimx.enrich_worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
 
     try:
         asyncio.run(run_until_signalled(lambda: EnrichmentWorker(settings)))

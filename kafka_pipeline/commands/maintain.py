@@ -7,9 +7,9 @@ import sys
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.cli import UsageError
-from kafka_pipeline.common.config import load_settings
-from kafka_pipeline.common.delta.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
-from kafka_pipeline.common.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.delta.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
+from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 
 NAME = "maintain"
 HELP = (

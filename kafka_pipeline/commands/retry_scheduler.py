@@ -6,10 +6,10 @@ import argparse
 import asyncio
 
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
-from kafka_pipeline.common.config import load_settings
-from kafka_pipeline.common.logging import configure_logging
-from kafka_pipeline.common.signals import run_until_signalled
-from kafka_pipeline.common.retry_scheduler import RetryScheduler
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.runtime.logging import configure_logging
+from kafka_pipeline.runtime.signals import run_until_signalled
+from kafka_pipeline.retry.scheduler import RetryScheduler
 
 NAME = "retry-scheduler"
 HELP = (

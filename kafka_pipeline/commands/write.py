@@ -8,9 +8,9 @@ import sys
 
 
 from kafka_pipeline.commands.arguments import apply_overrides, positive_float, positive_int
-from kafka_pipeline.common.config import Settings, load_settings
-from kafka_pipeline.common.logging import configure_logging
-from kafka_pipeline.common.signals import run_until_signalled
+from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.runtime.logging import configure_logging
+from kafka_pipeline.runtime.signals import run_until_signalled
 
 NAME = "write"
 HELP = (
@@ -42,7 +42,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.claimx.entity_writer import EntityWriter, FlushFailed  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.writer.entity_writer import EntityWriter, FlushFailed  # noqa: PLC0415 - after logging is set up
 
     try:
         asyncio.run(run_until_signalled(lambda: EntityWriter(settings)))

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka_pipeline.common.config import Settings
-from kafka_pipeline.common.embedded_broker import EmbeddedBroker
-from kafka_pipeline.common.kafka import ensure_topics
-from kafka_pipeline.common.topic_offsets import group_lag, high_watermarks
+from kafka_pipeline.config import Settings
+from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.runtime.kafka import ensure_topics
+from kafka_pipeline.runtime.topic_offsets import group_lag, high_watermarks
 from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.simulator.server import SimulatorProcess
 

@@ -26,7 +26,7 @@ import httpx
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
-from kafka_pipeline.common.processes import stop_process
+from kafka_pipeline.runtime.processes import stop_process
 from kafka_pipeline.simulator.app import DEFAULT_PASSWORD, DEFAULT_USER, create_app, make_token
 from kafka_pipeline.simulator.data import DEFAULT_SEED
 from kafka_pipeline.simulator.faults import FaultSettings
@@ -320,7 +320,7 @@ class SimulatorProcess:
 
     def api_settings(self, **overrides: Any) -> Any:
         """`ApiSettings` for a client of this simulator (url and token filled in)."""
-        from kafka_pipeline.common.config import ApiSettings
+        from kafka_pipeline.config import ApiSettings
 
         return ApiSettings(url=self.url, token=SecretStr(self.token), **overrides)
 

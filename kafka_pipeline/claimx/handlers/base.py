@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from kafka_pipeline.claimx import transforms
-from kafka_pipeline.claimx.api_client import ClaimXApiClient
+from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.events import ClaimXEvent
-from kafka_pipeline.claimx.project_cache import ProjectSnapshot, Verification
+from kafka_pipeline.claimx.cache.project_cache import ProjectSnapshot, Verification
 from kafka_pipeline.claimx.transforms import Rows
 
 K = TypeVar("K", bound=Hashable)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka_pipeline.claimx import transforms
-from kafka_pipeline.claimx.api_client import ClaimXApiClient
+from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerContext, register
 from kafka_pipeline.claimx.transforms import Rows
-from kafka_pipeline.common.errors import PermanentError
+from kafka_pipeline.errors import PermanentError
 
 
 @dataclass

@@ -11,7 +11,7 @@ from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerContext, register
 from kafka_pipeline.claimx.transforms import Rows
-from kafka_pipeline.common.errors import PermanentError
+from kafka_pipeline.errors import PermanentError
 
 
 @register

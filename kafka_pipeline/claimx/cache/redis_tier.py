@@ -38,12 +38,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from kafka_pipeline.common.circuit_breaker import CircuitBreaker, State
-from kafka_pipeline.common.config import CacheSettings
-from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
+from kafka_pipeline.config import CacheSettings
+from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
-    from kafka_pipeline.claimx.project_cache import ProjectCache
+    from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 
 log = get_logger(__name__)
 

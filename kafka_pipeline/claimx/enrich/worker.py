@@ -68,21 +68,21 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Me
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
-from kafka_pipeline.claimx.api_client import ClaimXApiClient
-from kafka_pipeline.claimx.cache_admin import cache_routes
+from kafka_pipeline.claimx.api.client import ClaimXApiClient
+from kafka_pipeline.claimx.cache.admin import cache_routes
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerResult, ProjectVerifier
-from kafka_pipeline.claimx.project_cache import ProjectCache, ProjectSnapshot
-from kafka_pipeline.common.config import Settings
-from kafka_pipeline.common.cycle_stats import CycleSnapshot, CycleStats
-from kafka_pipeline.common.errors import AuthError, PermanentError, PipelineError
-from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.common.logging import get_logger
-from kafka_pipeline.common.offset_tracker import OffsetTracker
-from kafka_pipeline.common.ops_server import OpsServer
-from kafka_pipeline.common.retry import RetryMessage, next_hop
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot
+from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
+from kafka_pipeline.errors import AuthError, PermanentError, PipelineError
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.offset_tracker import OffsetTracker
+from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.retry.routing import RetryMessage, next_hop
 
 log = get_logger(__name__)
 
@@ -130,7 +130,7 @@ def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Set
     - permanent (malformed message, 404 and other 4xx): the dead-letter topic, with the reason;
     - transient (5xx, 429, timeouts, open circuit, after the client's in-process retries): the
       retry topic while `settings.retry.delays_s` has a delay left for the message's attempt
-      (`kafka_pipeline.common.retry.next_hop`), then the dead-letter topic.
+      (`kafka_pipeline.retry.routing.next_hop`), then the dead-letter topic.
 
     An auth failure (401) is not the event's fault and never comes here: the worker holds the
     event and pauses (`EnrichmentWorker._handle`); `next_hop` raises ValueError for it.

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from kafka_pipeline.common.delta.table_writer import open_table, table_uri
+from kafka_pipeline.delta.table_writer import open_table, table_uri
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: time travel and slow readers keep working for a week
 

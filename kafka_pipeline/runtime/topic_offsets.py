@@ -12,8 +12,8 @@ import uuid
 
 from aiokafka import TopicPartition
 
-from kafka_pipeline.common.config import KafkaSettings
-from kafka_pipeline.common.kafka import make_consumer
+from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.kafka import make_consumer
 
 
 async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float = 5.0) -> dict[int, int]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from kafka_pipeline.common.errors import Category
+from kafka_pipeline.errors import Category
 
 
 class EncodedBytes(BaseModel):

@@ -1,7 +1,7 @@
 """Delta Lake writing: the merge rule, exactly-once table merges, table maintenance."""
 
-from kafka_pipeline.common.delta.merge_rule import TableContract, clock_schema, combine, merge_expressions, resolve
-from kafka_pipeline.common.delta.table_writer import (
+from kafka_pipeline.delta.merge_rule import TableContract, clock_schema, combine, merge_expressions, resolve
+from kafka_pipeline.delta.table_writer import (
     CommitConflict,
     DeltaTableWriter,
     TableSchemaError,

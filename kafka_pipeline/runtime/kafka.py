@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from kafka_pipeline.common.config import KafkaSettings
+from kafka_pipeline.config import KafkaSettings
 
 
 class BrokerUnreachable(Exception):

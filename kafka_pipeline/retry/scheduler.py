@@ -3,7 +3,7 @@
 Read top to bottom: `RetryScheduler.run` is the whole worker.
 
 - It consumes the retry topic in the consumer group `settings.retry.group_id`. A message's
-  retry headers (see `kafka_pipeline.common.retry`) say where it goes (`retry-target-topic`) and
+  retry headers (see `kafka_pipeline.retry.routing`) say where it goes (`retry-target-topic`) and
   not before when (`retry-due-at`, epoch ms). The message is forwarded with its key, value and
   *all* its headers, retry headers included: the worker that consumes it from the target topic
   reads its attempt number with `attempt_of(record.headers)`.
@@ -43,12 +43,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kafka_pipeline.common.config import Settings
-from kafka_pipeline.common.dead_letter import DeadLetter, dead_letter_for
-from kafka_pipeline.common.kafka import connection_kwargs, ensure_topics, make_consumer, make_producer
-from kafka_pipeline.common.logging import get_logger
-from kafka_pipeline.common.ops_server import OpsServer
-from kafka_pipeline.common.retry import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
+from kafka_pipeline.runtime.kafka import connection_kwargs, ensure_topics, make_consumer, make_producer
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
 
 log = get_logger(__name__)
 

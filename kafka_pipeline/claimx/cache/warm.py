@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from kafka_pipeline.claimx.schemas import PROJECTS
-from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
-    from kafka_pipeline.claimx.project_cache import ProjectCache
+    from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 
 log = get_logger(__name__)
 

@@ -4,7 +4,7 @@ Reading. The DLQ is read with a consumer that joins no group (partitions assigne
 from each partition's purge point up to its high watermark taken when the read starts, so a
 command sees a stable snapshot while workers keep dead-lettering. tansu's `end_offsets()` may
 answer with the last batch's base offset, so the end comes from
-`kafka_pipeline.common.topic_offsets.high_watermarks`, which fetches that last batch and uses
+`kafka_pipeline.runtime.topic_offsets.high_watermarks`, which fetches that last batch and uses
 the high watermark from the fetch response (exact on tansu and Kafka). If the partitions stop
 delivering before the end is reached (`idle_timeout_s` without a record), the read ends there
 and the snapshot says it is incomplete.
@@ -44,11 +44,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 
-from kafka_pipeline.common.config import KafkaSettings
-from kafka_pipeline.common.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.common.kafka import BrokerUnreachable, connection_kwargs, make_consumer, make_producer
-from kafka_pipeline.common.retry import strip_retry_headers
-from kafka_pipeline.common.topic_offsets import high_watermarks
+from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
+from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, make_producer
+from kafka_pipeline.retry.routing import strip_retry_headers
+from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 MARKER_HEADER = "dlq-marker"
 REPLAYED = b"replayed"

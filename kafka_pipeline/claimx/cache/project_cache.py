@@ -21,7 +21,7 @@ Freshness: with an ``on_background_refresh`` callback, the first hit on an entry
 ``refresh_after_s`` still answers ``hit`` but starts one background reload; its snapshot is
 handed to the callback (which emits the rows and awaits the broker ack) and then confirmed.
 
-With a shared tier (`kafka_pipeline.claimx.project_cache_redis.RedisTier`) the cache has two
+With a shared tier (`kafka_pipeline.claimx.cache.redis_tier.RedisTier`) the cache has two
 levels: this in-process dict (L1) and Redis (L2), shared by every worker of the group.
 """
 
@@ -35,14 +35,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from kafka_pipeline.claimx import cache_metrics
-from kafka_pipeline.common.config import CacheSettings
-from kafka_pipeline.common.errors import PermanentError
-from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.claimx.cache import metrics as cache_metrics
+from kafka_pipeline.config import CacheSettings
+from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
-    from kafka_pipeline.claimx.project_cache_redis import RedisTier
-    from kafka_pipeline.common.config import DeltaSettings
+    from kafka_pipeline.claimx.cache.redis_tier import RedisTier
+    from kafka_pipeline.config import DeltaSettings
 
 log = get_logger(__name__)
 
@@ -210,7 +210,7 @@ class ProjectCache:
         """
         shared = None
         if settings.redis_url:
-            from kafka_pipeline.claimx.project_cache_redis import RedisTier  # noqa: PLC0415
+            from kafka_pipeline.claimx.cache.redis_tier import RedisTier  # noqa: PLC0415
 
             shared = RedisTier(settings)
         return cls(settings, clock=clock, shared_tier=shared, on_background_refresh=on_background_refresh, name=name, delta=delta)
@@ -223,7 +223,7 @@ class ProjectCache:
         if self._shared is not None:
             await self._shared.start()
         if self.settings.warm_from_delta and self.delta is not None:
-            from kafka_pipeline.claimx.project_cache_warm import warm_from_delta  # noqa: PLC0415
+            from kafka_pipeline.claimx.cache.warm import warm_from_delta  # noqa: PLC0415
 
             try:
                 await warm_from_delta(self, self.delta.tables_root, self.delta.storage_options, self.settings.warm_window_s)

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kafka_pipeline.claimx.project_cache import ProjectCache
-from kafka_pipeline.claimx.project_cache_warm import warm_from_delta
-from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache
+from kafka_pipeline.claimx.cache.warm import warm_from_delta
+from kafka_pipeline.runtime.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka_pipeline.common.logging import get_logger
+from kafka_pipeline.runtime.logging import get_logger
 
 log = get_logger(__name__)
 

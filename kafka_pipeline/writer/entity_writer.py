@@ -40,13 +40,13 @@ from pydantic import ValidationError
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.common.backoff import backoff_delay
-from kafka_pipeline.common.config import Settings
-from kafka_pipeline.common.dead_letter import dead_letter_for
-from kafka_pipeline.common.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
-from kafka_pipeline.common.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.common.logging import get_logger
-from kafka_pipeline.common.ops_server import OpsServer
+from kafka_pipeline.runtime.backoff import backoff_delay
+from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime.dead_letter import dead_letter_for
+from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.ops_server import OpsServer
 
 log = get_logger("kafka_pipeline.entity_writer")
 

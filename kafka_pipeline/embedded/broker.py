@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka_pipeline.common.processes import stop_process
+from kafka_pipeline.runtime.processes import stop_process
 
 
 class BrokerError(Exception):

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from kafka_pipeline.claimx.project_cache import ProjectCache
+    from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 
 PREFIX = "claimx_project_cache"
 

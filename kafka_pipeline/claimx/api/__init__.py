@@ -1,0 +1,1 @@
+"""The ClaimX REST API client."""

@@ -1,0 +1,1 @@
+"""The ProjectCache: in-process tier, optional Redis tier, warm start, metrics and admin routes."""

@@ -1,0 +1,1 @@
+"""The enrichment worker: ClaimX events in, entity rows out."""

@@ -1,0 +1,1 @@
+"""Operating the dead-letter topic: list, inspect, replay, purge."""

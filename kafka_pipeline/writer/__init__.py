@@ -1,0 +1,1 @@
+"""The entity writer: entity-rows topic into the Delta tables, exactly once."""
