@@ -11,17 +11,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from kafka_pipeline import __version__, commands
-from kafka_pipeline.config import ConfigError
-from kafka_pipeline.embedded.broker import BrokerError
-from kafka_pipeline.runtime.kafka import BrokerUnreachable
-
-
-class UsageError(Exception):
-    """A bad argument value found after parsing (one line for the user)."""
-
-
-# Errors that are the user's to fix: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ConfigError, BrokerError, BrokerUnreachable, UsageError, FileNotFoundError)
+from kafka_pipeline.errors import UserError, WorkerFailed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,9 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args._run(args) or 0)
-    except USER_ERRORS as exc:
+    except (UserError, FileNotFoundError) as exc:  # the user's to fix: one line, no traceback
         print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # the worker stopped on a failure of its own; what it finished is committed
+        print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

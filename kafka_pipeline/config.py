@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kafka_pipeline.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
@@ -183,10 +185,6 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message is one line naming it."""
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from kafka_pipeline.cli import main
-from kafka_pipeline.config import ConfigError, load_settings
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, ensure_topics, make_consumer, make_producer
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.errors import BrokerUnreachable, ConfigError
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
 
 def test_env_overrides_yaml(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 
-from kafka_pipeline.cli import UsageError
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.dlq import operations as dlq_ops
 from kafka_pipeline.config import KafkaSettings, load_settings
 

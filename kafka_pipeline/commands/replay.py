@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
-from kafka_pipeline.cli import UsageError
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.commands.arguments import positive_float, positive_int
 from kafka_pipeline.config import load_settings
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.cli import UsageError
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.stack import EmbeddedStack

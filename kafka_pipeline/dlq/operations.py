@@ -46,7 +46,8 @@ from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, make_producer
+from kafka_pipeline.errors import BrokerUnreachable
+from kafka_pipeline.runtime.kafka import connection_kwargs, make_consumer, make_producer
 from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 

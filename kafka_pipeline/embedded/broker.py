@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kafka_pipeline.errors import UserError
 from kafka_pipeline.runtime.processes import stop_process
 
 
-class BrokerError(Exception):
+class BrokerError(UserError):
     """The embedded broker could not be found or started (one line for the user)."""
 
 

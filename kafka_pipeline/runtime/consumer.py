@@ -114,8 +114,8 @@ class ConsumerRuntime:
         spec = self.spec
         stats_stop = asyncio.Event()
         stats_task: asyncio.Task[None] | None = None
+        await ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
         try:
-            await ensure_topics(self.kafka, list(spec.ensure_topics))
             self.producer = make_producer(self.kafka)
             self.dead_letters = DeadLetterSink(self.producer, self.kafka.dlq_topic, worker=self.worker.name, registry=spec.registry)
             self.consumer = make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)

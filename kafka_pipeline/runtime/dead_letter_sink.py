@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry, Counter
 
-from kafka_pipeline.errors import Category
+from kafka_pipeline.errors import Category, WorkerFailed
 from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
@@ -22,7 +22,7 @@ from kafka_pipeline.runtime.metrics import metric
 log = get_logger(__name__)
 
 
-class DeadLetterFailed(Exception):
+class DeadLetterFailed(WorkerFailed):
     """The dead-letter topic did not take a letter: the record stays unfinished (uncommitted)."""
 
 

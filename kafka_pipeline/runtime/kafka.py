@@ -13,10 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from kafka_pipeline.config import KafkaSettings
-
-
-class BrokerUnreachable(Exception):
-    """The bootstrap servers did not answer; the message is one line for the user."""
+from kafka_pipeline.errors import BrokerUnreachable
 
 
 def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
+from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
@@ -487,5 +488,5 @@ class _CycleTotals:
         return delta
 
 
-class FlushFailed(Exception):
+class FlushFailed(WorkerFailed):
     """The writer stopped with a batch it could not write (it is re-read on the next start)."""

@@ -59,7 +59,7 @@ from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_eve
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier
 from kafka_pipeline.config import Settings
-from kafka_pipeline.errors import PermanentError, PipelineError
+from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.runtime.logging import get_logger
@@ -70,7 +70,7 @@ __all__ = ["EnrichmentWorker", "WorkerAborted", "WorkerCounts", "route_failure"]
 log = get_logger(__name__)
 
 
-class WorkerAborted(Exception):
+class WorkerAborted(WorkerFailed):
     """The worker could not hand a message to the broker; it stopped without committing past it."""
 
 
