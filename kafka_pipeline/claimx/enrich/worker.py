@@ -204,7 +204,7 @@ class EnrichmentWorker:
         except PermanentError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - any bytes at all are a malformed event at worst
-            error = PermanentError(f"malformed event: {type(exc).__name__}: {str(exc)[:200]}", error_type="MalformedEvent")
+            error = PermanentError(f"malformed event: {type(exc).__name__}: {str(exc)[:200]}", error_type=type(exc).__name__)
         slot = self.slots.take()
         self.counts.in_flight = self.slots.in_use
         self.counts.peak_in_flight = self.slots.peak
