@@ -114,7 +114,8 @@ async def test_entity_writer_dead_letters_whatever_a_message_raises(
     kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stream = build_stream(seed=5, events=60)
-    poison = {m.trace_id: exc for m, exc in zip(stream[5:8], (OverflowError("int too big to convert"), KeyError("claimx_media"), RecursionError("deep")), strict=True)}
+    raised = (OverflowError("int too big to convert"), KeyError("claimx_media"), RecursionError("deep"))
+    poison = {m.trace_id: exc for m, exc in zip(stream[5:8], raised, strict=True)}
     real_add = writer_module.BatchBuilder.add
 
     def add(self: Any, message: Any, **kwargs: Any) -> int:

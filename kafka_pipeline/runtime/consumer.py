@@ -309,7 +309,7 @@ class ConsumerRuntime:
                 app.report_cycle()
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, runtime: ConsumerRuntime) -> None:
         self.runtime = runtime
 

@@ -56,7 +56,9 @@ class DeadLetterSink:
         self.topic = topic
         self.worker = worker
         self.sent = 0
-        self._counter = metric(registry, Counter, "kafka_pipeline_dead_letters", "Messages sent to the dead-letter topic, by worker group and error type", ["group", "error_type"])
+        self._counter = metric(
+            registry, Counter, "kafka_pipeline_dead_letters", "Messages sent to the dead-letter topic, by worker group and error type", ["group", "error_type"]
+        )
 
     def envelope(self, letter: Letter) -> DeadLetter:
         return dead_letter_for(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -25,10 +25,10 @@ def metric(registry: CollectorRegistry, kind: type[M], name: str, documentation:
         series = _declared.setdefault(registry, {})
         found = series.get(name)
         if found is None:
-            found = series[name] = kind(name, documentation, list(labels), registry=registry, **options)  # type: ignore[call-arg]
+            found = series[name] = cast(Any, kind)(name, documentation, list(labels), registry=registry, **options)
         elif not isinstance(found, kind):
             raise TypeError(f"metric {name} was declared as {type(found).__name__}")
-        return found  # type: ignore[no-any-return]
+        return cast(M, found)
 
 
 class LabelCache:

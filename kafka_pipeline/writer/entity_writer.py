@@ -40,8 +40,8 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
-from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
+from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
@@ -444,7 +444,8 @@ class EntityWriter:
         if lag is not None:
             self.metrics.lag.set(lag)
         log.info(
-            f"Cycle {totals.cycle}: rows={totals.rows} (merged) | {totals.rate:.0f} rows/s | flushes={totals.flushes} | dlq={totals.dlq} | lag={'?' if lag is None else lag}",
+            f"Cycle {totals.cycle}: rows={totals.rows} (merged) | {totals.rate:.0f} rows/s | flushes={totals.flushes} | dlq={totals.dlq}"
+            f" | lag={'?' if lag is None else lag}",
             cycle=totals.cycle,
             rows=totals.rows,
             rows_per_s=round(totals.rate, 1),
