@@ -110,6 +110,10 @@ class CacheSettings(Section):
     warm_from_delta: bool = False
     warm_window_s: float = Field(1800.0, gt=0)
     admin_token: SecretStr | None = None
+    # the Redis tier: its circuit breaker (consecutive failures to open, seconds open) and pool size
+    redis_breaker_failure_threshold: int = Field(3, ge=1)
+    redis_breaker_cooldown_s: float = Field(2.0, gt=0)
+    redis_max_connections: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> CacheSettings:

@@ -49,7 +49,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.factory import build_project_cache
 from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache, ProjectSnapshot
+from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
 from kafka_pipeline.claimx.enrich.credentials import CredentialsGate
 from kafka_pipeline.claimx.enrich.lanes import ProjectLanes, Slot, Slots, Turn
 from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
@@ -89,7 +91,7 @@ class WorkerCache(ProjectVerifier, Protocol):
 class EnrichmentWorker:
     """`await EnrichmentWorker(settings).run(stop_event)` runs until `stop_event` is set.
 
-    `cache` defaults to `ProjectCache.from_settings(settings.cache)`; pass `NoCache()` for the
+    `cache` defaults to `build_project_cache(settings.cache)`; pass `NoCache()` for the
     naive baseline. `api_transport` is handed to httpx (tests only).
     """
 
@@ -107,9 +109,11 @@ class EnrichmentWorker:
         self.failure: BaseException | None = None
         self.metrics = EnrichMetrics.on(registry, worker=self.name)
         self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self.metrics.observe_api_call)
-        self.cache: WorkerCache = cache if cache is not None else ProjectCache.from_settings(
-            settings.cache, delta=settings.delta, on_background_refresh=self._emit_refreshed_project
+        self.cache: WorkerCache = cache if cache is not None else build_project_cache(
+            settings.cache, registry=registry, on_background_refresh=self._emit_refreshed_project
         )
+        # warm start and POST /cache/warm read the projects table (a real cache only)
+        self._warm: Warmer | None = delta_warmer(self.cache, settings.delta) if isinstance(self.cache, ProjectCache) else None
         self.media = MediaBatcher(self.api, window_s=settings.enrich.media_window_s)
         self.context = HandlerContext(api=self.api, cache=self.cache, media=self.media)
         self.credentials = CredentialsGate(self.api, probe_interval_s=settings.api.auth_probe_interval_s)
@@ -125,7 +129,7 @@ class EnrichmentWorker:
                 max_poll_records=settings.enrich.max_in_flight,
                 stats_interval_s=settings.enrich.stats_interval_s,
                 registry=registry,
-                routes=cache_routes(self.cache) if isinstance(self.cache, ProjectCache) else (),
+                routes=cache_routes(self.cache, warm_from=self._warm) if isinstance(self.cache, ProjectCache) else (),
             ),
         )
         self.slots = Slots(on_free=self.runtime.wake)
@@ -175,6 +179,11 @@ class EnrichmentWorker:
 
     async def start(self, runtime: ConsumerRuntime) -> None:
         await self.cache.start()
+        if self.settings.cache.warm_from_delta and self._warm is not None:
+            try:
+                await self._warm(self.settings.cache.warm_window_s)
+            except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
+                log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
         self.metrics.watch(self.name, in_flight=lambda: self.counts.in_flight, awaiting_ack=lambda: self.counts.awaiting_ack)
         log.info(
             "enrichment worker started",
