@@ -120,6 +120,7 @@ class EnrichSettings(Section):
     group_id: str = "claimx-enrich"
     max_in_flight: int = Field(256, ge=1)
     stats_interval_s: float = Field(30.0, gt=0)
+    max_future_skew_s: float = Field(86_400.0, gt=0)  # an ingested_at later than now + this is malformed
 
 
 class WriterSettings(Section):

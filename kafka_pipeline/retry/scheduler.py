@@ -48,7 +48,7 @@ from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
 from kafka_pipeline.runtime.kafka import connection_kwargs, ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import OpsServer
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
 
 log = get_logger(__name__)
 
@@ -236,15 +236,15 @@ class RetryScheduler:
         """Decide what a consumed retry message is: waiting, or (bad headers) a dead letter."""
         try:
             info = parse_retry_headers(record.headers)
-            if info.target_topic == self.kafka.retry_topic:
-                raise InvalidRetryHeaders(f"retry-target-topic is the retry topic {self.kafka.retry_topic} itself")
+            if info.target_topic not in allowed_retry_targets(self.kafka):
+                raise InvalidRetryHeaders(f"retry-target-topic {info.target_topic!r} is not a configured retry target")
             if not await self._topic_exists(info.target_topic):
                 raise InvalidRetryHeaders(f"retry-target-topic {info.target_topic!r} does not exist")
         except InvalidRetryHeaders as exc:
-            target = _header_text(record.headers, "retry-target-topic") or record.topic
-            letter = dead_letter_for(
+            letter = dead_letter_for(  # only the enrichment worker retries: its input is the origin
                 record, error_type="InvalidRetryHeaders", error_message=str(exc), category="permanent",
-                worker=self.worker, attempts=max(1, attempt_of(record.headers)), original_topic=target,
+                worker=self.worker, attempts=max(1, attempt_of(record.headers)), original_topic=self.kafka.events_topic,
+                made_by="retry-scheduler",
             )
             log.warning("retry message dead-lettered", partition=tp.partition, offset=record.offset, reason=str(exc))
             self._push(_Entry(now, next(self._seq), tp, record, self.kafka.dlq_topic, letter))
@@ -397,10 +397,3 @@ class RetryScheduler:
                  send_errors=self.stats.send_errors,
                  partitions=sorted(tp.partition for tp in self._progress))
 
-
-def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name and value:
-            with contextlib.suppress(UnicodeDecodeError):
-                return value.decode("utf-8").strip() or None
-    return None

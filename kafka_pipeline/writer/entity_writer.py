@@ -425,6 +425,7 @@ class EntityWriter:
                 category="permanent",
                 worker=self.worker,
                 trace_id=item.trace_id,
+                made_by="write",
             )
             await self._producer.send_and_wait(self.kafka.dlq_topic, envelope.to_bytes(), key=item.record.key)
             self.metrics.dead_letters.labels(item.error_type).inc()

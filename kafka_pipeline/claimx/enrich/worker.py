@@ -142,6 +142,7 @@ def route_failure(record: ConsumerRecord, error: PipelineError, *, settings: Set
         retry_topic=settings.kafka.retry_topic,
         worker=settings.worker.name,
         trace_id=trace_id,
+        made_by="enrich",
     )
     if isinstance(hop, RetryMessage):
         return FailureRoute("retried", hop.topic, hop.key, hop.value, hop.headers)
@@ -395,7 +396,7 @@ class EnrichmentWorker:
         event: ClaimXEvent | None = None
         error: PermanentError | None = None
         try:
-            event = parse_event(record.value)
+            event = parse_event(record.value, max_future_skew_s=self.settings.enrich.max_future_skew_s)
         except PermanentError as exc:
             error = exc
         previous: asyncio.Event | None = None
