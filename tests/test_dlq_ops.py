@@ -20,6 +20,13 @@ from kafka_pipeline.retry.routing import RETRY_ATTEMPT, Failure, RetryMessage, n
 
 
 
+@pytest.fixture(autouse=True)
+def configured_topics(kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq replay` sends only to the configured topics, read from the environment as in production."""
+    monkeypatch.setenv("KAFKA_EVENTS_TOPIC", kafka_settings.events_topic)
+    monkeypatch.setenv("KAFKA_ENTITY_ROWS_TOPIC", kafka_settings.entity_rows_topic)
+
+
 def parse_failure(kafka: KafkaSettings, n: int) -> DeadLetter:
     record = Record(kafka.events_topic, 0, n, f"p{n}".encode(), f"not json {n}".encode(), [("source", b"sim")])
     return dead_letter_for(record, error_type="EventParseError", error_message="not JSON", category="permanent",
