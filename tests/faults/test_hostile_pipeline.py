@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -98,23 +98,35 @@ def stream() -> Stream:
 
 
 @pytest.fixture(scope="module")
-def clean(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    return asyncio.run(run_pipeline("clean", stream, tmp_path_factory.mktemp("clean"), env=worker_env(),
-                                    simulator_faults=SIMULATOR, replay_rate=REPLAY_RATE, partitions=3))
-
-
-@pytest.fixture(scope="module")
-def hostile(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PipelineRun, list[Sent]]]:
+def runs(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineRun, PipelineRun, list[Sent]]:
+    """The clean and the hostile run, side by side (each has its own broker, simulator and
+    workers; both spend most of their time waiting on group joins and polls)."""
     sent: list[Sent] = []
 
     async def during(settings: Settings) -> None:
         sent.extend(plan(settings))
         await inject(sent)(settings)
 
-    run = asyncio.run(run_pipeline("hostile", stream, tmp_path_factory.mktemp("hostile"), env=worker_env(),
-                                   simulator_faults=SIMULATOR, replay_rate=REPLAY_RATE, partitions=3, during_replay=during))
-    print(f"\nhostile run: {run.seconds:.0f}s, {len(sent)} poison messages, topic messages {run.topic_messages}, logs in {run.log_dir}")
-    yield run, sent
+    def one(name: str, during_replay=None) -> PipelineRun:  # noqa: ANN001
+        return asyncio.run(run_pipeline(name, stream, tmp_path_factory.mktemp(name), env=worker_env(), simulator_faults=SIMULATOR,
+                                        replay_rate=REPLAY_RATE, partitions=3, during_replay=during_replay))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        clean_run, hostile_run = pool.submit(one, "clean"), pool.submit(one, "hostile", during)
+        clean, hostile = clean_run.result(), hostile_run.result()
+    print(f"\nclean run {clean.seconds:.0f}s; hostile run {hostile.seconds:.0f}s, {len(sent)} poison messages, "
+          f"topic messages {hostile.topic_messages}, logs in {hostile.log_dir}")
+    return clean, hostile, sent
+
+
+@pytest.fixture(scope="module")
+def clean(runs: tuple[PipelineRun, PipelineRun, list[Sent]]) -> PipelineRun:
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def hostile(runs: tuple[PipelineRun, PipelineRun, list[Sent]]) -> tuple[PipelineRun, list[Sent]]:
+    return runs[1], runs[2]
 
 
 def matches(letter: DeadLetter, poison: Poison) -> bool:
