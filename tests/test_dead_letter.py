@@ -15,7 +15,12 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.config import KafkaSettings, Settings
 from kafka_pipeline.dlq.operations import DlqEntry, DlqSnapshot, inspect_entries
 from kafka_pipeline.errors import PermanentError
-from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, RecordView, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import (
+    MAX_DLQ_MESSAGE_BYTES,
+    DeadLetter,
+    RecordView,
+    dead_letter_for,
+)
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from tests.faults.poison import corpus
 

@@ -17,14 +17,19 @@ import string
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kafka_pipeline.claimx.enrich.worker import _type_label, route_failure
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import FIELD_ALIASES, parse_event
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError
-from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, RecordView
+from kafka_pipeline.runtime.dead_letter import (
+    MAX_DLQ_MESSAGE_BYTES,
+    DeadLetter,
+    RecordView,
+)
 
 SETTINGS = Settings(worker={"name": "enrich-prop"})
 Outcome = Literal["produced", "dead_lettered"]

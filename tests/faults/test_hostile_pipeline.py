@@ -33,7 +33,14 @@ from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
 from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.runtime.kafka import make_producer
-from tests.faults.harness import PipelineRun, Stream, make_stream, run_pipeline, table_differences, worker_env
+from tests.faults.harness import (
+    PipelineRun,
+    Stream,
+    make_stream,
+    run_pipeline,
+    table_differences,
+    worker_env,
+)
 from tests.faults.poison import MISSING_PROJECT_ID, Poison, corpus
 
 pytestmark = pytest.mark.slow
