@@ -213,3 +213,14 @@ def test_retry_headers_that_do_not_read_as_the_schedulers_count_as_a_fresh_messa
     assert (dict(message.headers)[RETRY_ORIGINAL_PARTITION], dict(message.headers)[RETRY_ORIGINAL_OFFSET]) == (b"2", b"41")
     dead = hop(forged(*headers), failure=Failure("NotFound", "404", "permanent"))
     assert isinstance(dead, DeadLetter) and (dead.partition, dead.offset, dead.attempts) == (2, 41, 1)
+
+
+def test_a_message_too_big_for_the_retry_topic_is_dead_lettered_not_retried() -> None:
+    from kafka_pipeline.retry.routing import MAX_RETRY_MESSAGE_BYTES
+
+    big = Record("claimx.events", 2, 41, b"17", b"x" * MAX_RETRY_MESSAGE_BYTES, [])
+    dead = hop(big, failure=Failure("Timeout", "GET /export/project/17: timed out", "transient"))
+    assert isinstance(dead, DeadLetter) and dead.attempts == 1 and dead.error_category == "transient"
+    assert "not retried" in dead.error_message and "do not fit the retry topic" in dead.error_message
+    assert len(dead.to_bytes()) + 2 <= 1_000_000  # and its envelope is cut to fit the DLQ
+    assert isinstance(hop(Record("claimx.events", 2, 41, b"17", b"x" * 1000, [])), RetryMessage)

@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, RecordView, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, Maker, RecordView, dead_letter_for
 from kafka_pipeline.errors import Category, PipelineError
 
 RETRY_ATTEMPT = "retry-attempt"
@@ -79,6 +79,9 @@ RETRY_HEADERS: frozenset[str] = frozenset(
 
 # The `retry-error` header holds at most this many UTF-8 bytes.
 MAX_ERROR_HEADER_BYTES = 1024
+# A message bigger than this (key, value, headers) cannot take the retry topic: with the retry
+# headers it would exceed the producer's limit, so a transient failure of it is dead-lettered.
+MAX_RETRY_MESSAGE_BYTES = MAX_DLQ_MESSAGE_BYTES - 4 * MAX_ERROR_HEADER_BYTES
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -268,7 +271,10 @@ def next_hop(
         original_partition, original_offset = retry.original_partition, retry.original_offset
     else:
         original_partition, original_offset = record.partition, record.offset
-    if failure.category == "transient" and failed_attempt < len(delays_s):
+    size = len(record.key or b"") + len(record.value or b"") + sum(len(n.encode()) + len(v or b"") for n, v in headers)
+    if failure.category == "transient" and failed_attempt < len(delays_s) and size > MAX_RETRY_MESSAGE_BYTES:
+        failure = Failure(failure.error_type, f"{failure.message} (not retried: {size} bytes do not fit the retry topic)", "transient")
+    elif failure.category == "transient" and failed_attempt < len(delays_s):
         current = now_ms() if now is None else now
         attempt = failed_attempt + 1
         due_at = current + round(delays_s[failed_attempt] * 1000)

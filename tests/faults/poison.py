@@ -136,6 +136,9 @@ def corpus(*, entity_rows_topic: str = "claimx.entity_rows", huge: bool = True) 
         items.append(Poison("binary-800k", os.urandom(800_000), "not JSON", oversize=True))
         padded = _event(project_id=MISSING_PROJECT_ID, event_id="huge-valid", padding="p" * 3_000_000)
         items.append(Poison("valid-3mb", _json(padded), "404", error_type="NotFound", oversize=True))
+        # valid, of a real project, but its rows (the 3 MB file name) do not fit the entity-rows topic
+        mfn = _event(event_type="PROJECT_MFN_ADDED", event_id="huge-mfn", ingested_at="2026-03-01T00:00:00Z", master_file_name="M" * 3_000_000)
+        items.append(Poison("valid-3mb-rows-too-large", _json(mfn), "too large", error_type="MessageTooLarge", oversize=True))
     names = [p.name for p in items]
     values = [p.value for p in items]
     assert len(set(names)) == len(names) and len(set(values)) == len(values), "poison names and values must be unique"

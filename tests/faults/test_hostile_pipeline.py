@@ -50,6 +50,7 @@ REPLAY_RATE = 150.0  # lines per second: the poison lands among the stream's eve
 SIMULATOR = {"not_found_ids": [MISSING_PROJECT_ID]}
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # the test's own producer sends the multi-megabyte poison
 RUN_TIMEOUT_S = 300
+API_ANSWERED = ("NotFound", "MessageTooLarge")  # poison that parses: its outcome comes after an API call
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,10 @@ def runs(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipe
         sent.extend(plan(settings))
         await inject(sent)(settings)
 
+    workdirs = {name: tmp_path_factory.mktemp(name) for name in ("clean", "hostile")}  # not thread-safe: made here
+
     def one(name: str, during_replay=None) -> PipelineRun:  # noqa: ANN001
-        return asyncio.run(run_pipeline(name, stream, tmp_path_factory.mktemp(name), env=worker_env(), simulator_faults=SIMULATOR,
+        return asyncio.run(run_pipeline(name, stream, workdirs[name], env=worker_env(), simulator_faults=SIMULATOR,
                                         replay_rate=REPLAY_RATE, partitions=3, during_replay=during_replay))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -163,11 +166,18 @@ def test_every_poison_message_is_dead_lettered_once_with_its_reason_and_true_ori
         letter = found[0]
         unmatched.remove(letter)
         assert (letter.original_topic, letter.made_by) == (item.original_topic, item.made_by), item.poison.name
-        assert letter.error_category == "permanent" and letter.attempts == 1, (item.poison.name, letter)
+        assert letter.truncated is item.poison.oversize, item.poison.name
+        if item.poison.error_type in API_ANSWERED and letter.error_category == "transient":
+            # The API call timed out on a loaded machine: a message too big for the retry topic
+            # is dead-lettered at once, naming that (a small one is retried, then gets its answer).
+            assert item.poison.oversize and "do not fit the retry topic" in letter.error_message, (item.poison.name, letter)
+            continue
+        assert letter.error_category == "permanent", (item.poison.name, letter)
+        # an API-answered poison may have been retried first (a timeout), so its attempts may be more
+        assert letter.attempts == 1 or item.poison.error_type in API_ANSWERED, (item.poison.name, letter)
         if item.poison.error_type:
             assert letter.error_type == item.poison.error_type, (item.poison.name, letter.error_type, letter.error_message)
         assert item.poison.reason in letter.error_message, (item.poison.name, letter.error_message)
-        assert letter.truncated is item.poison.oversize, item.poison.name
         if letter.truncated:
             assert letter.value is not None and item.poison.value is not None and item.poison.value.startswith(letter.value.raw())
             assert letter.value_size == len(item.poison.value)
