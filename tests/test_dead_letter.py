@@ -12,7 +12,7 @@ import pytest
 
 from kafka_pipeline.claimx.enrich.worker import route_failure
 from kafka_pipeline.claimx.events import parse_event
-from kafka_pipeline.config import KafkaSettings, Settings
+from kafka_pipeline.config import KafkaSettings, Settings, WorkerSettings
 from kafka_pipeline.dlq.operations import DlqEntry, DlqSnapshot, inspect_entries
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.dead_letter import (
@@ -24,7 +24,7 @@ from kafka_pipeline.runtime.dead_letter import (
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from tests.faults.poison import corpus
 
-SETTINGS = Settings(worker={"name": "enrich-test"})
+SETTINGS = Settings(worker=WorkerSettings(name="enrich-test"))
 
 
 def letter_for(value: bytes | None, *, key: bytes | None = b"k", headers: list[tuple[str, bytes]] | None = None) -> DeadLetter:
