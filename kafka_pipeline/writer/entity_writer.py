@@ -78,11 +78,6 @@ def read_table(root: str, name: str, storage_options: Mapping[str, str] | None =
     return read_delta_table(table_uri(root, name), list(spec.merge_keys), storage_options, schema=spec.schema)
 
 
-def read_rows(root: str, name: str, storage_options: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """`read_table` as a list of dicts."""
-    return read_table(root, name, storage_options).to_pylist()
-
-
 @dataclass
 class _Batch:
     """Consumed records waiting for a flush, in consumption order."""
