@@ -47,6 +47,7 @@ from kafka_pipeline.config import Settings
 from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
 from kafka_pipeline.runtime.kafka import connection_kwargs, ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.ops_server import OpsServer
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
 
@@ -185,7 +186,8 @@ class RetryScheduler:
             await self._consumer.start()
             if self.settings.worker.http_port:
                 self.ops = OpsServer(self.settings.worker.http_host, self.settings.worker.http_port,
-                                     readiness={"retry_scheduler": self._readiness}, registry=self.registry)
+                                     readiness={"retry_scheduler": self._readiness}, registry=self.registry,
+                                     before_scrape=[ConsumerLag(self._consumer, self.settings.retry.group_id, self.registry).refresh])
                 await self.ops.start()
             self._running = True
             log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id,

@@ -1,11 +1,14 @@
 """The worker's ops HTTP port: `/metrics`, `/health/live`, `/health/ready`, plus extra routes
-(the cache admin mounts `/cache/*` here). Runs inside the worker's event loop."""
+(the cache admin mounts `/cache/*` here). Runs inside the worker's event loop.
+
+`before_scrape` coroutines run before `/metrics` renders: values that need the broker (consumer
+lag) are read when someone asks for them, not on a timer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -17,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 # A readiness check answers (ready, details); the worker is ready when every check is.
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
+BEFORE_SCRAPE_TIMEOUT_S = 2.0  # a slow broker must not make the scrape itself time out
 
 
 class OpsServer:
@@ -28,8 +32,10 @@ class OpsServer:
         readiness: dict[str, ReadinessCheck] | None = None,
         routes: Sequence[BaseRoute] = (),
         registry: CollectorRegistry = REGISTRY,
+        before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.host, self.port = host, port
+        self.before_scrape = list(before_scrape)
         self.readiness = dict(readiness or {})
         self.registry = registry
         self.app = Starlette(
@@ -53,6 +59,9 @@ class OpsServer:
         return ok, details
 
     async def _metrics(self, request: Request) -> Response:
+        for refresh in self.before_scrape:
+            with contextlib.suppress(Exception):  # a failed refresh leaves the last values; the scrape still answers
+                await asyncio.wait_for(refresh(), BEFORE_SCRAPE_TIMEOUT_S)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _live(self, request: Request) -> Response:

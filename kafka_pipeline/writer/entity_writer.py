@@ -46,7 +46,9 @@ from kafka_pipeline.runtime.dead_letter import dead_letter_for
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
 
@@ -203,6 +205,7 @@ class EntityWriter:
         self.worker = settings.worker.name
         self.registry = registry or CollectorRegistry()
         self.metrics = _Metrics(self.registry)
+        self.freshness = TableFreshness(self.registry, settings.delta.tables_root, TABLES, settings.delta.storage_options)
         self.writers = {
             name: DeltaTableWriter(
                 spec,
@@ -271,6 +274,7 @@ class EntityWriter:
             worker.http_port,
             readiness={"consumer": self._consumer_ready, "flush": self._flush_ready},
             registry=self.registry,
+            before_scrape=[ConsumerLag(self._consumer, self.group_id, self.registry).refresh, self.freshness.load_from_tables],
         )
         await self.ops.start()
         log.info("ops server listening", host=worker.http_host, port=self.ops.port)
@@ -453,6 +457,7 @@ class EntityWriter:
         self.rows_written += result.rows_written
         self.metrics.flushes.labels("ok").inc()
         self.metrics.flush_seconds.observe(result.seconds)
+        self.freshness.committed(name for name, table in result.tables.items() if table.commits)
         for name, table in result.tables.items():
             self.metrics.rows_written.labels(name).inc(table.rows - table.skipped)
             self.metrics.rows_skipped.labels(name).inc(table.skipped)

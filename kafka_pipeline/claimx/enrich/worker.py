@@ -81,6 +81,7 @@ from kafka_pipeline.errors import AuthError, PermanentError, PipelineError
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.offset_tracker import OffsetTracker
+from kafka_pipeline.runtime.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.ops_server import OpsServer
 from kafka_pipeline.retry.routing import RetryMessage, next_hop
 
@@ -269,6 +270,7 @@ class EnrichmentWorker:
                     self.settings.worker.http_port,
                     readiness={"consumer": self._consumer_ready, "claimx_api": self._api_ready, **self._cache_readiness()},
                     routes=cache_routes(self.cache) if isinstance(self.cache, ProjectCache) else (),
+                    before_scrape=[ConsumerLag(self._consumer, self.settings.enrich.group_id).refresh],
                 )
                 await self.ops.start()
             self.running = True
@@ -703,7 +705,7 @@ class EnrichmentWorker:
         stats = self.cache.stats() if hasattr(self.cache, "stats") else None
         if stats is not None:
             gauges["project_cache_size"] = stats.size
-            gauges["hit_rate"] = float(stats.hit_rate)
+            gauges["fetches_avoided"] = float(stats.fetches_avoided)
             gauges["l1_hit_rate"] = float(stats.l1_hit_rate)  # per tier: in-process, then Redis
             gauges["l2_hit_rate"] = float(stats.l2_hit_rate)
             gauges["redis"] = stats.redis_state
