@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,6 +21,17 @@ from starlette.routing import BaseRoute, Route
 # A readiness check answers (ready, details); the worker is ready when every check is.
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
 BEFORE_SCRAPE_TIMEOUT_S = 2.0  # a slow broker must not make the scrape itself time out
+
+_READY: dict[int, Gauge] = {}  # per registry
+
+
+def _ready_gauge(registry: CollectorRegistry) -> Gauge:
+    gauge = _READY.get(id(registry))
+    if gauge is None:
+        gauge = _READY[id(registry)] = Gauge(
+            "kafka_pipeline_ready", "1 while the readiness check passes (what /health/ready answers), per check.", ["check"], registry=registry
+        )
+    return gauge
 
 
 class OpsServer:
@@ -35,7 +46,8 @@ class OpsServer:
         before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.host, self.port = host, port
-        self.before_scrape = list(before_scrape)
+        self.before_scrape = [*before_scrape, self._export_readiness]
+        self._ready = _ready_gauge(registry)
         self.readiness = dict(readiness or {})
         self.registry = registry
         self.app = Starlette(
@@ -57,6 +69,10 @@ class OpsServer:
             ok = ok and check_ok
             details[name] = {"ready": check_ok, **check_details}
         return ok, details
+
+    async def _export_readiness(self) -> None:
+        for name, check in self.readiness.items():
+            self._ready.labels(name).set(1 if check()[0] else 0)
 
     async def _metrics(self, request: Request) -> Response:
         for refresh in self.before_scrape:

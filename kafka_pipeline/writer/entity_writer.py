@@ -170,6 +170,8 @@ class _Metrics:
         self.commits = Counter("claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"], registry=registry)
         self.conflicts = Counter("claimx_writer_commit_conflicts", "Delta commits redone after a concurrent commit", ["table"], registry=registry)
         self.flushes = Counter("claimx_writer_flushes", "Flushes (batches) by outcome", ["outcome"], registry=registry)
+        for outcome in ("ok", "error"):  # both series exist from the start: rate() and alerts see a 0, not nothing
+            self.flushes.labels(outcome)
         self.flush_seconds = Histogram(
             "claimx_writer_flush_duration_seconds",
             "Time to convert, merge and commit one batch",

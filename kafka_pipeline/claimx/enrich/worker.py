@@ -105,6 +105,8 @@ API_LATENCY = Histogram(
 IN_FLIGHT = Gauge("claimx_enrich_in_flight", "Events being processed (holding an in-flight slot).", ["worker"])
 AWAITING_ACK = Gauge("claimx_enrich_awaiting_ack", "Events whose message waits for the broker's acknowledgement.", ["worker"])
 COMMITS = PromCounter("claimx_enrich_commits", "Offset commits by result.", ["result"])
+BREAKER_OPEN = Gauge("claimx_api_breaker_open", "1 while the ClaimX API circuit breaker is open.", ["worker"])
+CREDENTIALS_REJECTED = Gauge("claimx_api_credentials_rejected", "1 while the ClaimX API rejects our credentials (401).", ["worker"])
 
 
 class WorkerAborted(Exception):
@@ -276,6 +278,8 @@ class EnrichmentWorker:
             self.running = True
             IN_FLIGHT.labels(self.name).set_function(lambda: self.counts.in_flight)  # read at scrape time
             AWAITING_ACK.labels(self.name).set_function(lambda: self.counts.awaiting_ack)
+            BREAKER_OPEN.labels(self.name).set_function(lambda: self.api.breaker.state == "open")
+            CREDENTIALS_REJECTED.labels(self.name).set_function(lambda: self.auth_failed)
             self._stats = CycleStats(self._sample, interval_s=self.settings.enrich.stats_interval_s)
             stats_task = asyncio.create_task(self._stats.loop(stats_stop), name="cycle-stats")
             log.info(
@@ -315,7 +319,7 @@ class EnrichmentWorker:
         await self.api.aclose()
         if self.ops is not None:
             await self.ops.stop()
-        for gauge in (IN_FLIGHT, AWAITING_ACK):
+        for gauge in (IN_FLIGHT, AWAITING_ACK, BREAKER_OPEN, CREDENTIALS_REJECTED):
             with contextlib.suppress(KeyError):
                 gauge.remove(self.name)
 
