@@ -47,7 +47,7 @@ class OpsServer:
     ) -> None:
         self.host, self.port = host, port
         self.before_scrape = [*before_scrape, self._export_readiness]
-        self._ready = _ready_gauge(registry)
+        self._ready_metric = _ready_gauge(registry)
         self.readiness = dict(readiness or {})
         self.registry = registry
         self.app = Starlette(
@@ -72,7 +72,7 @@ class OpsServer:
 
     async def _export_readiness(self) -> None:
         for name, check in self.readiness.items():
-            self._ready.labels(name).set(1 if check()[0] else 0)
+            self._ready_metric.labels(name).set(1 if check()[0] else 0)
 
     async def _metrics(self, request: Request) -> Response:
         for refresh in self.before_scrape:

@@ -45,7 +45,7 @@ from kafka_pipeline.config import Settings
 from kafka_pipeline.runtime.dead_letter import dead_letter_for
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.ops_server import OpsServer
 from kafka_pipeline.writer.table_freshness import TableFreshness
@@ -180,6 +180,8 @@ class _Metrics:
         )
         self.messages = Counter("claimx_writer_messages", "Entity-rows messages consumed", registry=registry)
         self.dead_letters = Counter("claimx_writer_dead_letters", "Messages sent to the dead-letter topic", ["error_type"], registry=registry)
+        for error_type in ("InvalidMessage", "SchemaMismatch"):  # the writer's only ones; a 0 first, so increase() sees the first
+            self.dead_letters.labels(error_type)
         self.lag = Gauge("claimx_writer_lag_messages", "Messages behind the high watermark, all assigned partitions", registry=registry)
 
 
@@ -561,6 +563,7 @@ class EntityWriter:
                 dlq=dlq,
                 lag=lag,
                 pending_rows=self._batch.rows,
+                **{IN_MESSAGE: ("cycle", "rows", "rows_per_s", "flushes", "dlq", "lag")},
             )
             last_rows, last_flushes, last_dlq, last_time = self.rows_written, self.flushes, self.dead_lettered, now
 

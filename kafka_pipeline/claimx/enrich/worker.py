@@ -105,6 +105,9 @@ API_LATENCY = Histogram(
 IN_FLIGHT = Gauge("claimx_enrich_in_flight", "Events being processed (holding an in-flight slot).", ["worker"])
 AWAITING_ACK = Gauge("claimx_enrich_awaiting_ack", "Events whose message waits for the broker's acknowledgement.", ["worker"])
 COMMITS = PromCounter("claimx_enrich_commits", "Offset commits by result.", ["result"])
+for _outcome in OUTCOMES:  # every series from the start: increase() misses a series' first value
+    for _type in (*HANDLERS, "other", "malformed"):
+        EVENTS.labels(_outcome, _type)
 BREAKER_OPEN = Gauge("claimx_api_breaker_open", "1 while the ClaimX API circuit breaker is open.", ["worker"])
 CREDENTIALS_REJECTED = Gauge("claimx_api_credentials_rejected", "1 while the ClaimX API rejects our credentials (401).", ["worker"])
 
