@@ -40,7 +40,7 @@ from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.retry.routing import RETRY_ATTEMPT, RETRY_DUE_AT, RETRY_TARGET_TOPIC
 from kafka_pipeline.runtime.kafka import make_producer
-from kafka_pipeline.ops.status import DlqStatus, GroupStatus, PartitionStatus, RetryStatus, Status, WorkerStatus, problems
+from kafka_pipeline.ops.status import DlqStatus, GroupStatus, PartitionStatus, RetryStatus, Status, WorkerStatus, collect, problems
 from kafka_pipeline.runtime.processes import stop_process
 from kafka_pipeline.simulator import SimulatorProcess
 from tests.fixtures.redis import RedisServer, free_port
@@ -200,11 +200,24 @@ def test_selectors_are_extracted() -> None:
 
 
 def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-    body = response.json()
-    assert body.get("status") == "success", (expr, body)
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+    return _query_all(prometheus, [expr])[expr]
+
+
+def _query_all(prometheus: str, exprs: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each distinct expression's result vector, queried concurrently."""
+    async def query(client: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
+        body = (await client.get(f"{prometheus}/api/v1/query", params={"query": expr})).json()
+        assert body.get("status") == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    async def run() -> dict[str, list[dict[str, Any]]]:
+        unique = list(dict.fromkeys(exprs))
+        async with httpx.AsyncClient(timeout=30) as client:
+            results = await asyncio.gather(*(query(client, expr) for expr in unique))
+        return dict(zip(unique, results, strict=True))
+
+    return asyncio.run(run())
 
 
 def _wait_for_scrapes(running: Running) -> None:
@@ -220,11 +233,13 @@ def _wait_for_scrapes(running: Running) -> None:
 
 def test_every_dashboard_and_alert_expression_returns_data(running: Running) -> None:
     _wait_for_scrapes(running)
-    empty = [f"{where}: {expr}" for where, expr in dashboard_expressions() if not _query(running.prometheus, expr)]
-    every = dashboard_expressions() + rule_expressions()
-    missing = sorted({f"{where}: {sel}" for where, expr in every for sel in selectors(expr) if not _query(running.prometheus, sel)})
-    assert not empty and not missing, "no data for:\n" + "\n".join(empty + missing)
-    assert len(every) > 60  # the dashboards and rules were found
+    panels = dashboard_expressions()
+    every = panels + rule_expressions()
+    wanted = [(where, expr) for where, expr in panels] + [(where, sel) for where, expr in every for sel in selectors(expr)]
+    results = _query_all(running.prometheus, [expr for _, expr in wanted])
+    missing = sorted({f"{where}: {expr}" for where, expr in wanted if not results[expr]})
+    assert not missing, "no data for:\n" + "\n".join(missing)
+    assert len(every) > 60 and len(results) > 50  # the dashboards and rules were found
 
 
 def test_prometheus_loads_the_alert_rules(running: Running) -> None:
@@ -279,7 +294,7 @@ def test_status_of_a_healthy_then_lagging_stack(running: Running) -> None:
     assert re.findall(r"^\s+total\s+(\d+)$", lagging.stdout, re.M) == ["12", "0", "1"]  # enrich, writer, retry groups
     assert "retry backlog" in lagging.stdout and "1 waiting, next due" in lagging.stdout and "(in 60m)" in lagging.stdout
     assert f"worker {running.ops['enrich']} not ready: no answer (ConnectError)" in lagging.stdout
-    report = json.loads(_status(running, "--json").stdout)
+    report = asyncio.run(collect(settings, list(running.ops.values()))).to_json()
     enrich = next(g for g in report["groups"] if g["group"] == settings.enrich.group_id)
     assert enrich["lag"] == 12  # (tansu keeps a departed member listed, so "no member" is not seen here; see below)
     assert sum(p["end"] - (p["committed"] or 0) for p in enrich["partitions"]) == 12

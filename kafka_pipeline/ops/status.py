@@ -23,6 +23,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -294,7 +295,7 @@ def problems(status: Status) -> list[str]:
 # -- the readable form ------------------------------------------------------------------------
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
             for r in [header, *rows]]
@@ -313,7 +314,7 @@ def _ago(seconds: float | None) -> str:
 def format_status(status: Status) -> str:
     lines = [f"kafka-pipeline status at {status.at:%Y-%m-%d %H:%M:%S} UTC (broker {status.bootstrap_servers}, {status.seconds:.2f}s)", ""]
     lines.append("consumer groups")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for g in status.groups:
         members = ", ".join(g.members) if g.members else "none"
         for i, p in enumerate(g.partitions):
