@@ -105,6 +105,8 @@ def running(broker: EmbeddedBroker, simulator: SimulatorProcess, redis_server: R
         asyncio.run(stack.create_topics())
         for component in COMPONENTS:
             stack.start_worker(component, env={**env, "KP_WORKER__HTTP_PORT": str(ports[component])})
+        prometheus_url = f"http://127.0.0.1:{prometheus[1]}"
+        _wait_until_scraped(prometheus_url)  # counters seen at 0 first, so increase() sees the dead letters below
         asyncio.run(replay(settings.kafka, [bundled_sample()], progress=False))
         _produce(settings.kafka, settings.kafka.events_topic, [b"{not json"])  # dead-lettered by the enrichment worker
         _produce(settings.kafka, settings.kafka.entity_rows_topic, [b'{"rows": 1}'])  # dead-lettered by the writer
@@ -112,8 +114,7 @@ def running(broker: EmbeddedBroker, simulator: SimulatorProcess, redis_server: R
         asyncio.run(stack.wait_until_drained(timeout_s=120, poll_s=0.5))
         print(f"stack: started and replayed in {replayed - started:.1f}s, drained {time.monotonic() - replayed:.1f}s later")
         simulator.reset_faults()
-        yield Running(stack, settings, {c: f"http://127.0.0.1:{p}" for c, p in ports.items()}, env,
-                      f"http://127.0.0.1:{prometheus[1]}", dead_letters=2)
+        yield Running(stack, settings, {c: f"http://127.0.0.1:{p}" for c, p in ports.items()}, env, prometheus_url, dead_letters=2)
     finally:
         simulator.reset_faults()
         stack.stop()  # the workers only: the broker and simulator are the session's
@@ -220,19 +221,19 @@ def _query_all(prometheus: str, exprs: list[str]) -> dict[str, list[dict[str, An
     return asyncio.run(run())
 
 
-def _wait_for_scrapes(running: Running) -> None:
-    """Every worker scraped (up == 1) at least twice since the pipeline drained."""
-    deadline = time.monotonic() + 20
+def _wait_until_scraped(prometheus: str, timeout_s: float = 60) -> None:
+    """Every worker scraped (up == 1) at least twice in the last 3 s."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        up = _query(running.prometheus, 'count_over_time(up{job="kafka-pipeline"}[3s]) >= 2 and up == 1')
+        up = _query(prometheus, 'count_over_time(up{job="kafka-pipeline"}[3s]) >= 2 and up == 1')
         if len(up) == len(COMPONENTS):
             return
         time.sleep(0.5)
-    raise AssertionError(f"not every worker is scraped: {_query(running.prometheus, 'up')}")
+    raise AssertionError(f"not every worker is scraped: {_query(prometheus, 'up')}")
 
 
 def test_every_dashboard_and_alert_expression_returns_data(running: Running) -> None:
-    _wait_for_scrapes(running)
+    _wait_until_scraped(running.prometheus)  # again: the last values since the pipeline drained
     panels = dashboard_expressions()
     every = panels + rule_expressions()
     wanted = [(where, expr) for where, expr in panels] + [(where, sel) for where, expr in every for sel in selectors(expr)]
