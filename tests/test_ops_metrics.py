@@ -105,5 +105,8 @@ async def test_consumer_lag_per_partition_from_the_committed_offset(kafka_settin
         assert value("kafka_consumer_lag_messages", 0) == 3
         assert value("kafka_consumer_committed_offset", 0) == 2 and value("kafka_consumer_end_offset", 0) == 5
         assert value("kafka_consumer_lag_messages", 1) == 0  # nothing committed yet: counted from the position
+        consumer.unsubscribe()  # owns nothing now: its series go (the next owner reports them)
+        await lag.refresh()
+        assert value("kafka_consumer_lag_messages", 0) is None and value("kafka_consumer_end_offset", 1) is None
     finally:
         await consumer.stop()
