@@ -13,7 +13,8 @@ from kafka_pipeline.config import load_settings
 from kafka_pipeline.errors import UsageError
 
 NAME = "replay"
-HELP = "Send JSON-lines ClaimX event files to the events topic, keyed by project_id (works against any Kafka)."
+HELP = "Send JSON-lines event files to the events topic."
+DESCRIPTION = "Send JSON-lines ClaimX event files to the events topic, keyed by project_id (works against any Kafka)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
