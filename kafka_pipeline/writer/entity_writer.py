@@ -248,7 +248,6 @@ class EntityWriter:
             await self.runtime.run(self, stop)
         finally:
             self._pool.shutdown(wait=True)
-            log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
@@ -322,7 +321,8 @@ class EntityWriter:
             self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
 
     async def close(self) -> None:
-        return None  # the merge pool is shut down by run, after the runtime stopped
+        # the merge pool is shut down by run, after the runtime stopped
+        log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     def readiness(self) -> Mapping[str, ReadinessCheck]:
         return {"flush": self._flush_ready}
