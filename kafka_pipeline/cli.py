@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from kafka_pipeline import __version__, commands
+from kafka_pipeline.claimx.replay_sources import SourceError
 from kafka_pipeline.config import ConfigError
 from kafka_pipeline.embedded.broker import BrokerError
+from kafka_pipeline.offsets import OffsetsError
 from kafka_pipeline.runtime.kafka import BrokerUnreachable
 
 
@@ -21,7 +23,7 @@ class UsageError(Exception):
 
 
 # Errors that are the user's to fix: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ConfigError, BrokerError, BrokerUnreachable, UsageError, FileNotFoundError)
+USER_ERRORS = (ConfigError, BrokerError, BrokerUnreachable, UsageError, FileNotFoundError, OffsetsError, SourceError)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.broker",
+    "tests.fixtures.broker_kind",
     "tests.fixtures.simulator",
     "tests.fixtures.redis",
 ]

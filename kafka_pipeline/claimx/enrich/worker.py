@@ -73,7 +73,7 @@ from kafka_pipeline.claimx.cache.admin import cache_routes
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerResult, ProjectVerifier
+from kafka_pipeline.claimx.handlers.base import EventHandler, HandlerResult, ProjectVerifier, refresh_requested
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot
 from kafka_pipeline.config import Settings
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
@@ -458,7 +458,7 @@ class EnrichmentWorker:
             await _wait(previous)  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
-            result = await self._handle(handler, event)
+            result = await self._handle(handler, event, refresh=refresh_requested(record.headers))
         except PipelineError as exc:
             await _wait(previous)
             return await self._fail(record, exc, event, slot)
@@ -491,12 +491,12 @@ class EnrichmentWorker:
             self.cache.confirm(event.project_id)
         return "succeeded"
 
-    async def _handle(self, handler: EventHandler, event: ClaimXEvent) -> HandlerResult:
+    async def _handle(self, handler: EventHandler, event: ClaimXEvent, *, refresh: bool = False) -> HandlerResult:
         """The handler's result. A 401 holds the event here until the credentials work again,
         then the handler runs again (the module docstring says why it is held, not routed)."""
         while True:
             try:
-                return await handler.handle(event, self.context)
+                return await handler.handle(event, self.context, refresh=refresh)
             except AuthError as exc:
                 self._credentials_rejected(event, exc)
             task = asyncio.current_task()
