@@ -23,7 +23,7 @@ async def read_all(kafka: KafkaSettings, topic: str, settle_s: float = 0.5) -> l
     await consumer.start()
     records: list = []
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - the topic may be new
+        await consumer._client.force_metadata_update()
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         await consumer.seek_to_beginning()
         quiet_until = time.monotonic() + settle_s

@@ -19,7 +19,14 @@ from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, parse_event
 from kafka_pipeline.claimx.replay import UNREADABLE, key_of, replay
-from kafka_pipeline.claimx.replay_sources import EventFilter, FileSource, TableSource, TopicRange, TopicSource, event_from_row
+from kafka_pipeline.claimx.replay_sources import (
+    EventFilter,
+    FileSource,
+    TableSource,
+    TopicRange,
+    TopicSource,
+    event_from_row,
+)
 from kafka_pipeline.claimx.row_conversion import rows_to_arrow
 from kafka_pipeline.claimx.schemas import EVENTS
 from kafka_pipeline.cli import main
@@ -50,7 +57,7 @@ async def consume_all(kafka_settings: KafkaSettings, topic: str, expected: int, 
     records = []
     try:
         await ensure_topics(kafka_settings, [topic])
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - the topic may be new
+        await consumer._client.force_metadata_update()
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + 20

@@ -133,7 +133,8 @@ async def test_refused_while_the_group_has_members(topic_with_group, capsys: pyt
         assert member.assignment(), "the member never got its partitions"
         assert await cli("reset-offsets", "--group", group, "--topic", topic, "--to-earliest") == 2
         err = capsys.readouterr().err
-        assert err == f"kafka-pipeline reset-offsets: group {group} has 1 active member(s): stop its consumers, then reset its offsets\n"
+        assert err == (f"kafka-pipeline reset-offsets: group {group} has 1 member(s): stop its consumers "
+                       "(and let their sessions expire), then reset its offsets\n")
         assert await cli("reset-offsets", "--group", group, "--topic", topic, "--to-earliest", "--dry-run") == 0
         assert "a reset now would be refused" in capsys.readouterr().out
         assert await committed(kafka, group, topic) == {0: 5, 1: 6, 2: None}

@@ -11,7 +11,6 @@ from kafka_pipeline.claimx.events import ID_FIELDS, ClaimXEvent, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS
 from kafka_pipeline.errors import PermanentError
 
-
 # The contract's id shape (claimx-domain.md section 1: ids go into API paths).
 ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -30,11 +30,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kafka_pipeline.claimx.events import FIELD_ALIASES, coerce_id, derive_trace_id, to_utc
+from kafka_pipeline.claimx.events import (
+    FIELD_ALIASES,
+    coerce_id,
+    derive_trace_id,
+    to_utc,
+)
 from kafka_pipeline.claimx.schemas import EVENTS, TIMESTAMP
 from kafka_pipeline.config import DeltaSettings, KafkaSettings
 from kafka_pipeline.delta.table_writer import open_table, table_uri
 from kafka_pipeline.offsets import positions
+
 
 class SourceError(Exception):
     """A source cannot be read (no events table, ...); one line for the user."""
@@ -272,5 +278,4 @@ class TableSource:
 def read_project_ids(path: Path) -> Iterable[str]:
     """Project ids from a file: one or more per line (commas or spaces), `#` starts a comment."""
     for line in path.read_text().splitlines():
-        for token in line.split("#", 1)[0].replace(",", " ").split():
-            yield token
+        yield from line.split("#", 1)[0].replace(",", " ").split()

@@ -9,9 +9,24 @@ import sys
 from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
-from kafka_pipeline.claimx.replay_sources import EventFilter, FileSource, Source, TableSource, TopicRange, TopicSource, read_project_ids
+from kafka_pipeline.claimx.replay_sources import (
+    EventFilter,
+    FileSource,
+    Source,
+    TableSource,
+    TopicRange,
+    TopicSource,
+    read_project_ids,
+)
 from kafka_pipeline.cli import UsageError
-from kafka_pipeline.commands.arguments import int_list, non_negative_int, point_in_time, positive_float, positive_int, text_list
+from kafka_pipeline.commands.arguments import (
+    int_list,
+    non_negative_int,
+    point_in_time,
+    positive_float,
+    positive_int,
+    text_list,
+)
 from kafka_pipeline.config import Settings, load_settings
 
 NAME = "replay"

@@ -7,10 +7,21 @@ import asyncio
 from datetime import UTC, datetime
 
 from kafka_pipeline.cli import UsageError
-from kafka_pipeline.commands.arguments import duration, int_list, non_negative_int, point_in_time
+from kafka_pipeline.commands.arguments import (
+    duration,
+    int_list,
+    non_negative_int,
+    point_in_time,
+)
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.dlq.operations import PURGE_GROUP_PREFIX
-from kafka_pipeline.offsets.reset import ResetTarget, active_members, apply_reset, plan_reset, refusal
+from kafka_pipeline.offsets.reset import (
+    ResetTarget,
+    active_members,
+    apply_reset,
+    plan_reset,
+    refusal,
+)
 
 NAME = "reset-offsets"
 HELP = "Move a consumer group's committed offsets (earliest, latest, an offset, a time, a shift); refused while the group is active."

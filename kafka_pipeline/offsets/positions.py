@@ -57,7 +57,7 @@ def reader(kafka: KafkaSettings) -> AIOKafkaConsumer:
 async def start(consumer: AIOKafkaConsumer, kafka: KafkaSettings) -> None:
     try:
         await asyncio.wait_for(consumer.start(), kafka.request_timeout_ms / 1000)
-    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         await consumer.stop()
         raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
 
@@ -66,7 +66,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, wanted: Itera
     """The topic's partitions (only `wanted` when given); OffsetsError for a missing topic or partition."""
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka offers no public refresh
+        await consumer._client.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise OffsetsError(f"topic {topic} does not exist")
@@ -100,7 +100,7 @@ async def offsets_at(
         answers = await asyncio.wait_for(consumer.offsets_for_times(dict.fromkeys(tps, target)), kafka.request_timeout_ms / 1000)
     except UnsupportedVersionError:
         raise TimeLookupUnsupported(unsupported_line(kafka)) from None
-    except (KafkaError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError) as exc:
         raise OffsetsError(f"looking up offsets by time failed: {type(exc).__name__}") from None
     claims = {tp: (answer.offset, answer.timestamp) for tp, answer in answers.items() if answer is not None}
     await _check_claims(kafka, consumer, claims, ends)

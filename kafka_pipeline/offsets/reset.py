@@ -22,7 +22,11 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.offsets import OffsetsError, positions
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer
+from kafka_pipeline.runtime.kafka import (
+    BrokerUnreachable,
+    connection_kwargs,
+    make_consumer,
+)
 
 Mode = Literal["earliest", "latest", "offset", "datetime", "shift"]
 
@@ -65,7 +69,7 @@ async def active_members(kafka: KafkaSettings, group: str) -> int:
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     try:
         await asyncio.wait_for(admin.start(), kafka.request_timeout_ms / 1000)
-    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         await admin.close()
         raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
     try:
@@ -84,7 +88,7 @@ async def active_members(kafka: KafkaSettings, group: str) -> int:
 
 
 def refusal(group: str, members: int) -> str:
-    return f"group {group} has {members} active member(s): stop its consumers, then reset its offsets"
+    return f"group {group} has {members} member(s): stop its consumers (and let their sessions expire), then reset its offsets"
 
 
 async def plan_reset(
