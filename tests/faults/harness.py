@@ -26,6 +26,7 @@ from kafka_pipeline.writer.entity_writer import read_table
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.runtime.dead_letter import DeadLetter
@@ -272,8 +273,8 @@ async def run_pipeline(
                 stack.workers[kill.worker].restart()  # SIGKILL, then a fresh process
                 kills_done.append((round(time.monotonic() - replay_started, 2), kill.worker))
 
-        summary, _ = await asyncio.gather(replay(settings.kafka, [events_file], rate=replay_rate, progress=False), chaos())
-        assert summary.sent == len(stream.lines)
+        summary, _ = await asyncio.gather(replay(settings.kafka, FileSource([events_file]), rate=replay_rate, progress=False), chaos())
+        assert summary.total_sent == len(stream.lines)
         if before_drain is not None:
             await before_drain(stack)
         await stack.wait_until_drained(timeout_s=drain_timeout_s)
