@@ -3,6 +3,7 @@ tables' event log), each filter, the summary, and the one-line refusals."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -30,6 +31,7 @@ from kafka_pipeline.claimx.replay_sources import (
 from kafka_pipeline.claimx.row_conversion import rows_to_arrow
 from kafka_pipeline.claimx.schemas import EVENTS
 from kafka_pipeline.cli import main
+from kafka_pipeline.commands.arguments import duration, point_in_time
 from kafka_pipeline.config import DeltaSettings, KafkaSettings
 from kafka_pipeline.delta.table_writer import DeltaTableWriter
 from kafka_pipeline.offsets import TimeLookupUnsupported
@@ -321,3 +323,14 @@ def test_cli_unreachable_broker_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unreachable" in result.stderr
+
+
+def test_times_are_iso_or_a_duration_ago() -> None:
+    assert duration("12h") == timedelta(hours=12) and duration("1d12h") == timedelta(days=1, hours=12)
+    assert duration("90m") == timedelta(minutes=90) and duration("2w") == timedelta(weeks=2)
+    assert point_in_time("2026-03-03T06:00:00") == datetime(2026, 3, 3, 6, tzinfo=UTC)  # naive = UTC
+    assert point_in_time("2026-03-03T08:00:00+02:00") == datetime(2026, 3, 3, 6, tzinfo=UTC)
+    assert abs((datetime.now(UTC) - timedelta(hours=12)) - point_in_time("12h")) < timedelta(seconds=5)
+    for bad in ("12", "h", "12x", "1h 2m", "tuesday"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            point_in_time(bad)

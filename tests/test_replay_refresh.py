@@ -28,6 +28,13 @@ from kafka_pipeline.runtime.topic_offsets import group_lag
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.writer.entity_writer import EntityWriter
 
+from kafka_pipeline.claimx.api.client import ClaimXApiClient
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache
+from kafka_pipeline.claimx.events import parse_event
+from kafka_pipeline.claimx.handlers import HandlerContext, MediaBatcher, handler_for
+from kafka_pipeline.claimx.handlers.base import refresh_requested
+from kafka_pipeline.config import ApiSettings, CacheSettings
+
 PROJECT = 5_000_003  # its projectNumber differs between seeds 7 and 8
 OTHER = 5_000_004
 
@@ -137,3 +144,32 @@ async def test_refresh_projects_replay_from_the_event_log_corrects_the_table(
         wrong.stop()
         if right is not None:
             right.stop()
+
+
+async def test_the_handler_refetches_a_cached_project_when_asked() -> None:
+    """The unit under the end-to-end test: a confirmed project is a hit, unless the event asks."""
+    exports: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        exports.append(request.url.path)
+        return httpx.Response(200, json={"data": {"project": {"projectId": 42, "projectNumber": f"N-{len(exports)}"}}})
+
+    settings = ApiSettings(url="http://claimx.test", token="dXNlcjpwYXNz", retries=0)
+    async with ClaimXApiClient(settings, transport=httpx.MockTransport(api)) as client:
+        ctx = HandlerContext(api=client, cache=ProjectCache(CacheSettings()), media=MediaBatcher(client))
+        event = parse_event(b'{"event_type": "POLICYHOLDER_INVITED", "project_id": 42, "ingested_at": "2026-02-01T10:00:00Z"}')
+        handler = handler_for(event.event_type)
+        assert handler is not None
+        first = await handler.handle(event, ctx)
+        assert first.carries_project and first.rows["claimx_projects"][0]["project_number"] == "N-1"
+        ctx.cache.confirm("42")
+        cached = await handler.handle(event, ctx)
+        assert not cached.carries_project and len(exports) == 1  # trusted the cache
+        refreshed = await handler.handle(event, ctx, refresh=True)
+        assert refreshed.carries_project and len(exports) == 2
+        assert [r["project_number"] for r in refreshed.rows["claimx_projects"] if r.get("project_number")] == ["N-2"]
+
+
+def test_only_the_refresh_header_asks_for_a_refetch() -> None:
+    assert refresh_requested([("x", b"y"), ("refresh-project", b"1")])
+    assert not refresh_requested([("refresh-project", b"0")]) and not refresh_requested(None) and not refresh_requested([])
