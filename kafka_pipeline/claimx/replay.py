@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from kafka_pipeline.claimx.handlers.base import REFRESH_PROJECT_HEADER
@@ -94,10 +95,11 @@ async def replay(
     headers = [(REFRESH_PROJECT_HEADER, b"1")] if refresh_projects else None
     summary = ReplaySummary()
     started = time.monotonic()
-    total = await source.open()
-    producer = None
-    bar = tqdm(total=total, unit="ev", disable=not progress, desc="dry run" if dry_run else topic)
+    producer: AIOKafkaProducer | None = None
+    bar: tqdm[None] | None = None
     try:
+        total = await source.open()
+        bar = tqdm(total=total, unit="ev", disable=not progress, desc="dry run" if dry_run else topic)
         if not dry_run:
             await ensure_topics(kafka, [topic])
             producer = make_producer(kafka)
@@ -126,7 +128,8 @@ async def replay(
                 pending.clear()
         await asyncio.gather(*pending)  # every send acknowledged before we report success
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if producer is not None:
             await producer.stop()
         await source.close()

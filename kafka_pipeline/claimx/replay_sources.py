@@ -173,7 +173,7 @@ class TopicSource:
         spec = self.spec
         consumer = positions.reader(self.kafka)
         await positions.start(consumer, self.kafka)
-        self._consumer = consumer
+        self._consumer = consumer  # close() stops it, also when the rest of open() fails
         tps = await positions.topic_partitions(consumer, spec.topic, spec.partitions)
         ends = await positions.bounds(self.kafka, consumer, tps)
         starts = {p: b.clamp(spec.from_offset) if spec.from_offset is not None else b.low for p, b in ends.items()}
