@@ -2,7 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.broker",
-    "tests.fixtures.broker_kind",
+    "tests.fixtures.time_lookups",
     "tests.fixtures.simulator",
     "tests.fixtures.redis",
 ]
