@@ -103,8 +103,9 @@ async def test_dry_run_prints_the_plan_and_changes_nothing(topic_with_group, cap
 async def test_reset_for_real(topic_with_group, flags: list[str], expected: dict[int, int], capsys: pytest.CaptureFixture[str]) -> None:
     kafka, topic, group = topic_with_group
     assert await cli("reset-offsets", "--group", group, "--topic", topic, *flags) == 0
-    assert f"reset {3 if '--partitions' not in flags else 2} partition(s) of {topic}" in capsys.readouterr().out
-    assert await committed(kafka, group, topic) == expected
+    out = capsys.readouterr().out
+    assert f"reset {3 if '--partitions' not in flags else 2} partition(s) of {topic}" in out
+    assert await committed(kafka, group, topic) == expected, out  # the plan it printed
 
 
 @pytest.mark.parametrize("flags", [["--to-datetime", (T0 + timedelta(minutes=3)).isoformat()], ["--by-duration", "1000d"]])
