@@ -20,20 +20,24 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kafka_pipeline.claimx.api.client import ClaimXApiClient
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
+from kafka_pipeline.claimx.events import parse_event
+from kafka_pipeline.claimx.handlers import HandlerContext, MediaBatcher, handler_for
+from kafka_pipeline.claimx.handlers.base import refresh_requested
 from kafka_pipeline.cli import main
-from kafka_pipeline.config import KafkaSettings, Settings, load_settings
+from kafka_pipeline.config import (
+    ApiSettings,
+    CacheSettings,
+    KafkaSettings,
+    Settings,
+    load_settings,
+)
 from kafka_pipeline.delta.table_writer import read_delta_table, table_uri
 from kafka_pipeline.runtime.topic_offsets import group_lag
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.writer.entity_writer import EntityWriter
-
-from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.cache.project_cache import ProjectCache
-from kafka_pipeline.claimx.events import parse_event
-from kafka_pipeline.claimx.handlers import HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import refresh_requested
-from kafka_pipeline.config import ApiSettings, CacheSettings
 
 PROJECT = 5_000_003  # its projectNumber differs between seeds 7 and 8
 OTHER = 5_000_004

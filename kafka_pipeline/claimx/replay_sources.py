@@ -9,7 +9,8 @@ can tell how much it will read (the progress bar's length).
   reason: a replay never loses input. Such a line matches no project or type filter.
 - `TopicSource`: a range of each partition of a topic, read without joining any group (assign,
   not subscribe), so it disturbs no consumer group. The range's end is fixed when the source
-  opens, so replaying a topic into itself ends.
+  opens, so replaying a topic into itself ends. Keys are kept; headers are not (a replayed
+  event starts with no retry history).
 - `TableSource`: the `claimx_events` table under the tables root. Each row is rebuilt into the
   event that produced it: the same fields, the same `ingested_at`, hence the same `trace_id`.
   The table has no `event_id` column, and needs none: `trace_id` is the event's `event_id`
