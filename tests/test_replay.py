@@ -37,7 +37,9 @@ from kafka_pipeline.delta.table_writer import DeltaTableWriter
 from kafka_pipeline.offsets import TimeLookupUnsupported
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+# Record timestamps near now: Apache Kafka's retention (7 days by default) deletes records
+# stamped further back at its next check, which moved the log start under a test.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 
 
 def write_events(path: Path, count: int) -> list[bytes]:

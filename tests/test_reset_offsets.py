@@ -17,7 +17,9 @@ from kafka_pipeline.dlq.operations import purge, purge_group, read_dlq
 from kafka_pipeline.runtime.dead_letter import RecordView, dead_letter_for
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+# Record timestamps near now: Apache Kafka's retention (7 days by default) deletes records
+# stamped further back at its next check, which moved the log start under a test.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 PER_PARTITION = 8
 
 
