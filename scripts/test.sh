@@ -14,4 +14,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 bash "$ROOT/scripts/bootstrap.sh" dev
 cd "$ROOT"
+# the checks that keep the code as it is meant to be: lint (with import order) and types
+"$ROOT/.venv/bin/ruff" check .
+"$ROOT/.venv/bin/mypy"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -40,10 +40,11 @@ from kafka_pipeline.claimx.events import (
 from kafka_pipeline.claimx.schemas import EVENTS, TIMESTAMP
 from kafka_pipeline.config import DeltaSettings, KafkaSettings
 from kafka_pipeline.delta.table_writer import open_table, table_uri
+from kafka_pipeline.errors import UserError
 from kafka_pipeline.offsets import positions
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A source cannot be read (no events table, ...); one line for the user."""
 
 

@@ -18,7 +18,6 @@ from kafka_pipeline.claimx.replay_sources import (
     TopicSource,
     read_project_ids,
 )
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.commands.arguments import (
     int_list,
     non_negative_int,
@@ -28,6 +27,7 @@ from kafka_pipeline.commands.arguments import (
     text_list,
 )
 from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.errors import UsageError
 
 NAME = "replay"
 HELP = (

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from datetime import UTC, datetime
 
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.commands.arguments import (
     duration,
     int_list,
@@ -15,6 +14,7 @@ from kafka_pipeline.commands.arguments import (
 )
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.dlq.operations import PURGE_GROUP_PREFIX
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.offsets.reset import (
     ResetTarget,
     active_members,

@@ -45,9 +45,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, make_producer
+from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.retry.routing import strip_retry_headers
+from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
+from kafka_pipeline.runtime.kafka import connection_kwargs, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 MARKER_HEADER = "dlq-marker"
@@ -226,7 +227,7 @@ def original_of(entry: DlqEntry) -> tuple[str, int, int]:
 def summarize(snapshot: DlqSnapshot) -> DlqSummary:
     pending = snapshot.pending
     counts = Counter((e.letter.original_topic, e.letter.error_category, e.letter.error_type) for e in pending if e.letter)
-    groups = sorted(((t, c, e, n) for (t, c, e), n in counts.items()), key=lambda g: (-g[3], g[0], g[1], g[2]))
+    groups: list[tuple[str, str, str, int]] = sorted(((t, c, e, n) for (t, c, e), n in counts.items()), key=lambda g: (-g[3], g[0], g[1], g[2]))
     readable = snapshot.readable
     return DlqSummary(
         topic=snapshot.topic,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from kafka_pipeline.errors import UserError
 
-class OffsetsError(Exception):
+
+class OffsetsError(UserError):
     """A position cannot be resolved or a reset cannot be done; one line for the user."""
 
 

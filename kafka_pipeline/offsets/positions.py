@@ -24,8 +24,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, UnsupportedVersionError
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.offsets import OffsetsError, TimeLookupUnsupported
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, make_consumer
+from kafka_pipeline.runtime.kafka import make_consumer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 CHECK_TIMEOUT_S = 5.0
@@ -66,7 +67,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, wanted: Itera
     """The topic's partitions (only `wanted` when given); OffsetsError for a missing topic or partition."""
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        await consumer._client.force_metadata_update()
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka offers no public refresh
         partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise OffsetsError(f"topic {topic} does not exist")

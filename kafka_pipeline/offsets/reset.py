@@ -21,12 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.offsets import OffsetsError, positions
-from kafka_pipeline.runtime.kafka import (
-    BrokerUnreachable,
-    connection_kwargs,
-    make_consumer,
-)
+from kafka_pipeline.runtime.kafka import connection_kwargs, make_consumer
 
 Mode = Literal["earliest", "latest", "offset", "datetime", "shift"]
 

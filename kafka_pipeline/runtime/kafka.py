@@ -11,12 +11,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from kafka_pipeline.config import KafkaSettings
-
-
-class BrokerUnreachable(Exception):
-    """The bootstrap servers did not answer; the message is one line for the user."""
+from kafka_pipeline.errors import BrokerUnreachable
 
 
 def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
@@ -31,8 +29,6 @@ def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = kafka.sasl_username
         kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
         kwargs["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
     return kwargs
 

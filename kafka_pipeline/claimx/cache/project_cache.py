@@ -33,16 +33,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from kafka_pipeline.claimx.cache import metrics as cache_metrics
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.logging import get_logger
-
-if TYPE_CHECKING:
-    from kafka_pipeline.claimx.cache.redis_tier import RedisTier
-    from kafka_pipeline.config import DeltaSettings
 
 log = get_logger(__name__)
 
@@ -55,6 +50,62 @@ class ProjectSnapshot:
 
     project_id: str
     rows: dict[str, list[dict[str, Any]]]  # {"claimx_projects": [...], "claimx_contacts": [...]}
+
+
+# --- the shared tier (L2), as this module needs it; RedisTier implements it -------------------
+
+@dataclass(slots=True, frozen=True)
+class SharedAnswer:
+    """What the shared tier says before an in-process load."""
+
+    verified_age: float | None = None  # another worker verified the project this long ago: a hit
+    absent_remaining: float | None = None  # the project is known absent (404) for this much longer
+    token: str | None = None  # this worker holds the load lock: load, then confirm/abandon
+    busy: bool = False  # another worker holds the lock (a background refresh then skips)
+
+
+LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
+
+
+@dataclass
+class TierCounters:
+    """The Redis tier's own counts (the cache reports them beside its own)."""
+
+    misses: int = 0  # flights the shared tier had no answer for
+    errors: int = 0  # calls that failed (Redis down or slow)
+    lock_waits: int = 0  # waits for another worker's load of the same project
+
+
+class SharedTier(Protocol):
+    counters: TierCounters
+    reconnects: int
+
+    @property
+    def is_up(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def on_remote_invalidation(self, callback: Callable[[list[str] | None], object]) -> None: ...
+
+    async def before_load(self, project_id: str, *, refresh: bool) -> SharedAnswer: ...
+
+    async def before_refresh(self, project_id: str, refresh_after_s: float) -> SharedAnswer: ...
+
+    def confirm(self, project_id: str, token: str | None, *, notify: bool) -> None: ...
+
+    def store_absent(self, project_id: str, token: str | None, ttl_s: float) -> None: ...
+
+    def release(self, project_id: str, token: str) -> None: ...
+
+    def invalidate(self, project_ids: list[str] | None) -> None: ...
+
+    async def invalidate_now(self, project_ids: Iterable[str] | None) -> int: ...
+
+
+# The cache reports each load's duration and result here (metrics wire it; the API client does the same).
+LoadObserver = Callable[[str, float, bool], None]  # (cache name, seconds, ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +136,8 @@ class CacheStats:
     background_refreshes: int = 0  # stale entries reloaded in the background
     background_refresh_failures: int = 0
     redis_state: str = "off"  # off | up | down
+    l2_misses: int = 0  # flights the shared tier had no answer for
+    l2_errors: int = 0  # shared-tier calls that failed (Redis down or slow)
 
     @property
     def lookups(self) -> int:
@@ -147,11 +200,8 @@ class _Counters:
     loads_ok: int = 0
     loads_failed: int = 0
     evictions: int = 0
-    lock_waits: int = 0
     background_refreshes: int = 0
     background_refresh_failures: int = 0
-    l2_misses: int = 0  # flights the shared tier had no answer for
-    l2_errors: int = 0  # shared-tier calls that failed (Redis down or slow)
 
 
 class ProjectCache:
@@ -162,14 +212,14 @@ class ProjectCache:
         settings: CacheSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
-        shared_tier: RedisTier | None = None,
+        shared_tier: SharedTier | None = None,
         on_background_refresh: RefreshCallback | None = None,
         name: str = "project",
-        delta: DeltaSettings | None = None,
+        observer: LoadObserver | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
-        self.delta = delta
+        self._observer = observer
         self._clock = clock
         self._ttl = settings.ttl_s
         self._refresh_after = settings.refresh_after_s
@@ -188,47 +238,15 @@ class ProjectCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters = _Counters()
         if shared_tier is not None:
-            shared_tier.attach(self)
-        cache_metrics.track(self)
+            shared_tier.on_remote_invalidation(lambda ids: self.invalidate(ids, broadcast=False))
 
     # ------------------------------------------------------------------ construction / lifecycle
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: CacheSettings,
-        *,
-        on_background_refresh: RefreshCallback | None = None,
-        delta: DeltaSettings | None = None,
-        name: str = "project",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> ProjectCache:
-        """The cache the settings describe: with the Redis tier when `redis_url` is set.
-
-        `delta` (the Delta settings) enables warm start (`settings.warm_from_delta`) in `start()`
-        and `POST /cache/warm`.
-        """
-        shared = None
-        if settings.redis_url:
-            from kafka_pipeline.claimx.cache.redis_tier import RedisTier  # noqa: PLC0415
-
-            shared = RedisTier(settings)
-        return cls(settings, clock=clock, shared_tier=shared, on_background_refresh=on_background_refresh, name=name, delta=delta)
-
     async def start(self) -> None:
-        """Start the shared tier's listener and warm from Delta when configured.
-
-        Never fails because Redis or the Delta table is unavailable: the cache then starts cold
-        on its in-process tier."""
+        """Start the shared tier's listener (never fails because Redis is down: the cache then
+        runs on its in-process tier)."""
         if self._shared is not None:
             await self._shared.start()
-        if self.settings.warm_from_delta and self.delta is not None:
-            from kafka_pipeline.claimx.cache.warm import warm_from_delta  # noqa: PLC0415
-
-            try:
-                await warm_from_delta(self, self.delta.tables_root, self.delta.storage_options, self.settings.warm_window_s)
-            except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
-                log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         """Stop background refreshes and the shared tier (its last writes get one timeout to land)."""
@@ -240,7 +258,7 @@ class ProjectCache:
             await self._shared.close()
 
     @property
-    def shared_tier(self) -> RedisTier | None:
+    def shared_tier(self) -> SharedTier | None:
         return self._shared
 
     # ------------------------------------------------------------------ the hot path
@@ -254,7 +272,7 @@ class ProjectCache:
         if not refresh:
             stamp = self._entries.get(project_id)
             if stamp.__class__ is float:
-                age = self._clock() - stamp  # type: ignore[operator]
+                age = self._clock() - stamp
                 if age < self._ttl:
                     self._entries.move_to_end(project_id)
                     self.counters.l1_hits += 1
@@ -270,11 +288,11 @@ class ProjectCache:
             entry = self._entries.get(project_id)
             if entry is not None:
                 if entry.__class__ is _Absent:
-                    if not refresh and now < entry.until:  # type: ignore[union-attr]
+                    if not refresh and now < entry.until:
                         self._entries.move_to_end(project_id)
                         c.absent_hits += 1
                         raise PermanentError(f"project {project_id} not found (cached)", error_type=NOT_FOUND)
-                    if now >= entry.until:  # type: ignore[union-attr]
+                    if now >= entry.until:
                         del self._entries[project_id]
                 elif now - entry >= self._ttl:  # type: ignore[operator]
                     del self._entries[project_id]
@@ -318,7 +336,7 @@ class ProjectCache:
         pending = self._pending.pop(project_id, None)
         if pending is None:
             entry = self._entries.get(project_id)
-            if entry.__class__ is float and self._clock() - entry < self._ttl:  # type: ignore[operator]
+            if entry.__class__ is float and self._clock() - entry < self._ttl:
                 return
         self._set_confirmed(project_id)
         if self._shared is not None:
@@ -378,10 +396,12 @@ class ProjectCache:
             l2_hits=c.l2_hits,
             absent_hits=c.absent_hits,
             pending=len(self._pending),
-            lock_waits=c.lock_waits,
+            lock_waits=shared.counters.lock_waits if shared is not None else 0,
             background_refreshes=c.background_refreshes,
             background_refresh_failures=c.background_refresh_failures,
             redis_state="off" if shared is None else ("up" if shared.is_up else "down"),
+            l2_misses=shared.counters.misses if shared is not None else 0,
+            l2_errors=shared.counters.errors if shared is not None else 0,
         )
 
     def stats_line(self) -> str:
@@ -404,8 +424,8 @@ class ProjectCache:
         return len(self._entries)
 
     def __contains__(self, project_id: object) -> bool:
-        entry = self._entries.get(project_id)  # type: ignore[arg-type]
-        return entry.__class__ is float and self._clock() - entry < self._ttl  # type: ignore[operator]
+        entry = self._entries.get(project_id)  # type: ignore[call-overload]
+        return entry.__class__ is float and self._clock() - entry < self._ttl
 
     # ------------------------------------------------------------------ used by the tiers and warm start
 
@@ -419,7 +439,7 @@ class ProjectCache:
             return False
         stamp = self._clock() - age_s
         entry = self._entries.get(project_id)
-        if entry.__class__ is float and entry >= stamp:  # type: ignore[operator]
+        if entry.__class__ is float and entry >= stamp:
             return False
         self._put(project_id, stamp)
         return True
@@ -480,6 +500,10 @@ class ProjectCache:
             if self._inflight.get(project_id) is not None and self._inflight[project_id].task is asyncio.current_task():
                 del self._inflight[project_id]
 
+    def _observe_load(self, seconds: float, *, ok: bool) -> None:
+        if self._observer is not None:
+            self._observer(self.name, seconds, ok)
+
     async def _timed_load(self, project_id: str, load: Loader, token: str | None) -> ProjectSnapshot:
         c = self.counters
         started = time.perf_counter()
@@ -487,7 +511,7 @@ class ProjectCache:
             snapshot = await load()
         except PermanentError as exc:
             c.loads_failed += 1
-            cache_metrics.observe_load(self, time.perf_counter() - started, ok=False)
+            self._observe_load(time.perf_counter() - started, ok=False)
             if exc.error_type == NOT_FOUND and self._absent_ttl > 0:
                 self.prime_absent(project_id, self._absent_ttl)
                 if self._shared is not None:
@@ -498,12 +522,12 @@ class ProjectCache:
             raise
         except BaseException:
             c.loads_failed += 1
-            cache_metrics.observe_load(self, time.perf_counter() - started, ok=False)
+            self._observe_load(time.perf_counter() - started, ok=False)
             if token is not None and self._shared is not None:
                 self._shared.release(project_id, token)
             raise
         c.loads_ok += 1
-        cache_metrics.observe_load(self, time.perf_counter() - started, ok=True)
+        self._observe_load(time.perf_counter() - started, ok=True)
         return snapshot
 
     # ------------------------------------------------------------------ freshness
@@ -578,10 +602,6 @@ class NoCache:
     def __init__(self, settings: CacheSettings | None = None, *, clock: Callable[[], float] = time.monotonic, shared_tier: object = None) -> None:
         self.settings = settings
         self.counters = _Counters()
-
-    @classmethod
-    def from_settings(cls, settings: CacheSettings, **_: Any) -> NoCache:
-        return cls(settings)
 
     async def start(self) -> None:
         return None
