@@ -128,6 +128,7 @@ class EnrichSettings(Section):
     stats_interval_s: float = Field(30.0, gt=0)
     # media events of one project arriving within this window share one media-list call
     media_window_s: float = Field(0.005, ge=0)
+    max_future_skew_s: float = Field(86_400.0, gt=0)  # an ingested_at later than now + this is malformed
 
 
 class WriterSettings(Section):

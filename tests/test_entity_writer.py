@@ -325,6 +325,7 @@ async def test_writer_merges_the_stream_and_dead_letters_misfits(kafka_settings:
     assert by_trace["bad-2"].error_message == "claimx_projects.favourite_colour: column not in the table's schema"
     assert by_trace[None].error_type == "InvalidMessage" and by_trace[None].value.data == "{not json"
     assert {letter.error_category for letter in letters} == {"permanent"} and {letter.worker for letter in letters} == {"writer-e2e"}
+    assert {letter.made_by for letter in letters} == {"write"}  # dlq replay may send these back to the entity-rows topic
     assert read_rows(str(tmp_path), "claimx_media") and "bad-1" not in {r["media_id"] for r in read_rows(str(tmp_path), "claimx_media")}
 
 

@@ -71,7 +71,7 @@ def test_dry_run_prints_the_event_and_sends_nothing(capsys: pytest.CaptureFixtur
         (["--type", "PROJECT_FILE_ADDED", "--project-id", "1"], "invalid event: PROJECT_FILE_ADDED requires media_id"),
         (["--type", "CUSTOM_TASK_ASSIGNED", "--project-id", "1"], "requires task_assignment_id"),
         (["--type", "PROJECT_EXPLODED", "--project-id", "1"], "unknown event type 'PROJECT_EXPLODED' (known: CUSTOM_TASK_ASSIGNED"),
-        (["--type", "PROJECT_CREATED", "--project-id", "../etc"], "project_id must be 1-64 ASCII letters"),
+        (["--type", "PROJECT_CREATED", "--project-id", "../etc"], "is not 1-64 ASCII letters, digits"),
         (["--type", "PROJECT_CREATED", "--project-id", " "], "missing field project_id"),
     ],
 )

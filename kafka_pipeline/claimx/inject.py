@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka_pipeline.claimx.events import ID_FIELDS, ClaimXEvent, parse_event
+from kafka_pipeline.claimx.events import ClaimXEvent, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS
 from kafka_pipeline.errors import PermanentError
-
-# The contract's id shape (claimx-domain.md section 1: ids go into API paths).
-ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class InvalidEvent(Exception):
@@ -38,8 +34,4 @@ def build_event(event_type: str, project_id: str, *, ingested_at: datetime | Non
         event = parse_event(raw)
     except PermanentError as exc:
         raise InvalidEvent(str(exc)) from None
-    for name in ID_FIELDS:
-        value = getattr(event, name)
-        if value is not None and not ID_SHAPE.fullmatch(value):
-            raise InvalidEvent(f"{name} must be 1-64 ASCII letters, digits, '-' or '_'")
     return raw, event

@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute
 
 from kafka_pipeline.config import KafkaSettings, WorkerSettings
 from kafka_pipeline.runtime.app import ConsumerApp
+from kafka_pipeline.runtime.dead_letter import Maker
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
@@ -63,6 +64,7 @@ class ConsumerSpec:
     max_poll_records: int
     stats_interval_s: float
     registry: CollectorRegistry
+    made_by: Maker  # which worker's dead letters these are (dlq replay targets depend on it)
     routes: Sequence[BaseRoute] = ()  # extra ops routes (the cache admin)
 
 
@@ -117,7 +119,9 @@ class ConsumerRuntime:
         await ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
         try:
             self.producer = make_producer(self.kafka)
-            self.dead_letters = DeadLetterSink(self.producer, self.kafka.dlq_topic, worker=self.worker.name, registry=spec.registry)
+            self.dead_letters = DeadLetterSink(
+                self.producer, self.kafka.dlq_topic, worker=self.worker.name, made_by=spec.made_by, registry=spec.registry
+            )
             self.consumer = make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)
             self.consumer.subscribe(list(spec.topics), listener=_Listener(self))
             await self.producer.start()

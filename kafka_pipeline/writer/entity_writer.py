@@ -207,6 +207,7 @@ class EntityWriter:
                 max_poll_records=settings.writer.max_poll_records,
                 stats_interval_s=settings.writer.stats_interval_s,
                 registry=self.registry,
+                made_by="write",
             ),
         )
         self.writers = {

@@ -129,6 +129,7 @@ class EnrichmentWorker:
                 max_poll_records=settings.enrich.max_in_flight,
                 stats_interval_s=settings.enrich.stats_interval_s,
                 registry=registry,
+                made_by="enrich",
                 routes=cache_routes(self.cache, warm_from=self._warm) if isinstance(self.cache, ProjectCache) else (),
             ),
         )
@@ -209,7 +210,7 @@ class EnrichmentWorker:
         event: ClaimXEvent | None = None
         error: PermanentError | None = None
         try:
-            event = parse_event(record.value)
+            event = parse_event(record.value, max_future_skew_s=self.settings.enrich.max_future_skew_s)
         except PermanentError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - any bytes at all are a malformed event at worst
