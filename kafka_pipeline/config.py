@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from kafka_pipeline.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"  # the checkout's config/ (KP_CONFIG_DIR elsewhere)
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
 ENV_ALIASES: dict[str, tuple[str, str]] = {

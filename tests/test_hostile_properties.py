@@ -20,7 +20,7 @@ from typing import Any, Literal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kafka_pipeline.claimx.enrich.worker import _type_label, route_failure
+from kafka_pipeline.claimx.enrich.outcomes import route_failure, type_label
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import FIELD_ALIASES, parse_event
 from kafka_pipeline.config import Settings, WorkerSettings
@@ -42,7 +42,7 @@ def outcome_of(value: bytes | None, headers: list[tuple[str, bytes]], *, handler
         event = parse_event(value, max_future_skew_s=SETTINGS.enrich.max_future_skew_s)
     except PermanentError as exc:
         return dead_letter(record, exc, None)
-    _type_label(event)
+    type_label(event)
     if handler_fails:
         return dead_letter(record, PermanentError(f"GET /export/project/{event.project_id}: 404", error_type="NotFound"),
                            event.trace_id)

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from aiokafka import TopicPartition
 
@@ -28,7 +27,7 @@ from kafka_pipeline.claimx.replay_sources import (
     TopicSource,
     event_from_row,
 )
-from kafka_pipeline.claimx.row_conversion import rows_to_arrow
+from kafka_pipeline.claimx.row_conversion import BatchBuilder
 from kafka_pipeline.claimx.schemas import EVENTS
 from kafka_pipeline.cli import main
 from kafka_pipeline.commands.arguments import duration, point_in_time
@@ -219,12 +218,12 @@ def test_cli_time_range_answers_in_one_line(kafka_settings: KafkaSettings, time_
 
 def write_event_log(root: str, events: list[ClaimXEvent]) -> None:
     """The claimx_events rows of `events`, written by the real table writer."""
-    tables = []
+    builder = BatchBuilder()
     for offset, event in enumerate(events):
         message = EntityRowsMessage(trace_id=event.trace_id, event_type=event.event_type, project_id=event.project_id,
                                     event_time=event.event_time, rows=transforms.event_row(event))
-        tables.append(rows_to_arrow(message, app="test-0", offset=offset)[EVENTS.name])
-    DeltaTableWriter(EVENTS, root).write(pa.concat_tables(tables), {"test-0": len(events) - 1})
+        builder.add(message, app="test-0", offset=offset)
+    DeltaTableWriter(EVENTS, root).write(builder.tables()[EVENTS.name], {"test-0": len(events) - 1})
 
 
 def logged_events() -> list[ClaimXEvent]:

@@ -9,7 +9,8 @@ import threading
 from kafka_pipeline.embedded.broker import EmbeddedBroker
 
 NAME = "broker"
-HELP = "Start the embedded tansu Kafka broker on loopback and print its address (Ctrl-C stops it)."
+HELP = "Run the embedded tansu Kafka broker on loopback."
+DESCRIPTION = "Start the embedded tansu Kafka broker on loopback and print its address (Ctrl-C stops it)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

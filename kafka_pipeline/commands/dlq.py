@@ -12,7 +12,8 @@ from kafka_pipeline.dlq.terminal import printable
 from kafka_pipeline.errors import UsageError
 
 NAME = "dlq"
-HELP = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."
+HELP = "List, inspect, replay or purge dead letters."
+DESCRIPTION = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."
 
 REPLAY_HELP = (
     "Send dead letters' original key, value and headers (retry headers removed, so the attempt count starts "

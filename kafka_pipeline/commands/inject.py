@@ -13,7 +13,8 @@ from kafka_pipeline.errors import UsageError
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
 NAME = "inject"
-HELP = "Send one ClaimX event built from flags (validated against the event model first) to the events topic."
+HELP = "Send one event built from flags."
+DESCRIPTION = "Send one ClaimX event built from flags (validated against the event model first) to the events topic."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,8 @@ from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.errors import UsageError
 
 NAME = "replay"
-HELP = (
+HELP = "Send events again: files, a topic range, the event log."
+DESCRIPTION = (
     "Send ClaimX events to the events topic, keyed by project_id: from JSON-lines files, a topic range "
     "(--from-topic) or the tables' event log (--from-table), filtered by project and event type."
 )

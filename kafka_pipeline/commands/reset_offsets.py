@@ -24,7 +24,11 @@ from kafka_pipeline.offsets.reset import (
 )
 
 NAME = "reset-offsets"
-HELP = "Move a consumer group's committed offsets (earliest, latest, an offset, a time, a shift); refused while the group is active."
+HELP = "Move a stopped consumer group's committed offsets."
+DESCRIPTION = (
+    "Move a consumer group's committed offsets on a topic (earliest, latest, an offset, a time, a shift); "
+    "--dry-run prints the plan; refused while the group has members."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,8 @@ from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.errors import UsageError
 
 NAME = "run"
-HELP = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
+HELP = "Run the whole pipeline on this machine, no Docker."
+DESCRIPTION = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute
 
 from kafka_pipeline.config import KafkaSettings, WorkerSettings
 from kafka_pipeline.runtime.app import ConsumerApp
+from kafka_pipeline.runtime.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.dead_letter import Maker
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
@@ -66,6 +67,7 @@ class ConsumerSpec:
     registry: CollectorRegistry
     made_by: Maker  # which worker's dead letters these are (dlq replay targets depend on it)
     routes: Sequence[BaseRoute] = ()  # extra ops routes (the cache admin)
+    before_scrape: Sequence[Callable[[], Awaitable[None]]] = ()  # refreshed before /metrics renders (table freshness)
 
 
 class ConsumerRuntime:
@@ -134,6 +136,8 @@ class ConsumerRuntime:
                     readiness={"consumer": self._consumer_ready, **app.readiness()},
                     routes=spec.routes,
                     registry=spec.registry,
+                    # lag per partition, read from the consumer when /metrics is scraped
+                    before_scrape=[ConsumerLag(self.consumer, spec.group_id, spec.registry).refresh, *spec.before_scrape],
                 )
                 await self.ops.start()
             self.running = True

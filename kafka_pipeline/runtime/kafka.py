@@ -65,7 +65,7 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: f
     """Create the topics that are missing (partitions and replication from the settings)."""
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     try:
-        with _quiet(logging.getLogger("aiokafka")):  # an unreachable broker is reported in one line below
+        with quiet(logging.getLogger("aiokafka")):  # an unreachable broker is reported in one line below
             await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
         await _close_quietly(admin)
@@ -91,7 +91,7 @@ async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
+def quiet(logger: logging.Logger) -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:

@@ -55,7 +55,7 @@ from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
 from kafka_pipeline.claimx.enrich.credentials import CredentialsGate
 from kafka_pipeline.claimx.enrich.lanes import ProjectLanes, Slot, Slots, Turn
 from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
-from kafka_pipeline.claimx.enrich.outcomes import Outcome, WorkerCounts, route_failure, type_label
+from kafka_pipeline.claimx.enrich.outcomes import OUTCOMES, Outcome, WorkerCounts, route_failure, type_label
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
@@ -185,7 +185,14 @@ class EnrichmentWorker:
                 await self._warm(self.settings.cache.warm_window_s)
             except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
                 log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
-        self.metrics.watch(self.name, in_flight=lambda: self.counts.in_flight, awaiting_ack=lambda: self.counts.awaiting_ack)
+        self.metrics.start_at_zero(OUTCOMES, (*HANDLERS, "other", "malformed"))
+        self.metrics.watch(
+            self.name,
+            in_flight=lambda: self.counts.in_flight,
+            awaiting_ack=lambda: self.counts.awaiting_ack,
+            breaker_open=lambda: float(self.api.breaker.state == "open"),
+            credentials_rejected=lambda: float(self.credentials.rejected),
+        )
         log.info(
             "enrichment worker started",
             topic=self.settings.kafka.events_topic,
@@ -440,7 +447,7 @@ class EnrichmentWorker:
         gauges: dict[str, Any] = {"in_flight": self.counts.in_flight, "awaiting_ack": self.counts.awaiting_ack}
         stats = self.cache.stats()
         gauges["project_cache_size"] = stats.size
-        gauges["hit_rate"] = float(stats.hit_rate)
+        gauges["fetches_avoided"] = float(stats.fetches_avoided)
         gauges["l1_hit_rate"] = float(stats.l1_hit_rate)  # per tier: in-process, then Redis
         gauges["l2_hit_rate"] = float(stats.l2_hit_rate)
         gauges["redis"] = stats.redis_state
