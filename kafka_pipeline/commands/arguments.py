@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +32,52 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """`0,3,5` -> [0, 3, 5] (partition numbers)."""
+    return [non_negative_int(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def text_list(text: str) -> list[str]:
+    """`a,b c` -> ["a", "b", "c"] (ids or names, commas or spaces)."""
+    return text.replace(",", " ").split()
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> timedelta:
+    """`12h`, `90m`, `1d12h`, `30s`, `2w` -> a timedelta."""
+    compact = text.strip().lower()
+    parts = _DURATION.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 12h, 90m or 1d12h, got {text!r}")
+    return timedelta(seconds=sum(float(n) * _UNIT_S[u] for n, u in parts))
+
+
+def point_in_time(text: str) -> datetime:
+    """An ISO-8601 time (naive = UTC) or a duration ago (`12h`: twelve hours before now), UTC-aware."""
+    try:
+        return datetime.now(UTC) - duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO time (2026-01-05T14:00:00Z) or a duration ago (12h), got {text!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def port(text: str) -> int:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.dlq.operations import DlqSnapshot, read_dlq
@@ -280,9 +281,9 @@ async def run_pipeline(
                 await during_replay(settings)
 
         summary, _, _ = await asyncio.gather(
-            replay(settings.kafka, [events_file], rate=replay_rate, progress=False), chaos(), alongside()
+            replay(settings.kafka, FileSource([events_file]), rate=replay_rate, progress=False), chaos(), alongside()
         )
-        assert summary.sent == len(stream.lines)
+        assert summary.total_sent == len(stream.lines)
         if before_drain is not None:
             await before_drain(stack)
         drained = await stack.wait_until_drained(timeout_s=drain_timeout_s)

@@ -59,7 +59,7 @@ from kafka_pipeline.claimx.enrich.outcomes import OUTCOMES, Outcome, WorkerCount
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier
+from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, refresh_requested
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
@@ -321,8 +321,9 @@ class EnrichmentWorker:
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
+            refresh = refresh_requested(record.headers)  # `replay --refresh-projects`: refetch, not the cache
             result: HandlerResult = await self.credentials.call(
-                lambda: handler.handle(event, self.context), project_id=event.project_id, trace_id=event.trace_id
+                lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=event.trace_id
             )
         except PipelineError as exc:
             await turn.wait_previous()
