@@ -6,42 +6,41 @@ import argparse
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import ConfigError
 
+N = TypeVar("N", int, float)
 
-def positive_int(text: str) -> int:
+
+def _number(text: str, kind: type[N], *, minimum: float, inclusive: bool, what: str) -> N:
+    """`text` as `kind`, at least (or above) `minimum`, else the one-line argparse error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum or (value == minimum and not inclusive):
+        bound = f"at least {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
     return value
 
 
+def positive_int(text: str) -> int:
+    return _number(text, int, minimum=1, inclusive=True, what="a whole number")
+
+
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
+    value = _number(text, float, minimum=0, inclusive=False, what="a number")
+    if value != value:  # NaN compares false with everything
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return _number(text, int, minimum=0, inclusive=True, what="a whole number")
 
 
 def int_list(text: str) -> list[int]:
