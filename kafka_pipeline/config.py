@@ -70,7 +70,8 @@ class ApiSettings(Section):
     url: str = "http://127.0.0.1:8088"
     token: SecretStr | None = None  # base64 of user:password; from env or token_file only
     token_file: Path | None = None
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # per attempt, all of it: connect, headers, the whole body
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # a longer body is an error, not read on
     max_concurrency: int = Field(64, ge=1)
     max_requests_per_s: float = Field(500.0, gt=0)
     retries: int = Field(3, ge=0)
