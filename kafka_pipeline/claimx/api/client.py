@@ -74,7 +74,8 @@ CallObserver = Callable[[str, str, float], None]
 _QUOTED_BODY_CHARS = 200
 
 # Ids that may be put into an API path or query: ASCII only (`[0-9]` is not `\\d`), no dots.
-_PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+API_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_PATH_ID = re.compile(API_ID_PATTERN)
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
