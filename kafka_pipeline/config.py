@@ -109,6 +109,8 @@ class CacheSettings(Section):
     warm_from_delta: bool = False
     warm_window_s: float = Field(1800.0, gt=0)
     admin_token: SecretStr | None = None
+    # /cache/* on the ops port; a worker refuses to start with them beyond loopback and no token
+    admin_routes: bool = True
 
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> CacheSettings:

@@ -593,3 +593,70 @@ async def test_a_shared_entry_with_a_bad_or_future_stamp_is_a_miss(redis_url: st
     finally:
         await raw.aclose()
         await tier.close()
+
+
+async def test_admin_routes_are_bounded(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies are size-capped, ids and window_s checked, one warm at a time, a failure is a one-line 500."""
+    from kafka_pipeline.claimx.cache import admin
+
+    root = tmp_path / "tables"
+    settings = CacheSettings(ttl_s=600.0, refresh_after_s=300.0)
+    cache = ProjectCache(settings, delta=DeltaSettings(tables_root=str(root)))
+    server = OpsServer("127.0.0.1", 0, routes=admin.cache_routes(cache))
+    release = asyncio.Event()
+    real_warm = admin.warm_from_delta
+
+    async def slow_warm(*args: object) -> int:
+        await release.wait()
+        return 0
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app, raise_app_exceptions=False), base_url="http://ops") as client:
+            huge = await client.post("/cache/invalidate", content=b'{"project_ids": ["' + b"1" * 2_000_000 + b'"]}')
+            assert huge.status_code == 413
+            deep = await client.post("/cache/invalidate", content=b"[" * 100_000 + b"]" * 100_000)
+            assert deep.status_code == 400
+            for ids in (["..", "1"], [1.5], [True], ["x" * 65], ["1"] * 10_001, [], "1", [["1"]]):
+                answer = await client.post("/cache/invalidate", json={"project_ids": ids})
+                assert answer.status_code == 400, ids
+            assert (await client.post("/cache/invalidate", json={"project_ids": ["p1", 7]})).json()["dropped"] == 0
+            for window in (0, -1, 601, 1e308, "10", True, None):
+                answer = await client.post("/cache/warm", json={"window_s": window})
+                assert answer.status_code == 400, window
+                assert "600" in answer.json()["error"]
+
+            monkeypatch.setattr(admin, "warm_from_delta", slow_warm)
+            first = asyncio.create_task(client.post("/cache/warm", json={"window_s": 60}))
+            await asyncio.sleep(0.1)
+            second = await client.post("/cache/warm", json={"window_s": 60})
+            assert second.status_code == 409 and second.json() == {"error": "a warm is already running"}
+            release.set()
+            assert (await first).status_code == 200
+            monkeypatch.setattr(admin, "warm_from_delta", real_warm)
+
+            # a damaged table: the warm fails with a one-line 500, no traceback in the answer
+            log_dir = root / "claimx_projects" / "_delta_log"
+            log_dir.mkdir(parents=True)
+            (log_dir / "00000000000000000000.json").write_text("{not a delta log")
+            failed = await client.post("/cache/warm", json={"window_s": 60})
+            assert failed.status_code == 500
+            assert "Traceback" not in failed.text and "\n" not in failed.json()["error"]
+            assert (await client.get("/cache/stats")).status_code == 200  # the routes still answer
+    finally:
+        await cache.close()
+
+
+def test_admin_routes_refuse_a_network_host_without_a_token() -> None:
+    from kafka_pipeline.claimx.cache.admin import admin_routes, is_loopback
+    from kafka_pipeline.config import ConfigError, Settings
+
+    cache = ProjectCache(CacheSettings())
+    exposed = Settings(worker={"http_host": "0.0.0.0", "http_port": 9100})
+    with pytest.raises(ConfigError, match="KP_CACHE__ADMIN_TOKEN"):
+        admin_routes(exposed, cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 9100}, cache={"admin_token": "t"}), cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 9100}, cache={"admin_routes": False}), cache) == []
+    assert admin_routes(Settings(worker={"http_host": "127.0.0.1", "http_port": 9100}), cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 0}), cache)  # no ops port: nothing exposed, no refusal
+    assert is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("ops.internal") and not is_loopback("10.0.0.1")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from kafka_pipeline.claimx.cache.admin import check_admin_exposure
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.runtime.logging import configure_logging
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         "worker.http_port": args.http_port,
         "enrich.stats_interval_s": args.stats_interval,
     })
+    check_admin_exposure(settings)
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
     from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
 

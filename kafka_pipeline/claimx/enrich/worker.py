@@ -69,7 +69,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.admin import admin_routes
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
@@ -268,7 +268,7 @@ class EnrichmentWorker:
                     self.settings.worker.http_host,
                     self.settings.worker.http_port,
                     readiness={"consumer": self._consumer_ready, "claimx_api": self._api_ready, **self._cache_readiness()},
-                    routes=cache_routes(self.cache) if isinstance(self.cache, ProjectCache) else (),
+                    routes=admin_routes(self.settings, self.cache),
                 )
                 await self.ops.start()
             self.running = True
