@@ -50,7 +50,7 @@ def read_lines(paths: Iterable[Path], limit: int | None = None) -> Iterator[byte
 def key_of(line: bytes) -> bytes | None:
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: sent without a key
         return None
     if not isinstance(event, dict):
         return None

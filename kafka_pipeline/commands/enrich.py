@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         "enrich.stats_interval_s": args.stats_interval,
     })
     check_admin_exposure(settings)
+    settings.api.resolved_token()  # an unreadable token file is a one-line error now, not a traceback later
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
     from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
 

@@ -159,21 +159,33 @@ class SharedAnswer:
 LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
 
 
-def make_pool(settings: CacheSettings, max_connections: int = 16, *, decode: bool = True) -> aioredis.BlockingConnectionPool:
+def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.BlockingConnectionPool:
     """Short timeouts, no client retries, and a bounded pool where a burst waits for a free
-    connection (within the call's timeout) instead of failing. `decode=False` for the pub/sub
-    listener: it checks the bytes itself (redis-py would raise on invalid UTF-8 mid-read)."""
+    connection (within the call's timeout) instead of failing."""
     assert settings.redis_url is not None
     return aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+        settings.redis_url.get_secret_value(),
         max_connections=max_connections,
         timeout=settings.socket_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_timeout_s,
-        retry=Retry(NoBackoff(), 0),  # a failed call goes to the breaker, not into a retry loop
-        decode_responses=decode,
-        health_check_interval=0,
+        **_connection_options(settings),
+        decode_responses=True,
     )
+
+
+def make_listener_pool(settings: CacheSettings) -> aioredis.ConnectionPool:
+    """The pub/sub listener's own pool: raw bytes (it checks UTF-8 itself; redis-py would raise
+    mid-read), and unbounded, so a connection lost in a hung close never blocks a resubscribe."""
+    assert settings.redis_url is not None
+    return aioredis.ConnectionPool.from_url(settings.redis_url.get_secret_value(), **_connection_options(settings), decode_responses=False)
+
+
+def _connection_options(settings: CacheSettings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+        "retry": Retry(NoBackoff(), 0),  # a failed call goes to the breaker, not into a retry loop
+        "health_check_interval": 0,
+    }
 
 
 class RedisTier:
@@ -193,7 +205,7 @@ class RedisTier:
         self._timeout = settings.socket_timeout_s
         # Commands use at most `max_connections` at once (the pool has room for the pub/sub one too).
         self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections))
-        self._listen_client = client or aioredis.Redis(connection_pool=make_pool(settings, 2, decode=False))
+        self._listen_client = client or aioredis.Redis(connection_pool=make_listener_pool(settings))
         self._slots = asyncio.Semaphore(max_connections)
         self._wall = wall_clock
         self._breaker = CircuitBreaker(
