@@ -327,7 +327,7 @@ class RedisTier:
 
     # ------------------------------------------------------------------ reading
 
-    def _parse(self, raw: str | None) -> SharedAnswer | None:
+    def _parse(self, raw: str | bytes | None) -> SharedAnswer | None:
         if raw is None:
             return None
         try:
