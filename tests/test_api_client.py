@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -398,6 +399,11 @@ class HostileApi:
             await self._send(writer, path, response("200 OK", json.dumps({"assignmentId": 13, "projectId": 123}).encode()))
         elif path == "/customTasks/assignment/14":  # the right assignment, of another project
             await self._send(writer, path, response("200 OK", json.dumps({"assignmentId": 14, "projectId": 999}).encode()))
+        elif path == "/export/project/16":  # says gzip, is not
+            await self._send(writer, path, response("200 OK", b"not gzip at all", "Content-Encoding: gzip"))
+        elif path == "/export/project/17":  # 10 MB of JSON spaces gzipped to a few KB: the cap counts decoded bytes
+            bomb = gzip.compress(b'{"project": {"projectId": 17}}' + b" " * 10_000_000)
+            await self._send(writer, path, response("200 OK", bomb, "Content-Encoding: gzip"))
         elif path == "/data":  # a video report naming another claim
             await self._send(writer, path, response("200 OK", json.dumps({"data": [{"videoCollaborationId": 1, "claimId": 999}]}).encode()))
         else:
@@ -421,7 +427,7 @@ async def test_hostile_api_slow_loris_is_cut_at_the_attempt_deadline() -> None:
     assert elapsed < 1.5, elapsed
 
 
-@pytest.mark.parametrize("project_id", ["2", "3"])
+@pytest.mark.parametrize("project_id", ["2", "3", "17"])
 async def test_hostile_api_huge_body_is_not_read_past_the_cap(project_id: str) -> None:
     async with HostileApi() as api, hostile_client(api, timeout_s=5.0) as client:
         with pytest.raises(PermanentError) as raised:
@@ -448,6 +454,7 @@ async def test_hostile_api_redirect_with_json_is_not_the_project() -> None:
         (lambda c: c.get_project("7"), PermanentError, "InvalidResponse", "RecursionError"),
         (lambda c: c.get_project("8"), PermanentError, "InvalidResponse", "cannot be read"),
         (lambda c: c.get_project("9"), TransientError, "InvalidResponse", "not JSON"),
+        (lambda c: c.get_project("16"), TransientError, "InvalidResponse", "DecodingError"),
         (lambda c: c.get_project_media("10", ["77"]), PermanentError, "InvalidResponse", "projectId 999, not the requested 10"),
         (lambda c: c.get_project_media("11", ["77"]), PermanentError, "InvalidResponse", "media '78', which was not asked for"),
         (lambda c: c.get_task_assignment("12", "123"), PermanentError, "InvalidResponse", "assignmentId 13, not the requested 12"),

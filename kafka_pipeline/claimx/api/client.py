@@ -343,10 +343,11 @@ class ClaimXApiClient:
                 except (httpx.TimeoutException, TimeoutError) as exc:
                     self._failed(kind, "timeout", started)
                     raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})", error_type="Timeout") from None
-                except httpx.TransportError as exc:
+                except httpx.RequestError as exc:  # transport errors, and bodies that do not decode (bad gzip)
                     self._failed(kind, "connection_error", started)
                     raise TransientError(
-                        f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}", error_type="ConnectionError"
+                        f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}",
+                        error_type="ConnectionError" if isinstance(exc, httpx.TransportError) else "InvalidResponse",
                     ) from None
         except asyncio.CancelledError:
             # A cancelled call must not leave a half-open breaker waiting for its trial forever.
