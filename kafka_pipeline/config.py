@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 ENV_NAME = re.compile(r"[A-Za-z0-9_-]+")  # KP_ENV names a file in the config directory, nothing else
+_TOKEN_FILE_MAX_BYTES = 65_536
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
 ENV_ALIASES: dict[str, tuple[str, str]] = {
@@ -93,7 +94,12 @@ class ApiSettings(Section):
         if self.token_file is None:
             return None
         try:
-            return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
+            with self.token_file.open("rb") as handle:
+                raw = handle.read(_TOKEN_FILE_MAX_BYTES + 1)  # bounded: the path may be /dev/zero
+            if len(raw) > _TOKEN_FILE_MAX_BYTES:
+                reason = f"is larger than {_TOKEN_FILE_MAX_BYTES} bytes"
+            else:
+                return SecretStr(raw.decode("utf-8").strip())
         except IsADirectoryError:
             reason = "is a directory"
         except UnicodeDecodeError:

@@ -96,9 +96,9 @@ def test_more_bad_settings_in_one_line_without_the_secret(monkeypatch: pytest.Mo
         assert text in message, message
 
 
-@pytest.mark.parametrize("case", ["binary", "missing", "dir"])
+@pytest.mark.parametrize("case", ["binary", "missing", "dir", "/dev/zero"])
 def test_an_unreadable_token_file_is_one_line(files: dict[str, Path], case: str) -> None:
-    settings = Settings(api={"token_file": files[case]})
+    settings = Settings(api={"token_file": files.get(case, Path(case))})
     with pytest.raises(TokenFileError) as raised:
         settings.api.resolved_token()
     message = str(raised.value)
@@ -138,3 +138,10 @@ def test_kp_env_names_a_file_in_config_and_production_keeps_admin_routes_off(mon
     production = load_settings()
     assert production.worker.http_host == "0.0.0.0" and production.cache.admin_routes is False
     check_admin_exposure(production)  # the shipped production config starts
+
+
+def test_a_readable_token_file_is_read(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {SECRET}\n")
+    token = Settings(api={"token_file": token_file}).api.resolved_token()
+    assert token is not None and token.get_secret_value() == SECRET

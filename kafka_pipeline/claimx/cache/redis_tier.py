@@ -32,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import time
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -203,7 +203,7 @@ class RedisTier:
             raise ValueError("RedisTier needs settings.redis_url or a client")
         self.settings = settings
         self._timeout = settings.socket_timeout_s
-        # Commands use at most `max_connections` at once (the pool has room for the pub/sub one too).
+        # Commands use at most `max_connections` at once; the pub/sub listener has its own pool.
         self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections))
         self._listen_client = client or aioredis.Redis(connection_pool=make_listener_pool(settings))
         self._slots = asyncio.Semaphore(max_connections)
