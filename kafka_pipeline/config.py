@@ -9,16 +9,21 @@ YAML file (`config/<KP_ENV>.yaml`), `config/default.yaml`, the model defaults.
 from __future__ import annotations
 
 import os
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kafka_pipeline.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"  # the checkout's config/ (KP_CONFIG_DIR elsewhere)
+ENV_NAME = re.compile(r"[A-Za-z0-9_-]+")  # KP_ENV names a file in the config directory, nothing else
+_TOKEN_FILE_MAX_BYTES = 65_536
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
 ENV_ALIASES: dict[str, tuple[str, str]] = {
@@ -72,7 +77,8 @@ class ApiSettings(Section):
     url: str = "http://127.0.0.1:8088"
     token: SecretStr | None = None  # base64 of user:password; from env or token_file only
     token_file: Path | None = None
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # per attempt, all of it: connect, headers, the whole body
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # a longer body is an error, not read on
     max_concurrency: int = Field(64, ge=1)
     max_requests_per_s: float = Field(500.0, gt=0)
     retries: int = Field(3, ge=0)
@@ -84,11 +90,25 @@ class ApiSettings(Section):
     auth_probe_interval_s: float = Field(15.0, gt=0)
 
     def resolved_token(self) -> SecretStr | None:
+        """The token; TokenFileError (one line, never the content) when the file cannot be read."""
         if self.token is not None:
             return self.token
-        if self.token_file is not None:
-            return SecretStr(self.token_file.read_text().strip())
-        return None
+        if self.token_file is None:
+            return None
+        try:
+            with self.token_file.open("rb") as handle:
+                raw = handle.read(_TOKEN_FILE_MAX_BYTES + 1)  # bounded: the path may be /dev/zero
+            if len(raw) > _TOKEN_FILE_MAX_BYTES:
+                reason = f"is larger than {_TOKEN_FILE_MAX_BYTES} bytes"
+            else:
+                return SecretStr(raw.decode("utf-8").strip())
+        except IsADirectoryError:
+            reason = "is a directory"
+        except UnicodeDecodeError:
+            reason = "is not UTF-8 text"
+        except OSError as exc:
+            reason = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        raise TokenFileError(f"config error: api.token_file: {ascii(str(self.token_file))} {reason}")
 
 
 class DeltaSettings(Section):
@@ -101,7 +121,7 @@ class CacheSettings(Section):
     refresh_after_s: float = Field(600.0, gt=0)
     absent_ttl_s: float = Field(60.0, ge=0)
     max_entries: int = Field(100_000, ge=1)
-    redis_url: str | None = None
+    redis_url: SecretStr | None = None  # may hold a password: hidden in repr, dumps and errors
     key_prefix: str = "claimx:v1"
     ttl_jitter_s: float = Field(60.0, ge=0)
     lock_lease_ms: int = Field(5_000, ge=100)
@@ -114,6 +134,30 @@ class CacheSettings(Section):
     redis_breaker_failure_threshold: int = Field(3, ge=1)
     redis_breaker_cooldown_s: float = Field(2.0, gt=0)
     redis_max_connections: int = Field(16, ge=1)
+    # /cache/* on the ops port; a worker refuses to start with them beyond loopback and no token
+    admin_routes: bool = True
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url_shape(cls, value: Any) -> Any:
+        """A URL redis-py can use; the message never repeats the URL (it may hold a password)."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or text == "":
+            return None
+        if not isinstance(text, str):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        try:
+            parts = urlsplit(text)
+            port = parts.port  # ValueError when not a number in 0..65535
+        except ValueError:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL with a valid host and port") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and (not parts.hostname or port == 0):
+            raise ValueError("must name a host (redis://[:password@]host:port/db)")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("must name a socket path (unix:///path/to/redis.sock)")
+        return text
 
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> CacheSettings:
@@ -192,6 +236,11 @@ class Settings(BaseSettings):
         return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
 
 
+class TokenFileError(ConfigError, OSError):
+    """The API token file cannot be read: a ConfigError at start, an OSError to the worker's
+    token re-read (which logs it and tries again later)."""
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
@@ -215,6 +264,8 @@ class _YamlSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         config_dir = Path(os.environ.get("KP_CONFIG_DIR", CONFIG_DIR))
         env = os.environ.get("KP_ENV", "default")
+        if not ENV_NAME.fullmatch(env):
+            raise ConfigError(f"config error: KP_ENV must name a file in {config_dir} (letters, digits, - and _), got {ascii(env)}")
         data: dict[str, Any] = {}
         for name in dict.fromkeys(["default", env]):
             path = config_dir / f"{name}.yaml"
@@ -264,9 +315,31 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
+    """One line naming the setting. The value is shown only for a known setting that is not a
+    secret: a mistyped name (`KP_API__TOKN`) may well carry one."""
+    first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "settings"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" (got {value!r})"
+    hidden = isinstance(value, dict) or first["type"] in ("missing", "extra_forbidden") or _is_secret(first["loc"])
+    shown = "" if hidden else f" (got {_shown(value)})"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"config error: {where}: {first['msg']}{shown}{more}"
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    """Is the setting at `loc` (or any setting it is part of) a SecretStr?"""
+    model: Any = Settings
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        if SecretStr in (annotation, *typing.get_args(annotation)):
+            return True
+        model = annotation
+    return False
+
+
+def _shown(value: Any) -> str:
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -232,7 +233,7 @@ async def test_concurrency_is_bounded() -> None:
         state["peak"] = max(state["peak"], state["now"])
         await asyncio.sleep(0.01)
         state["now"] -= 1
-        return httpx.Response(200, json={"assignmentId": 1})
+        return httpx.Response(200, json={"assignmentId": int(request.url.path.rsplit("/", 1)[1])})
 
     async with ClaimXApiClient(make_settings(max_concurrency=4), transport=httpx.MockTransport(handler)) as api:
         await asyncio.gather(*(api.get_task_assignment(str(i)) for i in range(40)))
@@ -240,7 +241,7 @@ async def test_concurrency_is_bounded() -> None:
 
 
 async def test_rate_is_bounded() -> None:
-    recorder = Recorder(httpx.Response(200, json={"assignmentId": 1}))
+    recorder = Recorder(httpx.Response(200, json={"taskId": 1}))
     async with ClaimXApiClient(make_settings(max_requests_per_s=50, max_concurrency=1), transport=httpx.MockTransport(recorder)) as api:
         started = time.monotonic()
         await asyncio.gather(*(api.get_task_assignment(str(i)) for i in range(11)))
@@ -303,3 +304,181 @@ async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) 
     assert seen == ["Basic b2xkOnRva2Vu", "Basic bmV3OnRva2Vu"]
     for error in (first.value, second.value):
         assert "b2xkOnRva2Vu" not in str(error) and "bmV3OnRva2Vu" not in str(error)
+
+
+# --- a hostile API double: a real HTTP server on loopback that misbehaves on purpose -----------
+
+
+class HostileApi:
+    """Answers each path with a scripted (and mostly wrong) HTTP exchange, written byte by byte
+    when it has to be: slow-loris bodies, bodies far over the cap, redirects with a JSON body,
+    answers about another id, answers of the wrong shape."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.bytes_sent: dict[str, int] = {}
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> HostileApi:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:  # Python 3.11 has no Server.close_clients()
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *header_lines = head.decode("latin-1").split("\r\n")
+                headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+                await reader.readexactly(int(headers.get("content-length", "0")))
+                path = request_line.split(" ")[1].split("?")[0].removeprefix("/api")
+                self.paths.append(path)
+                await self._answer(path, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, path: str, data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+        self.bytes_sent[path] = self.bytes_sent.get(path, 0) + len(data)
+
+    async def _answer(self, path: str, writer: asyncio.StreamWriter) -> None:
+        def response(status: str, body: bytes, *extra: str, length: int | None = None) -> bytes:
+            lines = [f"HTTP/1.1 {status}", "Content-Type: application/json", f"Content-Length: {len(body) if length is None else length}", *extra]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+        project = json.dumps({"project": {"projectId": 123}, "teamMembers": []}).encode()
+        if path == "/export/project/123":  # the one honest answer
+            await self._send(writer, path, response("200 OK", project))
+        elif path == "/export/project/1":  # slow-loris: one byte every 0.1 s, each read well within httpx's timeout
+            await self._send(writer, path, response("200 OK", b"", length=len(project)))
+            for byte in project:
+                await asyncio.sleep(0.1)
+                await self._send(writer, path, bytes([byte]))
+        elif path == "/export/project/2":  # 8 MB declared and sent, chunk after chunk
+            await self._send(writer, path, response("200 OK", b"", length=8_000_000))
+            for _ in range(80):
+                await self._send(writer, path, b" " * 100_000)
+        elif path == "/export/project/3":  # chunked, no length declared: only counting stops it
+            await self._send(writer, path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(80):
+                await self._send(writer, path, b"186a0\r\n" + b" " * 100_000 + b"\r\n")
+            await self._send(writer, path, b"0\r\n\r\n")
+        elif path == "/export/project/4":  # a redirect carrying what looks like the project
+            await self._send(writer, path, response("302 Found", json.dumps({"project": {"projectId": 4}}).encode(), "Location: /login"))
+        elif path == "/export/project/5":  # asked for 5, answered 999
+            await self._send(writer, path, response("200 OK", json.dumps({"data": {"project": {"projectId": 999}}}).encode()))
+        elif path == "/export/project/6":  # the project is a string
+            await self._send(writer, path, response("200 OK", b'{"project": "6"}'))
+        elif path == "/export/project/7":  # JSON nested far past the recursion limit
+            await self._send(writer, path, response("200 OK", b"[" * 30_000 + b"]" * 30_000))
+        elif path == "/export/project/8":  # an integer with 5,000 digits
+            await self._send(writer, path, response("200 OK", b'{"project": {"projectId": 8, "yearBuilt": ' + b"9" * 5000 + b"}}"))
+        elif path == "/export/project/9":  # 200 with an HTML page (a proxy's error page)
+            await self._send(writer, path, response("200 OK", b"<html>busy</html>"))
+        elif path == "/export/project/10/media":  # media of another project
+            await self._send(writer, path, response("200 OK", json.dumps({"data": [{"mediaID": 77, "projectId": 999}]}).encode()))
+        elif path == "/export/project/11/media":  # a media item that was not asked for
+            await self._send(writer, path, response("200 OK", json.dumps([{"mediaID": 77}, {"mediaID": 78}]).encode()))
+        elif path == "/customTasks/assignment/12":  # asked for assignment 12, answered 13
+            await self._send(writer, path, response("200 OK", json.dumps({"assignmentId": 13, "projectId": 123}).encode()))
+        elif path == "/customTasks/assignment/14":  # the right assignment, of another project
+            await self._send(writer, path, response("200 OK", json.dumps({"assignmentId": 14, "projectId": 999}).encode()))
+        elif path == "/export/project/16":  # says gzip, is not
+            await self._send(writer, path, response("200 OK", b"not gzip at all", "Content-Encoding: gzip"))
+        elif path == "/export/project/17":  # 10 MB of JSON spaces gzipped to a few KB: the cap counts decoded bytes
+            bomb = gzip.compress(b'{"project": {"projectId": 17}}' + b" " * 10_000_000)
+            await self._send(writer, path, response("200 OK", bomb, "Content-Encoding: gzip"))
+        elif path == "/data":  # a video report naming another claim
+            await self._send(writer, path, response("200 OK", json.dumps({"data": [{"videoCollaborationId": 1, "claimId": 999}]}).encode()))
+        else:
+            await self._send(writer, path, response("418 I'm a teapot", b"{}"))
+
+
+def hostile_client(api: HostileApi, **overrides) -> ClaimXApiClient:
+    values = {"url": api.url, "timeout_s": 0.5, "retries": 0, "max_response_bytes": 65_536, "breaker_failure_threshold": 100}
+    return ClaimXApiClient(make_settings(**{**values, **overrides}))
+
+
+async def test_hostile_api_slow_loris_is_cut_at_the_attempt_deadline() -> None:
+    async with HostileApi() as api, hostile_client(api) as client:
+        started = time.monotonic()
+        with pytest.raises(TransientError) as raised:
+            await client.get_project("1")
+        elapsed = time.monotonic() - started
+        assert raised.value.error_type == "Timeout"
+        assert (await client.get_project("123"))["project"]["projectId"] == 123  # the client is still fine
+    # the body alone takes ~4 s at a byte per 0.1 s; httpx's per-read timeout (0.5 s) never fires
+    assert elapsed < 1.5, elapsed
+
+
+@pytest.mark.parametrize("project_id", ["2", "3", "17"])
+async def test_hostile_api_huge_body_is_not_read_past_the_cap(project_id: str) -> None:
+    async with HostileApi() as api, hostile_client(api, timeout_s=5.0) as client:
+        with pytest.raises(PermanentError) as raised:
+            await client.get_project(project_id)
+        assert raised.value.error_type == "ResponseTooLarge"
+        assert "65536" in str(raised.value)
+        await asyncio.sleep(0.05)
+    assert api.bytes_sent[f"/export/project/{project_id}"] < 8_000_000  # the client hung up long before the end
+
+
+async def test_hostile_api_redirect_with_json_is_not_the_project() -> None:
+    async with HostileApi() as api, hostile_client(api) as client:
+        with pytest.raises(TransientError) as raised:
+            await client.get_project("4")
+    assert raised.value.error_type == "Http302"
+    assert api.paths == ["/export/project/4"]  # not followed to /login
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "error_type", "said"),
+    [
+        (lambda c: c.get_project("5"), PermanentError, "InvalidResponse", "projectId 999, not the requested 5"),
+        (lambda c: c.get_project("6"), PermanentError, "InvalidResponse", "no project object"),
+        (lambda c: c.get_project("7"), PermanentError, "InvalidResponse", "RecursionError"),
+        (lambda c: c.get_project("8"), PermanentError, "InvalidResponse", "cannot be read"),
+        (lambda c: c.get_project("9"), TransientError, "InvalidResponse", "not JSON"),
+        (lambda c: c.get_project("16"), TransientError, "InvalidResponse", "DecodingError"),
+        (lambda c: c.get_project_media("10", ["77"]), PermanentError, "InvalidResponse", "projectId 999, not the requested 10"),
+        (lambda c: c.get_project_media("11", ["77"]), PermanentError, "InvalidResponse", "media '78', which was not asked for"),
+        (lambda c: c.get_task_assignment("12", "123"), PermanentError, "InvalidResponse", "assignmentId 13, not the requested 12"),
+        (lambda c: c.get_task_assignment("14", "123"), PermanentError, "InvalidResponse", "projectId 999, not the requested 123"),
+        (lambda c: c.get_video_collaborations("15"), PermanentError, "InvalidResponse", "claimId 999, not the requested 15"),
+    ],
+)
+async def test_hostile_api_wrong_ids_and_wrong_types_are_invalid_responses(call, error: type, error_type: str, said: str) -> None:
+    async with HostileApi() as api, hostile_client(api) as client:
+        with pytest.raises(error) as raised:
+            await call(client)
+    assert raised.value.error_type == error_type
+    assert said in str(raised.value)
+
+
+@pytest.mark.parametrize("bad_id", ["..", ".", "", "١٢٣", "12/../34", "a" * 65, "5\n", "%2e%2e", " 1", 123])
+async def test_ids_that_cannot_go_into_a_path_are_refused_before_any_request(bad_id) -> None:
+    async with HostileApi() as api, hostile_client(api) as client:
+        for call in (
+            lambda: client.get_project(bad_id),
+            lambda: client.get_project_media(bad_id),
+            lambda: client.get_project_media("123", [bad_id]),
+            lambda: client.get_task_assignment(bad_id),
+            lambda: client.get_video_collaborations(bad_id),
+        ):
+            with pytest.raises(PermanentError) as raised:
+                await call()
+            assert raised.value.error_type == "InvalidId"
+    assert api.paths == []

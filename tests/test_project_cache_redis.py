@@ -6,6 +6,7 @@ Also warm start from a real Delta table and the admin routes.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -465,3 +466,204 @@ async def test_start_with_redis_down_does_not_block(redis_server: RedisServer) -
         await cache.close()
     finally:
         redis_server.start()
+
+
+# --- what is in Redis is not trusted ----------------------------------------------------------
+
+
+def _rejected(reason: str) -> float:
+    return REGISTRY.get_sample_value("claimx_project_cache_pubsub_rejected_total", {"reason": reason}) or 0.0
+
+
+async def test_malformed_invalidation_messages_are_skipped_and_the_listener_lives_on(redis_url: str) -> None:
+    settings = settings_for(redis_url)
+    cache = make_worker(settings)
+    await cache.start()
+    tier = cache.shared_tier
+    assert tier is not None
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        api = CountingApi(delay=0)
+        for pid in ("p1", "p2"):
+            await event(cache, api, pid)
+        poison = {
+            b"[1,2]": "shape",
+            b'"str"': "shape",
+            b'{"ids": 5}': "shape",
+            b'{"origin": "x", "ids": 5}': "shape",
+            b'{"origin": "x", "ids": [1, 2]}': "shape",
+            b'{"origin": "x", "ids": [".."]}': "shape",
+            b'{"origin": "x", "ids": ["\xff\xfe"]}': "utf8",
+            b"\xc3\x28": "utf8",
+            b"[" * 100_000 + b"]" * 100_000: "json",
+            b"{not json": "json",
+            b" " * 2_000_000: "size",
+        }
+        before = {reason: _rejected(reason) for reason in set(poison.values())}
+        for message in poison:
+            await raw.publish(tier.invalidate_channel, message)
+        # a valid message sent after the poison still arrives: the listener survived all of it
+        await raw.publish(tier.invalidate_channel, json.dumps({"origin": "admin", "ids": ["p1"]}))
+        await eventually(lambda: "p1" not in cache, timeout_s=3.0)
+        assert "p2" in cache  # no bad message dropped anything
+        assert tier.messages_rejected == len(poison)
+        for reason in set(poison.values()):
+            expected = sum(1 for r in poison.values() if r == reason)
+            assert _rejected(reason) == before[reason] + expected, reason
+        assert tier.is_up and tier.listener_restarts == 0 and cache.stats().redis_state == "up"
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_a_failing_listener_is_restarted_and_the_tier_is_not_up_meanwhile(redis_url: str) -> None:
+    cache = make_worker(settings_for(redis_url))
+    tier = cache.shared_tier
+    assert tier is not None
+    failures = {"left": 2}
+    real_invalidate = cache.invalidate
+
+    def flaky_invalidate(project_ids=None, *, broadcast: bool = True) -> int:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("bug in a handler")
+        return real_invalidate(project_ids, broadcast=broadcast)
+
+    cache.invalidate = flaky_invalidate  # type: ignore[method-assign]
+    await cache.start()
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        api = CountingApi(delay=0)
+        await raw.publish(tier.invalidate_channel, json.dumps({"origin": "admin", "ids": ["p0"]}))
+        await eventually(lambda: tier.listener_restarts >= 1, timeout_s=3.0)
+        await eventually(lambda: tier.is_up, timeout_s=3.0)  # restarted and subscribed again
+        await event(cache, api, "p1")
+        assert "p1" in cache
+        await raw.publish(tier.invalidate_channel, json.dumps({"origin": "admin", "ids": ["p1"]}))
+        await eventually(lambda: tier.listener_restarts >= 2, timeout_s=3.0)
+        await eventually(lambda: tier.is_up, timeout_s=3.0)
+        await event(cache, api, "p1")
+        await raw.publish(tier.invalidate_channel, json.dumps({"origin": "admin", "ids": ["p1"]}))
+        await eventually(lambda: "p1" not in cache, timeout_s=3.0)  # invalidations arrive again
+    finally:
+        await raw.aclose()
+        await cache.close()  # nothing re-raised on stop
+
+
+async def test_readiness_says_down_while_the_listener_cannot_run(redis_url: str) -> None:
+    cache = make_worker(settings_for(redis_url))
+    tier = cache.shared_tier
+    assert tier is not None
+
+    async def broken_listen(subscribed: asyncio.Future[None], *, resumed: bool = False) -> None:
+        raise RuntimeError("listener bug")
+
+    tier._listen = broken_listen  # type: ignore[method-assign]
+    await cache.start()
+    try:
+        await eventually(lambda: tier.listener_restarts >= 2, timeout_s=3.0)
+        ready, details = cache.readiness()
+        assert details["redis"] == "down" and details["tier"] == "l1" and not tier.is_up
+        assert cache.stats().redis_state == "down"
+    finally:
+        await cache.close()  # does not raise the listener's error
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        '{"verified_at": Infinity, "absent": false}',
+        '{"verified_at": NaN, "absent": false}',
+        '{"verified_at": -Infinity, "absent": true}',
+        "FUTURE",
+        '{"verified_at": "0", "absent": false}',
+        '{"verified_at": true, "absent": false}',
+        '{"verified_at": 0, "absent": "no"}',
+        "[1, 2]",
+        '"str"',
+        "[" * 50_000 + "]" * 50_000,
+    ],
+)
+async def test_a_shared_entry_with_a_bad_or_future_stamp_is_a_miss(redis_url: str, stored: str) -> None:
+    settings = settings_for(redis_url)
+    tier = RedisTier(settings)
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        if stored == "FUTURE":
+            stored = json.dumps({"verified_at": time.time() + 3600, "absent": False})
+        await raw.set(tier.key("p1"), stored)
+        await raw.set(tier.key("p2"), json.dumps({"verified_at": time.time() - 1, "absent": False}))
+        assert await tier.lookup("p1") is None
+        good = await tier.lookup("p2")  # a sound entry next to it is still a hit
+        assert good is not None and good.verified_age is not None and 0.5 < good.verified_age < 5
+    finally:
+        await raw.aclose()
+        await tier.close()
+
+
+async def test_admin_routes_are_bounded(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies are size-capped, ids and window_s checked, one warm at a time, a failure is a one-line 500."""
+    from kafka_pipeline.claimx.cache import admin
+    from kafka_pipeline.claimx.cache import warm as warm_module
+
+    root = tmp_path / "tables"
+    settings = CacheSettings(ttl_s=600.0, refresh_after_s=300.0)
+    cache = ProjectCache(settings)
+    server = OpsServer("127.0.0.1", 0, routes=admin.cache_routes(cache, warm_from=delta_warmer(cache, DeltaSettings(tables_root=str(root)))))
+    release = asyncio.Event()
+    real_warm = warm_module.warm_from_delta
+
+    async def slow_warm(*args: object) -> int:
+        await release.wait()
+        return 0
+
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app, raise_app_exceptions=False), base_url="http://ops") as client:
+            huge = await client.post("/cache/invalidate", content=b'{"project_ids": ["' + b"1" * 2_000_000 + b'"]}')
+            assert huge.status_code == 413
+            deep = await client.post("/cache/invalidate", content=b"[" * 100_000 + b"]" * 100_000)
+            assert deep.status_code == 400
+            for ids in (["..", "1"], [1.5], [True], ["x" * 65], ["1"] * 10_001, [], "1", [["1"]]):
+                answer = await client.post("/cache/invalidate", json={"project_ids": ids})
+                assert answer.status_code == 400, ids
+            assert (await client.post("/cache/invalidate", json={"project_ids": ["p1", 7]})).json()["dropped"] == 0
+            for window in (0, -1, 601, 1e308, "10", True, None):
+                answer = await client.post("/cache/warm", json={"window_s": window})
+                assert answer.status_code == 400, window
+                assert "600" in answer.json()["error"]
+
+            monkeypatch.setattr(warm_module, "warm_from_delta", slow_warm)
+            first = asyncio.create_task(client.post("/cache/warm", json={"window_s": 60}))
+            await asyncio.sleep(0.1)
+            second = await client.post("/cache/warm", json={"window_s": 60})
+            assert second.status_code == 409 and second.json() == {"error": "a warm is already running"}
+            release.set()
+            assert (await first).status_code == 200
+            monkeypatch.setattr(warm_module, "warm_from_delta", real_warm)
+
+            # a damaged table: the warm fails with a one-line 500, no traceback in the answer
+            log_dir = root / "claimx_projects" / "_delta_log"
+            log_dir.mkdir(parents=True)
+            (log_dir / "00000000000000000000.json").write_text("{not a delta log")
+            failed = await client.post("/cache/warm", json={"window_s": 60})
+            assert failed.status_code == 500
+            assert "Traceback" not in failed.text and "\n" not in failed.json()["error"]
+            assert (await client.get("/cache/stats")).status_code == 200  # the routes still answer
+    finally:
+        await cache.close()
+
+
+def test_admin_routes_refuse_a_network_host_without_a_token() -> None:
+    from kafka_pipeline.claimx.cache.admin import admin_routes, is_loopback
+    from kafka_pipeline.config import ConfigError, Settings
+
+    cache = ProjectCache(CacheSettings())
+    exposed = Settings(worker={"http_host": "0.0.0.0", "http_port": 9100})
+    with pytest.raises(ConfigError, match="KP_CACHE__ADMIN_TOKEN"):
+        admin_routes(exposed, cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 9100}, cache={"admin_token": "t"}), cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 9100}, cache={"admin_routes": False}), cache) == []
+    assert admin_routes(Settings(worker={"http_host": "127.0.0.1", "http_port": 9100}), cache)
+    assert admin_routes(Settings(worker={"http_host": "0.0.0.0", "http_port": 0}), cache)  # no ops port: nothing exposed, no refusal
+    assert is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("ops.internal") and not is_loopback("10.0.0.1")

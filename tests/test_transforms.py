@@ -231,3 +231,52 @@ def test_every_simulated_body_conforms_to_the_schemas() -> None:
             assert_conforms(transforms.task_rows(data.task_assignment(assignment_id)))
         for item in data.video_collaborations(project_id):
             assert_conforms(transforms.video_collab_rows(item))
+
+
+def _nulled(table: str, column: str) -> float:
+    return transforms.VALUES_NULLED.labels(table, column)._value.get()
+
+
+def test_out_of_range_api_values_become_null_counted_and_the_writer_accepts_the_rows() -> None:
+    """`yearBuilt: "1e30"`, year-1 and year-9999 times with offsets, integers past int64, floats
+    past float range, lone surrogates: each becomes null and is counted, and the rows still pass
+    the writer's strict conversion (they used to dead-letter the whole message there)."""
+    from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+    from tests.test_entity_writer import rows_to_arrow
+
+    hostile = json.loads(json.dumps(EXPORT))
+    project = hostile["project"]
+    project.update(
+        yearBuilt="1e30",
+        squareFootage=10**400,  # past the float range
+        dateOfLoss="0001-01-01T00:00:00+01:00",
+        createdDate="9999-12-31T23:59:59-05:00",
+        lossDescription="\ud800 lone surrogate",
+    )
+    before = {c: _nulled("claimx_projects", c) for c in ("year_built", "square_footage", "date_of_loss", "created_date", "loss_description")}
+    rows = transforms.project_rows(json.loads(json.dumps(hostile)), "5000001")
+    row = rows["claimx_projects"][0]
+    assert row["project_id"] == "5000001" and row["project_number"] == "HM123"  # the rest is kept
+    for column, old in before.items():
+        assert row[column] is None, column
+        assert _nulled("claimx_projects", column) == old + 1, column
+    assert_conforms(rows)
+    message = EntityRowsMessage(trace_id="t", event_type="PROJECT_CREATED", project_id="5000001",
+                                event_time=datetime.fromisoformat("2026-01-05T00:00:00+00:00"), rows=rows)
+    tables = rows_to_arrow(EntityRowsMessage.from_bytes(message.to_bytes()))
+    assert tables["claimx_projects"].num_rows == 1 and tables["claimx_contacts"].num_rows == 3
+
+
+def test_values_that_fit_are_not_counted() -> None:
+    before = _nulled("claimx_projects", "year_built")
+    assert transforms.project_rows(EXPORT)["claimx_projects"][0]["year_built"] == 1990
+    project = {**EXPORT["project"], "yearBuilt": None, "dateOfLoss": ""}
+    assert transforms.project_rows({**EXPORT, "project": project})["claimx_projects"][0]["year_built"] is None
+    assert _nulled("claimx_projects", "year_built") == before  # absent is not a misfit
+
+
+def test_range_limits_of_the_conversions() -> None:
+    assert transforms.as_int(2**63 - 1) == 2**63 - 1 and transforms.as_int(2**63) is None and transforms.as_int(-(2**63) - 1) is None
+    assert transforms.as_int("9.3e18") is None and transforms.as_float(10**400) is None
+    assert transforms.as_timestamp("0001-01-01T00:00:00-01:00") == "0001-01-01T01:00:00+00:00"  # inside the calendar: kept
+    assert transforms.as_str("caf\u00e9") == "caf\u00e9" and transforms.as_str("\udfff") is None

@@ -66,7 +66,7 @@ def describe(value: bytes | None) -> tuple[str | None, str | None]:
     or string); None for what cannot be read. Full validation is the enrichment worker's."""
     try:
         obj = json.loads(value) if value is not None else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, or nested too deep: read as nothing
         return None, None
     if not isinstance(obj, dict):
         return None, None

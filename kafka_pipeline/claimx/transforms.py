@@ -4,7 +4,10 @@ Rows are dicts keyed by the column names of `kafka_pipeline.claimx.schemas`, wit
 values conformed to the column's type: ids and text as `str`, timestamps as ISO-8601 strings in
 UTC (`datetime.isoformat()` of the UTC instant, naive API values meaning UTC), dates as
 `YYYY-MM-DD`, booleans as `bool`, int64 as `int`, float64 as `float`. A value that cannot be
-read as its column's type becomes `None` (the merge rule never lets a null erase a value).
+read as its column's type, or does not fit it (`yearBuilt: "1e30"` past int64, a year-1 time
+with an offset, text that is not valid Unicode), becomes `None` (the merge rule never lets a
+null erase a value) and is counted in `claimx_api_values_nulled_total{table, column}`: one odd
+value never costs the writer the whole message.
 
 Rows carry entity columns only; the writer adds the metadata columns (`trace_id`, `event_time`,
 `created_at`, `updated_at`), except in `claimx_events`, whose merge key is `trace_id`.
@@ -20,6 +23,7 @@ from datetime import date, datetime
 from typing import Any
 
 import pyarrow as pa
+from prometheus_client import Counter
 
 from kafka_pipeline.claimx.entity_rows import Row, utc_iso
 from kafka_pipeline.claimx.events import ClaimXEvent, parse_timestamp
@@ -47,6 +51,14 @@ Rows = dict[str, list[Row]]
 POLICYHOLDER = "POLICYHOLDER"
 CLAIM_REP = "CLAIM_REP"
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+VALUES_NULLED = Counter(
+    "claimx_api_values_nulled",
+    "API values that did not fit their column's type (unreadable or out of range) and were written as null.",
+    ["table", "column"],
+)
+
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -59,7 +71,7 @@ def as_str(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return value if value.isascii() or _is_unicode(value) else None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -71,12 +83,21 @@ def as_str(value: Any) -> str | None:
     return str(value)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text with lone surrogates (JSON `"\\ud800"`): no UTF-8 column can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def as_timestamp(value: Any) -> str | None:
     if value is None or value == "":
         return None
     try:
         return utc_iso(parse_timestamp(value, "timestamp"))
-    except ValueError:
+    except (ValueError, OverflowError):  # overflow: year 1 or 9999 moved to UTC leaves the calendar
         return None
 
 
@@ -112,16 +133,19 @@ def as_float(value: Any) -> float | None:
         return None
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # overflow: an int too large for a float
         return None
     return result if math.isfinite(result) else None
 
 
 def as_int(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return value if INT64_MIN <= value <= INT64_MAX else None
     number = as_float(value)
-    return None if number is None else int(round(number))
+    if number is None:
+        return None
+    rounded = int(round(number))
+    return rounded if INT64_MIN <= rounded <= INT64_MAX else None
 
 
 _CONVERTERS: dict[pa.DataType, Any] = {
@@ -143,9 +167,13 @@ def conform(spec: TableSpec, values: Mapping[str, Any]) -> Row:
     """The row with every value converted to its column's type; an unknown column is a bug."""
     converters = _COLUMN_CONVERTERS[spec.name]
     try:
-        return {column: converters[column](value) for column, value in values.items()}
+        row = {column: converters[column](value) for column, value in values.items()}
     except KeyError as exc:
         raise KeyError(f"{spec.name} has no column {exc.args[0]!r}") from None
+    for column, value in row.items():
+        if value is None and values[column] is not None and values[column] != "":
+            VALUES_NULLED.labels(spec.name, column).inc()
+    return row
 
 
 def _unwrap(body: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kafka_pipeline.claimx.cache.admin import check_admin_exposure
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.runtime.signals import run_worker
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         "worker.http_port": args.http_port,
         "enrich.stats_interval_s": args.stats_interval,
     })
+    check_admin_exposure(settings)
+    settings.api.resolved_token()  # an unreadable token file is a one-line error now, not a traceback later
     from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker  # noqa: PLC0415 - imports the whole domain
 
     return run_worker(settings, lambda: EnrichmentWorker(settings))

@@ -187,6 +187,7 @@ async def _start(client: Any, kafka: KafkaSettings) -> None:
     try:
         await client.start()
     except (KafkaConnectionError, OSError) as exc:
+        await client.stop()  # else "Unclosed AIOKafkaConsumer" after the one-line error
         raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
 
 

@@ -69,7 +69,7 @@ class EmbeddedStack:
             "DELTA_TABLES_ROOT": self.settings.delta.tables_root,
         }
         if self.settings.cache.redis_url:
-            env["REDIS_URL"] = self.settings.cache.redis_url
+            env["REDIS_URL"] = self.settings.cache.redis_url.get_secret_value()
         return env
 
     async def create_topics(self) -> None:

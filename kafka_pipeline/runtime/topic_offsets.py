@@ -19,7 +19,11 @@ from kafka_pipeline.runtime.kafka import make_consumer
 async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float = 5.0) -> dict[int, int]:
     """Partition -> offset after the last record (0 for an empty partition)."""
     consumer = make_consumer(kafka, group_id=None, client_id=f"hw-{uuid.uuid4().hex[:6]}")
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a consumer that failed to start still holds a client to close
+        raise
     try:
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:

@@ -27,6 +27,7 @@ import httpx
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
+from kafka_pipeline.argument_types import port
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.runtime.processes import stop_process
 from kafka_pipeline.simulator.app import DEFAULT_PASSWORD, DEFAULT_USER, create_app, make_token
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser, default_port: int = 8088) -> 
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1; the /_ control endpoints have no auth)"
     )
-    parser.add_argument("--port", type=int, default=default_port, help=f"port, 0 for a free one (default: {default_port})")
+    parser.add_argument("--port", type=port, default=default_port, help=f"port, 0 for a free one (default: {default_port})")
     parser.add_argument("--seed", default=str(DEFAULT_SEED), help=f"data seed: same id and seed, same body (default: {DEFAULT_SEED})")
     parser.add_argument("--user", default=DEFAULT_USER, help=f"Basic auth user (default: {DEFAULT_USER})")
     parser.add_argument(

@@ -11,7 +11,22 @@ categories:
 other 4xx                           PermanentError(error_type="Http<status>")
 429                                 TransientError honouring Retry-After
 5xx, timeouts, connection errors    TransientError
+3xx (redirects are not followed)    TransientError(error_type="Http<status>")
+2xx body that is not JSON           TransientError(error_type="InvalidResponse")
+2xx body over max_response_bytes    PermanentError(error_type="ResponseTooLarge")
+2xx JSON about another id, of the   PermanentError(error_type="InvalidResponse")
+wrong shape, too deep, huge ints
 =================================  ====================================================
+
+A 3xx is transient, not permanent: it says where the API is (a moved base URL, a login
+redirect), nothing about the event, so it counts against the breaker rather than dead-letter
+every event while the deployment is wrong.
+
+The API is not trusted: ids put into a path are checked again (ASCII letters, digits, `-`, `_`,
+at most 64: no dot segments, no look-alike digits), each attempt (connect, headers, the whole
+body) has one overall deadline of `timeout_s` (httpx times each read separately, so a server
+sending a byte a second would otherwise hold a call for ever), the body is read in chunks and
+abandoned past `max_response_bytes`, and an answer must be about the id that was asked for.
 
 Transient failures are retried in process `retries` times with jittered exponential backoff
 (never sooner than a Retry-After); a Retry-After longer than `backoff_max_s` is not waited out
@@ -30,6 +45,7 @@ import base64
 import binascii
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -56,6 +72,10 @@ API_KINDS: tuple[ApiKind, ...] = ("project", "media", "task", "video")
 CallObserver = Callable[[str, str, float], None]
 
 _QUOTED_BODY_CHARS = 200
+
+# Ids that may be put into an API path or query: ASCII only (`[0-9]` is not `\\d`), no dots.
+API_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_PATH_ID = re.compile(API_ID_PATTERN)
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
@@ -231,34 +251,53 @@ class ClaimXApiClient:
 
     async def get_project(self, project_id: str) -> dict[str, Any]:
         """`GET /export/project/{id}` -> `{"project": {...}, "teamMembers": [...], "companyName": ...}`."""
-        body = await self._call("project", "GET", f"/export/project/{_path_id(project_id)}")
+        path = f"/export/project/{path_id(project_id, 'project_id')}"
+        body = await self._call("project", "GET", path)
         if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "project" not in body:
             body = body["data"]
         if not isinstance(body, Mapping) or not isinstance(body.get("project"), Mapping):
-            raise PermanentError(f"GET /export/project/{project_id}: response has no project object", error_type="InvalidResponse")
+            raise PermanentError(f"GET {path}: response has no project object", error_type="InvalidResponse")
+        _same_id(f"GET {path}", "projectId", body["project"].get("projectId"), project_id)
         return dict(body)
 
     async def get_project_media(self, project_id: str, media_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """`GET /export/project/{id}/media[?mediaIds=1,2,3]` -> the media items."""
-        params = {"mediaIds": ",".join(media_ids)} if media_ids else None
-        body = await self._call("media", "GET", f"/export/project/{_path_id(project_id)}/media", params=params)
-        return _item_list(body, f"GET /export/project/{project_id}/media")
+        path = f"/export/project/{path_id(project_id, 'project_id')}/media"
+        params = {"mediaIds": ",".join(path_id(m, "media_id") for m in media_ids)} if media_ids else None
+        body = await self._call("media", "GET", path, params=params)
+        items = _item_list(body, f"GET {path}")
+        wanted = set(media_ids) if media_ids else None
+        for item in items:
+            _same_id(f"GET {path}", "projectId", item.get("projectId"), project_id)
+            media_id = _id_text(item.get("mediaID", item.get("mediaId")))
+            if wanted is not None and media_id is not None and media_id not in wanted:
+                raise PermanentError(f"GET {path}: answered media {_shown(media_id)}, which was not asked for", error_type="InvalidResponse")
+        return items
 
-    async def get_task_assignment(self, assignment_id: str) -> dict[str, Any]:
-        """`GET /customTasks/assignment/{id}?full=true` -> the assignment object."""
-        path = f"/customTasks/assignment/{_path_id(assignment_id)}"
+    async def get_task_assignment(self, assignment_id: str, project_id: str | None = None) -> dict[str, Any]:
+        """`GET /customTasks/assignment/{id}?full=true` -> the assignment object (of `project_id`
+        when given: an assignment of another project is an invalid answer)."""
+        path = f"/customTasks/assignment/{path_id(assignment_id, 'task_assignment_id')}"
         body = await self._call("task", "GET", path, params={"full": "true"})
         if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "assignmentId" not in body:
             body = body["data"]
         if not isinstance(body, Mapping):
             raise PermanentError(f"GET {path}: response is not an object", error_type="InvalidResponse")
+        _same_id(f"GET {path}", "assignmentId", body.get("assignmentId"), assignment_id)
+        if project_id is not None:
+            _same_id(f"GET {path}", "projectId", body.get("projectId"), project_id)
         return dict(body)
 
     async def get_video_collaborations(self, project_id: str) -> list[dict[str, Any]]:
         """`POST /data` with the `VIDEO_COLLABORATION` report for one project -> its items."""
-        pid: int | str = int(project_id) if project_id.isdigit() else project_id
+        checked = path_id(project_id, "project_id")
+        pid: int | str = int(checked) if checked.isdigit() else checked  # ASCII digits only (checked above)
+        where = "POST /data (VIDEO_COLLABORATION)"
         body = await self._call("video", "POST", "/data", json_body={"reportType": "VIDEO_COLLABORATION", "projectId": pid})
-        return _item_list(body, "POST /data (VIDEO_COLLABORATION)")
+        items = _item_list(body, where)
+        for item in items:
+            _same_id(where, "claimId", item.get("claimId"), project_id)
+        return items
 
     # --- the request loop --------------------------------------------------------------------
 
@@ -298,30 +337,30 @@ class ClaimXApiClient:
                 self.calls[kind] += 1
                 started = time.perf_counter()
                 try:
-                    # An absolute URL built here is parsed once; a path plus params would be parsed
-                    # three times (base merge, params merge), a tenth of the client's CPU per call.
-                    url = self._base_url + path + ("?" + urlencode(params) if params else "")
-                    response = await self._http.request(method, url, json=json_body)
-                except httpx.TimeoutException as exc:
+                    # One deadline for the whole attempt: connect, headers and every chunk of the body.
+                    async with asyncio.timeout(self.settings.timeout_s):
+                        status, reason, headers, body = await self._exchange(method, path, params, json_body)
+                except (httpx.TimeoutException, TimeoutError) as exc:
                     self._failed(kind, "timeout", started)
                     raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})", error_type="Timeout") from None
-                except httpx.TransportError as exc:
+                except httpx.RequestError as exc:  # transport errors, and bodies that do not decode (bad gzip)
                     self._failed(kind, "connection_error", started)
                     raise TransientError(
-                        f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}", error_type="ConnectionError"
+                        f"{method} {path}: {type(exc).__name__}: {self._scrub(str(exc))}",
+                        error_type="ConnectionError" if isinstance(exc, httpx.TransportError) else "InvalidResponse",
                     ) from None
         except asyncio.CancelledError:
             # A cancelled call must not leave a half-open breaker waiting for its trial forever.
             if self.breaker.state == "half_open":
                 self.breaker.record_failure()
             raise
-        self._observe(kind, str(response.status_code), time.perf_counter() - started)
-        error = self._classify(method, path, response)
+        self._observe(kind, str(status), time.perf_counter() - started)
+        error = self._classify(method, path, status, reason, headers, body)
         if error is not None:
             self.failures[error.category] += 1
             if isinstance(error, TransientError):
                 self.breaker.record_failure()
-                if error.retry_after_s is not None and response.status_code == 429:
+                if error.retry_after_s is not None and status == 429:
                     self._bucket.pause(error.retry_after_s)
             else:
                 self.breaker.record_success()  # the API answered: it is up
@@ -329,10 +368,47 @@ class ClaimXApiClient:
                 log.error("claimx api rejected the credentials (401)", kind=kind, method=method, path=path)
             raise error
         self.breaker.record_success()
+        return self._decode(method, path, status, body)
+
+    async def _exchange(
+        self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any
+    ) -> tuple[int, str, httpx.Headers, bytes | None]:
+        """Send the request; (status, reason, headers, body). The body is read in chunks up to
+        `max_response_bytes` and is None when it is longer (the rest is never read)."""
+        # An absolute URL built here is parsed once; a path plus params would be parsed
+        # three times (base merge, params merge), a tenth of the client's CPU per call.
+        url = self._base_url + path + ("?" + urlencode(params) if params else "")
+        request = self._http.build_request(method, url, json=json_body)
+        response = await self._http.send(request, stream=True)
         try:
-            return response.json()
+            limit = self.settings.max_response_bytes
+            declared = response.headers.get("Content-Length", "")
+            if declared.isascii() and declared.isdigit() and int(declared) > limit:
+                return response.status_code, response.reason_phrase, response.headers, None
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():  # decoded: a compressed bomb is capped too
+                size += len(chunk)
+                if size > limit:
+                    return response.status_code, response.reason_phrase, response.headers, None
+                chunks.append(chunk)
+            return response.status_code, response.reason_phrase, response.headers, b"".join(chunks)
+        finally:
+            await response.aclose()
+
+    def _decode(self, method: str, path: str, status: int, body: bytes | None) -> Any:
+        if body is None:
+            raise PermanentError(
+                f"{method} {path}: {status} with a body over {self.settings.max_response_bytes} bytes", error_type="ResponseTooLarge"
+            )
+        try:
+            return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TransientError(f"{method} {path}: {response.status_code} with a body that is not JSON", error_type="InvalidResponse") from None
+            raise TransientError(f"{method} {path}: {status} with a body that is not JSON", error_type="InvalidResponse") from None
+        except (ValueError, RecursionError) as exc:  # integers past the digit limit, nesting past the stack
+            raise PermanentError(
+                f"{method} {path}: {status} with JSON that cannot be read ({type(exc).__name__})", error_type="InvalidResponse"
+            ) from None
 
     def _failed(self, kind: str, outcome: str, started: float) -> None:
         self._observe(kind, outcome, time.perf_counter() - started)
@@ -343,19 +419,23 @@ class ClaimXApiClient:
         if self._observer is not None:
             self._observer(kind, outcome, seconds)
 
-    def _classify(self, method: str, path: str, response: httpx.Response) -> PipelineError | None:
-        status = response.status_code
-        if status < 400:
+    def _classify(
+        self, method: str, path: str, status: int, reason: str, headers: httpx.Headers, body: bytes | None
+    ) -> PipelineError | None:
+        if 200 <= status < 300:
             return None
-        where = f"{method} {path}: {status} {response.reason_phrase}".rstrip()
+        where = f"{method} {path}: {status} {reason}".rstrip()
         if status == 401:
             return AuthError(f"{where}: credentials rejected", error_type="Unauthorized")
         if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(headers.get("Retry-After"))
             return TransientError(f"{where}: rate limited", error_type="RateLimited", retry_after_s=retry_after)
         if status >= 500:
             return TransientError(where, error_type=f"Http{status}")
-        detail = self._scrub(response.text[:_QUOTED_BODY_CHARS]).strip()
+        if status < 400:
+            return TransientError(f"{where}: not a 2xx answer (redirects are not followed)", error_type=f"Http{status}")
+        text = (body or b"")[: _QUOTED_BODY_CHARS * 4].decode("utf-8", "replace")[:_QUOTED_BODY_CHARS]
+        detail = "".join(c if c.isprintable() else " " for c in self._scrub(text)).strip()
         message = f"{where}: {detail}" if detail else where
         if status == 404:
             return PermanentError(message, error_type="NotFound")
@@ -393,8 +473,38 @@ class ClaimXApiClient:
         }
 
 
-def _path_id(value: str) -> str:
-    return quote(str(value), safe="")
+def path_id(value: Any, field: str) -> str:
+    """An id that may go into an API path or query, else PermanentError(InvalidId): 1 to 64
+    ASCII letters, digits, `-` or `_`. Checked here again although events are validated when
+    parsed: a path is where a bad id does harm (`..` resolves to another endpoint)."""
+    if isinstance(value, str) and _PATH_ID.fullmatch(value):
+        return quote(value, safe="")
+    raise PermanentError(f"{field}: not a valid API id: {_shown(value)}", error_type="InvalidId")
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as the API sends it (number or text) in the form events carry, for comparison."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value if isinstance(value, str) else repr(value)
+
+
+def _same_id(where: str, field: str, answered: Any, requested: str) -> None:
+    """The answer names the id that was asked for (when it names one at all)."""
+    if answered is not None and _id_text(answered) != requested:
+        raise PermanentError(
+            f"{where}: answered {field} {_shown(answered)}, not the requested {requested}", error_type="InvalidResponse"
+        )
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value from outside, quoted for a message: repr (no control characters), bounded."""
+    text = repr(value) if not isinstance(value, str) else ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _item_list(body: Any, where: str) -> list[dict[str, Any]]:

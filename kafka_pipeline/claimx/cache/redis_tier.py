@@ -19,6 +19,12 @@ does not retry, and a circuit breaker stops calls while Redis is down. Meanwhile
 runs on its in-process tier alone; the pub/sub listener keeps trying to reconnect, and when
 it is back the in-process entries are dropped (invalidations may have been missed) and the
 shared tier is used again.
+
+Whatever is in Redis may have been put there by anyone who can reach it: an invalidation
+message is validated (size, UTF-8, shape, ids) and a bad one is skipped with a log line and
+`claimx_project_cache_pubsub_rejected_total{reason}`; an entry whose `verified_at` is not a
+finite time at most CLOCK_SKEW_S ahead of ours is a miss. Should the listener fail anyway,
+it is restarted (`..._listener_restarts_total`), and the tier does not count as up meanwhile.
 """
 
 from __future__ import annotations
@@ -26,17 +32,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from kafka_pipeline.claimx.api.client import API_ID_PATTERN
 from kafka_pipeline.claimx.cache.project_cache import LOCAL, SharedAnswer, TierCounters
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
@@ -85,6 +95,48 @@ return {0, ''}
 LISTEN_POLL_S = 1.0
 PROBE_INTERVAL_S = 0.1
 RECONNECT_MAX_S = 2.0
+CLOCK_SKEW_S = 5.0  # an entry stamped further ahead of our clock than this is not believed
+MAX_MESSAGE_BYTES = 1_048_576  # an invalidation of many ids fits; anything longer is not ours
+MAX_INVALIDATION_IDS = 10_000
+
+PUBSUB_REJECTED = Counter(
+    "claimx_project_cache_pubsub_rejected", "Pub/sub messages skipped because they are not valid, by reason.", ["reason"]
+)
+LISTENER_RESTARTS = Counter(
+    "claimx_project_cache_listener_restarts", "Times the pub/sub listener failed unexpectedly and was restarted."
+)
+
+ProjectId = Annotated[str, StringConstraints(pattern=API_ID_PATTERN)]
+
+
+class InvalidationMessage(BaseModel):
+    """`<prefix>:invalidate`: who sent it and which ids to drop (None: all)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    origin: Annotated[str, StringConstraints(max_length=64)]
+    ids: Annotated[list[ProjectId], Field(max_length=MAX_INVALIDATION_IDS)] | None
+
+
+def parse_invalidation(data: Any) -> InvalidationMessage | str:
+    """The message, or the reason it is rejected (`size`, `utf8`, `json`, `shape`)."""
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            return "utf8"
+    if not isinstance(data, bytes):
+        return "shape"
+    if len(data) > MAX_MESSAGE_BYTES:
+        return "size"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "utf8"
+    try:
+        return InvalidationMessage.model_validate_json(data)
+    except ValidationError as exc:  # pydantic-core parses JSON itself: depth is bounded, no RecursionError
+        return "json" if any(error["type"] == "json_invalid" for error in exc.errors()) else "shape"
 
 
 class RedisUnavailable(Exception):
@@ -96,15 +148,28 @@ def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.Bl
     connection (within the call's timeout) instead of failing."""
     assert settings.redis_url is not None, "the Redis tier needs cache.redis_url"
     return aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+        settings.redis_url.get_secret_value(),
         max_connections=max_connections,
         timeout=settings.socket_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_timeout_s,
-        retry=Retry(NoBackoff(), 0),  # a failed call goes to the breaker, not into a retry loop
+        **_connection_options(settings),
         decode_responses=True,
-        health_check_interval=0,
     )
+
+
+def make_listener_pool(settings: CacheSettings) -> aioredis.ConnectionPool:
+    """The pub/sub listener's own pool: raw bytes (it checks UTF-8 itself; redis-py would raise
+    mid-read), and unbounded, so a connection lost in a hung close never blocks a resubscribe."""
+    assert settings.redis_url is not None
+    return aioredis.ConnectionPool.from_url(settings.redis_url.get_secret_value(), **_connection_options(settings), decode_responses=False)
+
+
+def _connection_options(settings: CacheSettings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+        "retry": Retry(NoBackoff(), 0),  # a failed call goes to the breaker, not into a retry loop
+        "health_check_interval": 0,
+    }
 
 
 class RedisTier:
@@ -126,8 +191,9 @@ class RedisTier:
         self.settings = settings
         self._timeout = settings.socket_timeout_s
         max_connections = max_connections or settings.redis_max_connections
-        # Commands use at most `max_connections` at once (the pool has room for the pub/sub one too).
-        self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections + 2))
+        # Commands use at most `max_connections` at once; the pub/sub listener has its own pool.
+        self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections))
+        self._listen_client = client or aioredis.Redis(connection_pool=make_listener_pool(settings))
         self._slots = asyncio.Semaphore(max_connections)
         self._wall = wall_clock
         self._breaker = CircuitBreaker(
@@ -155,6 +221,8 @@ class RedisTier:
         self.listening = False
         self.reconnects = 0
         self.invalidations_received = 0
+        self.messages_rejected = 0
+        self.listener_restarts = 0
 
     def on_remote_invalidation(self, callback: Callable[[list[str] | None], object]) -> None:
         """`callback(ids)` runs for every invalidation another worker broadcast (None: all)."""
@@ -168,7 +236,9 @@ class RedisTier:
 
     @property
     def is_up(self) -> bool:
-        return self._breaker.state == "closed"
+        """Redis answers and invalidations reach us: without the listener the shared tier is not up."""
+        listener = self._listener
+        return self._breaker.state == "closed" and self.listening and listener is not None and not listener.done()
 
     @property
     def breaker_state(self) -> State:
@@ -182,22 +252,23 @@ class RedisTier:
         if self._listener is None:
             self._pubsub_reset = asyncio.Event()
             subscribed = asyncio.get_running_loop().create_future()
-            self._listener = asyncio.create_task(self._listen(subscribed), name="project-cache-redis-listener")
+            self._listener = asyncio.create_task(self._supervise(subscribed), name="project-cache-redis-listener")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(subscribed), self._timeout * 3)
 
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await asyncio.wait([self._listener])  # whatever ended it, stopping is not the place to raise it
             self._listener = None
+            self.listening = False
         if self._tasks:  # let the last confirms/releases reach Redis (each bounded by the timeout)
             await asyncio.wait(list(self._tasks), timeout=self._timeout * 2)
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        for client in dict.fromkeys([self._client, self._listen_client]):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
 
     # ------------------------------------------------------------------ calls, bounded and broken-circuit aware
 
@@ -249,15 +320,20 @@ class RedisTier:
 
     # ------------------------------------------------------------------ reading
 
-    def _parse(self, raw: str | None) -> SharedAnswer | None:
+    def _parse(self, raw: str | bytes | None) -> SharedAnswer | None:
         if raw is None:
             return None
         try:
             value = json.loads(raw)
-            age = max(0.0, self._wall() - float(value["verified_at"]))
-            absent = bool(value.get("absent", False))
-        except (ValueError, KeyError, TypeError):
+            verified_at, absent = value["verified_at"], value.get("absent", False)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None  # not ours or damaged: treat as a miss (a confirm overwrites it)
+        if not isinstance(verified_at, int | float) or isinstance(verified_at, bool) or not isinstance(absent, bool):
+            return None
+        now = self._wall()
+        if not math.isfinite(verified_at) or verified_at > now + CLOCK_SKEW_S:
+            return None  # a forged or corrupt stamp must not make an entry live for ever
+        age = max(0.0, now - verified_at)
         if absent:
             remaining = self.settings.absent_ttl_s - age
             return SharedAnswer(absent_remaining=remaining) if remaining > 0 else None
@@ -439,7 +515,28 @@ class RedisTier:
 
     # ------------------------------------------------------------------ pub/sub listener
 
-    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+    async def _supervise(self, subscribed: asyncio.Future[None]) -> None:
+        """Run the listener for as long as the tier runs: an unexpected failure is logged, counted
+        and followed by a fresh listener (which treats the in-process entries as stale)."""
+        resumed = False
+        delay = 0.05
+        while True:
+            try:
+                await self._listen(subscribed, resumed=resumed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever it was, invalidations must keep arriving
+                self.listening = False
+                self.listener_restarts += 1
+                LISTENER_RESTARTS.inc()
+                log.error("project_cache_redis_listener_failed", error=f"{type(exc).__name__}: {exc}"[:300], detail="restarting it")
+                if not subscribed.done():
+                    subscribed.set_result(None)
+                resumed = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _listen(self, subscribed: asyncio.Future[None], *, resumed: bool = False) -> None:
         """Keep one subscription to the invalidate and ready channels, reconnecting forever.
 
         A resubscription after a failed one means Redis was unreachable for a while:
@@ -447,10 +544,10 @@ class RedisTier:
         listener also counts against the breaker, so an idle worker notices Redis is gone.
         """
         assert self._pubsub_reset is not None
-        failed = False
+        failed = resumed
         delay = 0.05
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._listen_client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._timeout * 2):
                     await pubsub.subscribe(self.invalidate_channel, self.ready_channel)
@@ -496,18 +593,27 @@ class RedisTier:
             log.info("project_cache_redis_reconnected", dropped_entries=dropped, detail="in-process entries treated as stale")
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        channel, data = message.get("channel"), message.get("data")
+        channel, data = _text(message.get("channel")), message.get("data")
         if channel == self.ready_channel:
-            event = self._ready_events.get(data)  # type: ignore[arg-type]
+            event = self._ready_events.get(_text(data) or "")
             if event is not None:
                 event.set()
         elif channel == self.invalidate_channel and self._on_remote_invalidation is not None:
-            try:
-                body = json.loads(data)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
+            parsed = parse_invalidation(data)
+            if isinstance(parsed, str):
+                self.messages_rejected += 1
+                PUBSUB_REJECTED.labels(parsed).inc()
+                size = len(data) if isinstance(data, bytes | str) else 0
+                log.warning("project_cache_invalidation_rejected", reason=parsed, size=size, channel=channel)
                 return
-            if body.get("origin") == self._origin:
+            if parsed.origin == self._origin:
                 return
             self.invalidations_received += 1
-            ids = body.get("ids")
-            self._on_remote_invalidation(None if ids is None else [str(i) for i in ids])
+            self._on_remote_invalidation(parsed.ids)
+
+
+def _text(value: Any) -> str | None:
+    """A channel name or ready-message payload as text (the listener reads raw bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None

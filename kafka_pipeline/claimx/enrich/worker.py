@@ -48,7 +48,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.admin import admin_routes
 from kafka_pipeline.claimx.cache.factory import build_project_cache
 from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache, ProjectSnapshot
 from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
@@ -130,7 +130,7 @@ class EnrichmentWorker:
                 stats_interval_s=settings.enrich.stats_interval_s,
                 registry=registry,
                 made_by="enrich",
-                routes=cache_routes(self.cache, warm_from=self._warm) if isinstance(self.cache, ProjectCache) else (),
+                routes=admin_routes(settings, self.cache, warm_from=self._warm),
             ),
         )
         self.slots = Slots(on_free=self.runtime.wake)

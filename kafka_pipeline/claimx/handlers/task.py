@@ -19,5 +19,5 @@ class TaskHandler(EventHandler):
     async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
         assignment_id = event.task_assignment_id
         assert assignment_id is not None  # parse_event requires it for these types
-        body = await ctx.tasks.run(assignment_id, lambda: ctx.api.get_task_assignment(assignment_id))
+        body = await ctx.tasks.run(assignment_id, lambda: ctx.api.get_task_assignment(assignment_id, event.project_id))
         return transforms.task_rows(body, event.project_id)
