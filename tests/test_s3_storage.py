@@ -41,7 +41,7 @@ from kafka_pipeline.delta.storage import (
     storage_error,
 )
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
-from kafka_pipeline.writer.entity_writer import EntityWriter, read_rows
+from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
 from tests.fixtures.s3 import S3Server
 from tests.test_entity_writer import (
     build_stream,
@@ -61,7 +61,7 @@ T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 def contents(root: TableRoot) -> dict[str, list[dict[str, Any]]]:
     """Every table as the reference has it (created_at/updated_at are the writer's clock)."""
     return {name: [{k: v for k, v in row.items() if k not in ("created_at", "updated_at")}
-                   for row in read_rows(root.uri, name, root.storage_options)]
+                   for row in read_table(root.uri, name, root.storage_options).to_pylist()]
             for name in TABLES}
 
 
@@ -184,7 +184,7 @@ def test_two_commits_of_the_same_version_one_wins_the_other_is_retried(s3_server
     for uri in (slow.uri, slow.clock_uri):
         assert log_keys(s3_server, s3_root, uri) == [0, 1, 2, 3]  # no version lost, none written twice
         assert [commit_transactions(s3_server, uri, n) for n in (1, 2, 3)] == [{"seed": 0}, {"fast": 0}, {"slow": 0}]
-    row = read_rows(s3_root.uri, "claimx_projects", options)[0]
+    row = read_table(s3_root.uri, "claimx_projects", options).to_pylist()[0]
     assert (row["status"], row["city"]) == ("CLOSED", "Waco")  # both commits' newest values, neither lost
 
 
