@@ -112,8 +112,11 @@ class ApiSettings(Section):
 
 
 class DeltaSettings(Section):
-    tables_root: str = "./data/delta"
+    tables_root: str = "./data/delta"  # a folder or a URI: s3://bucket/prefix, az://..., gs://...
+    # delta-rs storage options (AWS_ENDPOINT_URL, AWS_REGION, ...; see the README)
     storage_options: dict[str, str] = Field(default_factory=dict)
+    # AWS_S3_ALLOW_UNSAFE_RENAME is refused unless this says only one writer ever runs
+    single_writer_acknowledged: bool = False
 
 
 class CacheSettings(Section):

@@ -2,6 +2,12 @@
 
     .venv/bin/python scripts/bench_writer.py [--existing-rows 1000000] [--rows 200000] [--batch-rows 20000]
     .venv/bin/python scripts/bench_writer.py --existing-rows 50000 --rows 40000     # quick
+    .venv/bin/python scripts/bench_writer.py --existing-rows 20000 --rows 20000 --batch-rows 5000 \
+        --tables-root s3://bucket/bench --storage-option AWS_ENDPOINT_URL=http://127.0.0.1:9000 ...
+    .venv/bin/python scripts/bench_writer.py --existing-rows 20000 --rows 20000 --batch-rows 5000 --local-s3
+
+With `--tables-root URI` (or `--local-s3`: the tests' S3 server, started for the run) the whole
+benchmark runs twice, in a local folder and under that URI, and prints both figures.
 
 1. Seeds `claimx_projects` (and its merge-clock table) with --existing-rows rows through the
    writer itself, in key order, then compacts: the layout a maintained table has.
@@ -30,6 +36,9 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,8 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
 from kafka_pipeline.claimx.row_conversion import BatchBuilder  # noqa: E402
 from kafka_pipeline.claimx.schemas import PROJECTS  # noqa: E402
+from kafka_pipeline.commands.arguments import storage_option  # noqa: E402
 from kafka_pipeline.delta import merge_rule  # noqa: E402
 from kafka_pipeline.delta.maintenance import maintain  # noqa: E402
+from kafka_pipeline.delta.storage import TableRoot, join_uri  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter  # noqa: E402
 from kafka_pipeline.writer.entity_writer import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
 
@@ -94,8 +105,12 @@ def project_rows(numbers: list[int], *, first_offset: int, first_second: int, mi
     return pa.table(columns, schema=INPUT_SCHEMA)
 
 
+def open_delta(uri: str, options: Mapping[str, str]) -> DeltaTable:
+    return DeltaTable(uri, storage_options=dict(options) or None)
+
+
 def table_versions(writer: DeltaTableWriter) -> int:
-    return DeltaTable(writer.uri).version() + DeltaTable(writer.clock_uri).version()
+    return open_delta(writer.uri, writer.storage_options).version() + open_delta(writer.clock_uri, writer.storage_options).version()
 
 
 def seed(writer: DeltaTableWriter, existing: int, chunk: int) -> float:
@@ -105,7 +120,7 @@ def seed(writer: DeltaTableWriter, existing: int, chunk: int) -> float:
         rows = project_rows(numbers, first_offset=start, first_second=start, minimal_fraction=0.0, seed=start, app=SEED_APP)
         writer.write(rows, {SEED_APP: start + len(numbers) - 1})
     for uri in (writer.uri, writer.clock_uri):
-        maintain(uri, checkpoint=True, vacuum=False)
+        maintain(uri, checkpoint=True, vacuum=False, storage_options=writer.storage_options)
     return time.perf_counter() - started
 
 
@@ -142,7 +157,8 @@ def bench_merge(writer: DeltaTableWriter, batches: list[pa.Table]) -> dict[str, 
         changed += result.keys_changed
     rows = sum(b.num_rows for b in batches)
     commits = table_versions(writer) - versions_before
-    merge_ms = {name: sum(h["operationMetrics"].get("execution_time_ms", 0) for h in DeltaTable(uri).history(len(batches)))
+    merge_ms = {name: sum(h["operationMetrics"].get("execution_time_ms", 0)
+                          for h in open_delta(uri, writer.storage_options).history(len(batches)))
                 for name, uri in (("entity", writer.uri), ("clock", writer.clock_uri))}
     return {
         "entity_merge_s": merge_ms["entity"] / 1000,
@@ -157,11 +173,11 @@ def bench_merge(writer: DeltaTableWriter, batches: list[pa.Table]) -> dict[str, 
     }
 
 
-def bench_append(uri: str, batches: list[pa.Table]) -> float:
+def bench_append(uri: str, batches: list[pa.Table], options: Mapping[str, str]) -> float:
     started = time.perf_counter()
     for batch in batches:
         data = batch.drop_columns([merge_rule.SEQ, merge_rule.APP, merge_rule.OFFSET])
-        write_deltalake(uri, data, mode="append")
+        write_deltalake(uri, data, mode="append", storage_options=dict(options) or None)
     return sum(b.num_rows for b in batches) / (time.perf_counter() - started)
 
 
@@ -201,50 +217,91 @@ def main() -> int:
                         help=f"delta.targetFileSize of the clock table, MiB (default: the entity size / {CLOCK_FILE_RATIO})")
     parser.add_argument("--streamed-exec", action="store_true", help="MERGE with streamed_exec=True (no source-derived file pruning)")
     parser.add_argument("--seed-chunk", type=int, default=250_000, help="rows per seeding write (default 250,000)")
-    parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--root", help="folder for the local tables (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--tables-root", metavar="URI",
+                        help="also run the benchmark under this URI (e.g. s3://bucket/prefix; a fresh sub-prefix per run)")
+    parser.add_argument("--storage-option", dest="storage_options", type=storage_option, action="append", default=[],
+                        metavar="KEY=VALUE", help="a deltalake storage option for --tables-root (repeatable)")
+    parser.add_argument("--local-s3", action="store_true",
+                        help="also run it on the tests' local S3 server (moto, started for the run; needs the dev extra)")
     args = parser.parse_args()
     if min(args.rows, args.batch_rows, args.seed_chunk) < 1 or args.existing_rows < 0:
         parser.error("--rows, --batch-rows and --seed-chunk must be at least 1, --existing-rows at least 0")
     if not (0 <= args.update_fraction <= 1 and 0 < args.hot_fraction <= 1 and 0 <= args.minimal_fraction <= 1):
         parser.error("fractions must lie in [0, 1] (--hot-fraction above 0)")
 
+    if args.local_s3 and args.tables_root:
+        parser.error("--local-s3 and --tables-root: one or the other")
     clock_mb = args.clock_file_mb if args.clock_file_mb is not None else args.target_file_mb / CLOCK_FILE_RATIO
-    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-writer-"))
+    local = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-writer-"))
+    figures: dict[str, float] = {}
     try:
-        writer = DeltaTableWriter(
-            PROJECTS,
-            str(root / "merge"),
-            streamed_exec=args.streamed_exec,
-            configuration={"delta.targetFileSize": str(int(args.target_file_mb * 1024 * 1024))},
-            clock_configuration={"delta.targetFileSize": str(int(clock_mb * 1024 * 1024))},
-        )
-        seed_s = seed(writer, args.existing_rows, args.seed_chunk) if args.existing_rows else 0.0
-        files_before = len(DeltaTable(writer.uri).file_uris()) if args.existing_rows else 0
-        print(f"seeded {args.existing_rows:,} rows in {seed_s:.1f} s ({files_before} files after compaction)")
-
-        batches = stream(args)
-        merged = bench_merge(writer, batches)
-        files_after = len(DeltaTable(writer.uri).file_uris())
-        ceiling = bench_append(str(root / "append"), batches)
-        conversion = bench_conversion(min(args.batch_rows, 20_000))
-
-        print(f"stream: {args.rows:,} rows in flushes of {args.batch_rows:,}; {args.update_fraction:.0%} updates of the newest "
-              f"{args.hot_fraction:.0%} of projects, {args.minimal_fraction:.0%} minimal rows; streamed_exec={args.streamed_exec}")
-        print(f"merge  : {merged['rows_per_s']:>10,.0f} rows/s   (flush p50 {merged['flush_p50_s']:.2f} s, max {merged['flush_max_s']:.2f} s; "
-              f"{merged['keys_changed']:,.0f} keys changed)")
-        print(f"append : {ceiling:>10,.0f} rows/s   (plain write_deltalake append of the same rows: the ceiling)")
-        other = merged["seconds"] - merged["entity_merge_s"] - merged["clock_merge_s"]
-        print(f"time   : entity MERGE {merged['entity_merge_s']:.1f} s, clock MERGE {merged['clock_merge_s']:.1f} s, "
-              f"fold/read/resolve {other:.1f} s, of {merged['seconds']:.1f} s")
-        print(f"commits: {merged['commits_per_100k']:.1f} Delta commits per 100,000 rows (entity + clock table)")
-        print(f"files  : {files_before} -> {files_after} in the entity table")
-        print(f"convert: {conversion:>10,.0f} rows/s   (entity-rows messages -> typed Arrow, one thread)")
-        verdict = "meets" if merged["rows_per_s"] >= GOAL_ROWS_PER_S else "misses"
-        print(f"goal   : {GOAL_ROWS_PER_S:,} rows/s merged -> {verdict}")
+        figures["local folder"] = bench_root(args, TableRoot(str(local)), clock_mb)
+        with remote_root(args) as remote:
+            if remote is not None:
+                figures[remote.uri] = bench_root(args, remote, clock_mb)
     finally:
         if not args.root:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(local, ignore_errors=True)
+    if len(figures) > 1:
+        print("rows/s merged, same stream: " + " | ".join(f"{where}: {rate:,.0f}" for where, rate in figures.items()))
     return 0
+
+
+@contextmanager
+def remote_root(args: argparse.Namespace) -> Iterator[TableRoot | None]:
+    """The object-store root to benchmark besides the local folder (a fresh prefix per run)."""
+    if args.local_s3:
+        from tests.fixtures.s3 import S3Server  # noqa: PLC0415 - dev extra (moto) only when asked for
+
+        server = S3Server(Path(tempfile.mkdtemp(prefix="bench-s3-")))
+        server.start()
+        try:
+            yield TableRoot(f"s3://{server.new_bucket()}/bench", server.storage_options())
+        finally:
+            server.stop()
+    elif args.tables_root:
+        yield TableRoot(join_uri(args.tables_root, f"bench-{uuid.uuid4().hex[:8]}"), dict(args.storage_options))
+    else:
+        yield None
+
+
+def bench_root(args: argparse.Namespace, root: TableRoot, clock_mb: float) -> float:
+    """The whole benchmark under `root`; prints its figures, returns rows/s merged."""
+    print(f"== {root.display()}")
+    options = dict(root.storage_options)
+    writer = DeltaTableWriter(
+        PROJECTS,
+        join_uri(root.uri, "merge"),
+        storage_options=options,
+        streamed_exec=args.streamed_exec,
+        configuration={"delta.targetFileSize": str(int(args.target_file_mb * 1024 * 1024))},
+        clock_configuration={"delta.targetFileSize": str(int(clock_mb * 1024 * 1024))},
+    )
+    seed_s = seed(writer, args.existing_rows, args.seed_chunk) if args.existing_rows else 0.0
+    files_before = len(open_delta(writer.uri, options).file_uris()) if args.existing_rows else 0
+    print(f"seeded {args.existing_rows:,} rows in {seed_s:.1f} s ({files_before} files after compaction)")
+
+    batches = stream(args)
+    merged = bench_merge(writer, batches)
+    files_after = len(open_delta(writer.uri, options).file_uris())
+    ceiling = bench_append(root.table_uri("append"), batches, options)
+    conversion = bench_conversion(min(args.batch_rows, 20_000))
+
+    print(f"stream: {args.rows:,} rows in flushes of {args.batch_rows:,}; {args.update_fraction:.0%} updates of the newest "
+          f"{args.hot_fraction:.0%} of projects, {args.minimal_fraction:.0%} minimal rows; streamed_exec={args.streamed_exec}")
+    print(f"merge  : {merged['rows_per_s']:>10,.0f} rows/s   (flush p50 {merged['flush_p50_s']:.2f} s, max {merged['flush_max_s']:.2f} s; "
+          f"{merged['keys_changed']:,.0f} keys changed)")
+    print(f"append : {ceiling:>10,.0f} rows/s   (plain write_deltalake append of the same rows: the ceiling)")
+    other = merged["seconds"] - merged["entity_merge_s"] - merged["clock_merge_s"]
+    print(f"time   : entity MERGE {merged['entity_merge_s']:.1f} s, clock MERGE {merged['clock_merge_s']:.1f} s, "
+          f"fold/read/resolve {other:.1f} s, of {merged['seconds']:.1f} s")
+    print(f"commits: {merged['commits_per_100k']:.1f} Delta commits per 100,000 rows (entity + clock table)")
+    print(f"files  : {files_before} -> {files_after} in the entity table")
+    print(f"convert: {conversion:>10,.0f} rows/s   (entity-rows messages -> typed Arrow, one thread)")
+    verdict = "meets" if merged["rows_per_s"] >= GOAL_ROWS_PER_S else "misses"
+    print(f"goal   : {GOAL_ROWS_PER_S:,} rows/s merged -> {verdict}")
+    return float(merged["rows_per_s"])
 
 
 if __name__ == "__main__":

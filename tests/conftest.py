@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.time_lookups",
     "tests.fixtures.simulator",
     "tests.fixtures.redis",
+    "tests.fixtures.s3",
 ]

@@ -33,3 +33,28 @@ def apply_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Setting
         except ValidationError as exc:
             raise ConfigError(f"config error: {path}: {exc.errors()[0]['msg']} (got {value!r})") from None
     return settings
+
+
+def storage_option(text: str) -> tuple[str, str]:
+    """`KEY=VALUE`, one delta-rs storage option (e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text.split('=')[0]!r}")
+    return key.strip(), value
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--tables-root URI` and repeatable `--storage-option KEY=VALUE` (on top of the settings')."""
+    parser.add_argument("--tables-root", metavar="URI",
+                        help="folder or URI holding the Delta tables, e.g. s3://bucket/prefix (default: DELTA_TABLES_ROOT / config)")
+    parser.add_argument("--storage-option", dest="storage_options", type=storage_option, action="append", default=[],
+                        metavar="KEY=VALUE", help="a deltalake storage option, repeatable (on top of KP_DELTA__STORAGE_OPTIONS)")
+
+
+def apply_storage_arguments(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with `--tables-root` and `--storage-option` applied."""
+    if args.tables_root:
+        settings.delta.tables_root = args.tables_root
+    if args.storage_options:
+        settings.delta.storage_options = {**settings.delta.storage_options, **dict(args.storage_options)}
+    return settings

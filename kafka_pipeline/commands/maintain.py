@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
-from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.delta.storage import check_commit_safety, storage_error, table_root
 from kafka_pipeline.errors import UsageError
 
 NAME = "maintain"
@@ -32,18 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-compact", action="store_true", help="no compaction")
     parser.add_argument("--skip-checkpoint", action="store_true", help="no checkpoint")
     parser.add_argument("--skip-vacuum", action="store_true", help="no vacuum")
-    parser.add_argument("--tables-root", metavar="URI", help="folder or URI holding the tables (default: DELTA_TABLES_ROOT / config)")
+    add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.retention_hours < 0:
         raise UsageError(f"--retention-hours must be 0 or more, got {args.retention_hours}")
-    settings = load_settings()
-    root = args.tables_root or settings.delta.tables_root
+    settings = apply_storage_arguments(load_settings(), args)
+    # compaction and checkpoints are commits too: the same refusal as the writer's
+    check_commit_safety(settings.delta.storage_options, single_writer_acknowledged=settings.delta.single_writer_acknowledged)
+    root = table_root(settings.delta)
     failures = 0
     for name in dict.fromkeys(args.table or list(TABLES)):
         keys = TABLES[name].merge_keys if args.sort_by_key else ()
-        for label, uri in ((name, table_uri(root, name)), (f"{name} (merge clocks)", clock_table_uri(root, name))):
+        for label, uri in ((name, root.table_uri(name)), (f"{name} (merge clocks)", root.clock_table_uri(name))):
             try:
                 report = maintain(
                     uri,
@@ -53,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
                     vacuum=not args.skip_vacuum,
                     retention_hours=args.retention_hours,
                     dry_run=not args.apply,
-                    storage_options=settings.delta.storage_options,
+                    storage_options=root.storage_options,
                 )
             except Exception as exc:  # noqa: BLE001 - report per table and go on with the others
                 failures += 1
-                print(f"{label}: failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                      file=sys.stderr)
+                plain = storage_error(exc, root.display())
+                reason = str(plain) if plain else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                print(f"{label}: failed: {reason}", file=sys.stderr)
                 continue
             print(f"{label}: not created yet" if report is None else _line(label, report))
     return 1 if failures else 0

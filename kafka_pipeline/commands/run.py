@@ -19,8 +19,10 @@ from pathlib import Path
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import table_row_counts
+from kafka_pipeline.delta.storage import check_commit_safety, table_root
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.errors import UsageError
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until-drained", action="store_true",
                         help="exit once every event is processed and written, printing row counts per table")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="with --until-drained: give up after this long")
-    parser.add_argument("--tables-root", help="Delta tables folder (default: DELTA_TABLES_ROOT or ./data/delta)")
+    add_storage_arguments(parser)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated ClaimX API latency (default 20)")
     parser.add_argument("--log-dir", type=Path, help="write each component's log to a file here instead of the terminal")
 
@@ -51,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout_s <= 0:
         raise UsageError("--timeout-s must be > 0")
     os.environ.setdefault("KP_ENV", "embedded")
-    settings = load_settings()
-    if args.tables_root:
-        settings.delta = settings.delta.model_copy(update={"tables_root": args.tables_root})
+    settings = apply_storage_arguments(load_settings(), args)
+    root = table_root(settings.delta)
+    check_commit_safety(settings.delta.storage_options, single_writer_acknowledged=settings.delta.single_writer_acknowledged)
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     stack = EmbeddedStack(settings, log_dir=args.log_dir, simulator_options={"latency_ms": args.latency_ms})
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         assert stack.broker is not None and stack.simulator is not None
         print(f"broker      KAFKA_BOOTSTRAP_SERVERS={stack.broker.bootstrap_servers}", flush=True)
         print(f"simulator   CLAIMX_API_URL={stack.simulator.url}", flush=True)
-        print(f"tables      DELTA_TABLES_ROOT={Path(settings.delta.tables_root).resolve()}", flush=True)
+        print(f"tables      DELTA_TABLES_ROOT={root.display()}", flush=True)
         asyncio.run(stack.create_topics())
         stack.start_workers()
         if not args.no_replay:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+from deltalake.exceptions import DeltaError
+
 from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import TableDescription, describe
-from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.delta.storage import TableRoot, storage_error, table_root
 from kafka_pipeline.errors import UsageError
 
 NAME = "tables"
@@ -21,27 +25,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", choices=sorted(TABLES), metavar="NAME",
                         help=f"only this table (one of: {', '.join(sorted(TABLES))})")
     parser.add_argument("--samples", type=int, default=3, metavar="N", help="sample rows to show per table (default 3; 0 = none)")
-    parser.add_argument("--tables-root", metavar="URI", help="folder or URI holding the tables (default: DELTA_TABLES_ROOT / config)")
+    add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
-    settings = load_settings()
-    root = args.tables_root or settings.delta.tables_root
-    options = settings.delta.storage_options
-    for name in [args.table] if args.table else list(TABLES):
-        info = describe(table_uri(root, name), samples=args.samples, storage_options=options)
+    root = table_root(apply_storage_arguments(load_settings(), args).delta)
+    try:
+        _show(root, [args.table] if args.table else list(TABLES), args.samples)
+    except (OSError, DeltaError) as exc:
+        plain = storage_error(exc, root.display())
+        if plain is None:
+            raise
+        print(f"kafka-pipeline tables: {plain}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _show(root: TableRoot, names: list[str], samples: int) -> None:
+    for name in names:
+        info = describe(root.table_uri(name), samples=samples, storage_options=root.storage_options)
         if info is None:
-            print(f"{name}: not created yet ({table_uri(root, name)})")
+            print(f"{name}: not created yet ({root.table_uri(name)})")
             continue
         print(_summary(name, info))
-        clocks = describe(clock_table_uri(root, name), storage_options=options)
+        clocks = describe(root.clock_table_uri(name), storage_options=root.storage_options)
         if clocks is not None:
             print(f"  merge clocks: version {clocks.version}, {clocks.rows} rows, {clocks.files} files")
         for row in info.samples:
             print("  " + json.dumps(_compact(row), default=str, ensure_ascii=False))
-    return 0
 
 
 def _summary(name: str, info: TableDescription) -> str:

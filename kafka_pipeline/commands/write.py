@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from kafka_pipeline.commands.arguments import apply_overrides, positive_float, positive_int
+from kafka_pipeline.commands.arguments import (
+    add_storage_arguments,
+    apply_overrides,
+    apply_storage_arguments,
+    positive_float,
+    positive_int,
+)
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.runtime.signals import run_worker
 
@@ -24,16 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flush when this many rows are pending (default: KP_WRITER__MAX_ROWS / config, 20000)")
     parser.add_argument("--max-latency-s", type=positive_float, metavar="SECONDS",
                         help="flush when the oldest pending message is this old (default: KP_WRITER__MAX_LATENCY_S / config, 2)")
-    parser.add_argument("--tables-root", metavar="URI",
-                        help="folder or URI holding the Delta tables (default: DELTA_TABLES_ROOT / config)")
+    add_storage_arguments(parser)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return apply_overrides(load_settings(), {
+    settings = apply_overrides(load_settings(), {
         "writer.max_rows": args.max_rows,
         "writer.max_latency_s": args.max_latency_s,
-        "delta.tables_root": args.tables_root,
     })
+    return apply_storage_arguments(settings, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,10 +34,9 @@ from deltalake.fs import DeltaStorageHandler
 
 from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, TableContract
+from kafka_pipeline.delta.storage import CLOCKS_DIR, join_uri, storage_error
 from kafka_pipeline.errors import PermanentError, TransientError
 from kafka_pipeline.runtime.backoff import backoff_delay
-
-CLOCKS_DIR = "_clocks"
 
 
 class TableSchemaError(PermanentError):
@@ -49,11 +48,11 @@ class CommitConflict(TransientError):
 
 
 def table_uri(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
+    return join_uri(root, name)
 
 
 def clock_table_uri(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{CLOCKS_DIR}/{name}"
+    return join_uri(root, CLOCKS_DIR, name)
 
 
 def open_table(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:
@@ -182,6 +181,21 @@ class DeltaTableWriter:
         started = time.monotonic()
         now = now or datetime.now(UTC)
         result = TableWriteResult(self.spec.name, rows=rows.num_rows)
+        try:
+            self._write_retrying(rows, progress, now, result)
+        except (OSError, DeltaError) as exc:
+            # The store is down or refuses the credentials: one clear line instead of delta-rs's
+            # multi-line chain (the caller keeps the batch and retries).
+            plain = storage_error(exc, self.uri)
+            if plain is None:
+                raise
+            raise plain from exc
+        assert self._table is not None
+        result.version = self._table.version()
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _write_retrying(self, rows: pa.Table, progress: Mapping[str, int], now: datetime, result: TableWriteResult) -> None:
         self.ensure()
         assert self._table is not None and self._clocks is not None
         attempt = 0
@@ -195,9 +209,6 @@ class DeltaTableWriter:
                 if attempt > self.max_conflict_retries:
                     raise CommitConflict(f"{self.spec.name}: gave up after {attempt} conflicting commits: {exc}") from exc
                 time.sleep(backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s))
-        result.version = self._table.version()
-        result.seconds = time.monotonic() - started
-        return result
 
     def _write_once(self, rows: pa.Table, progress: Mapping[str, int], now: datetime, result: TableWriteResult) -> None:
         assert self._table is not None and self._clocks is not None

@@ -7,6 +7,7 @@ restart its workers. Workers run as child processes exactly as they would in pro
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,11 @@ class EmbeddedStack:
             "CLAIMX_API_TOKEN": token.get_secret_value() if token else "",
             "DELTA_TABLES_ROOT": self.settings.delta.tables_root,
         }
+        delta = self.settings.delta
+        if delta.storage_options:  # JSON, as KP_DELTA__STORAGE_OPTIONS is read back
+            env["KP_DELTA__STORAGE_OPTIONS"] = json.dumps(delta.storage_options)
+        if delta.single_writer_acknowledged:
+            env["KP_DELTA__SINGLE_WRITER_ACKNOWLEDGED"] = "true"
         if self.settings.cache.redis_url:
             env["REDIS_URL"] = self.settings.cache.redis_url.get_secret_value()
         return env

@@ -40,6 +40,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
+from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, storage_error
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.runtime.backoff import backoff_delay
@@ -192,6 +193,7 @@ class EntityWriter:
     commits and returns (FlushFailed if the last batch could not be written)."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        check_commit_safety(settings.delta.storage_options, single_writer_acknowledged=settings.delta.single_writer_acknowledged)
         self.settings = settings
         self.kafka = settings.kafka
         self.topic = settings.kafka.entity_rows_topic
@@ -300,7 +302,12 @@ class EntityWriter:
         if not partitions:
             return
         apps = [app_id(self.group_id, tp.topic, tp.partition) for tp in partitions]
-        progress = await asyncio.get_running_loop().run_in_executor(None, self._table_progress, apps)
+        try:
+            progress = await asyncio.get_running_loop().run_in_executor(None, self._table_progress, apps)
+        except Exception as exc:  # noqa: BLE001 - informational only: every flush reads the tables again
+            plain = storage_error(exc, self.settings.delta.tables_root)
+            log.warning("tables unreadable at assignment", error=f"{type(plain or exc).__name__}: {_one_line(plain or exc)}")
+            return
         log.info(
             "tables hold",
             partitions=sorted(tp.partition for tp in partitions),
@@ -387,7 +394,8 @@ class EntityWriter:
                 results[name] = future.result()
             except Exception as exc:  # noqa: BLE001 - wait for every table, then fail the flush
                 errors.append(exc)
-                log.error("table merge failed", table=name, error=f"{type(exc).__name__}: {_one_line(exc)}")
+                if not isinstance(exc, STORE_ERRORS):  # the store's own failure: the flush line says it once
+                    log.error("table merge failed", table=name, error=f"{type(exc).__name__}: {_one_line(exc)}")
         if errors:
             raise errors[0]
         return FlushResult(tables=results, dead=dead, messages=len(batch))

@@ -20,6 +20,7 @@ from deltalake import DeltaTable
 
 from kafka_pipeline.claimx.schemas import PROJECTS
 from kafka_pipeline.config import DeltaSettings
+from kafka_pipeline.delta.storage import TableRoot
 from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -42,12 +43,11 @@ def recent_project_ids(
 
     Empty when the table does not exist yet. Reads two columns, pruning files by statistics.
     """
-    uri = f"{tables_root.rstrip('/')}/{PROJECTS.name}"
-    options = storage_options or None
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
+    root = TableRoot(tables_root, storage_options or {})
+    if not root.has_table(PROJECTS.name):
         return {}
     now = now or datetime.now(UTC)
-    dataset = DeltaTable(uri, storage_options=options).to_pyarrow_dataset()
+    dataset = DeltaTable(root.table_uri(PROJECTS.name), storage_options=root.options).to_pyarrow_dataset()
     updated_type = dataset.schema.field("updated_at").type
     cutoff = pa.scalar(now - timedelta(seconds=window_s), type=pa.timestamp("us", tz="UTC")).cast(updated_type)
     table = dataset.to_table(columns=["project_id", "updated_at"], filter=pc.field("updated_at") >= cutoff)
