@@ -4,6 +4,7 @@ writer's flush, in either order, loses no row, no commit and no app-transaction 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.config import KafkaSettings, MaintenanceSettings
 from kafka_pipeline.delta import DeltaTableWriter, clock_table_uri, table_uri
 from kafka_pipeline.delta.maintenance_loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
-from kafka_pipeline.writer.entity_writer import read_rows
+from kafka_pipeline.writer.entity_writer import EntityWriter, read_rows
+from tests.test_entity_writer import build_stream, encoded, produce, table_contents, wait_committed, writer_settings
+from tests.test_entity_writer import reference as reference_tables
 from tests.test_table_writer import P0, batch, content
 
 SPEC = TABLES["claimx_projects"]
@@ -149,3 +153,29 @@ async def test_run_maintenance_runs_only_while_owning_and_stops(tmp_path: Path) 
     assert len(DeltaTable(table_uri(root, SPEC.name)).file_uris()) == 1
     stop.set()
     await asyncio.wait_for(task, 10)
+
+
+async def test_the_entity_writer_compacts_its_tables_while_it_writes(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Maintenance is on by default in the writer; here with thresholds low enough to run at once."""
+    stream = build_stream(seed=3, events=120)
+    ends = await produce(kafka_settings, encoded(stream))
+    settings = writer_settings(kafka_settings, str(tmp_path), f"writer-{uuid.uuid4().hex[:8]}")
+    assert settings.maintenance.enabled
+    settings.maintenance = MaintenanceSettings(interval_s=0.2, compact_small_files=3, checkpoint_after_commits=5)
+    writer = EntityWriter(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    compactions = lambda: sum(  # noqa: E731
+        writer.registry.get_sample_value("delta_compactions_total", {"table": label}) or 0
+        for name in TABLES for label in (name, f"{name}/clocks"))
+    try:
+        await wait_committed(kafka_settings, settings.writer.group_id, ends)
+        for _ in range(150):
+            if compactions() >= 2:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert compactions() >= 2 and writer.flushes >= 3
+    assert table_contents(str(tmp_path)) == reference_tables(stream)

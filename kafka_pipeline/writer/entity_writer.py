@@ -47,6 +47,7 @@ from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.writer.maintenance import WriterMaintenance
 
 log = get_logger("kafka_pipeline.entity_writer")
 
@@ -214,6 +215,7 @@ class EntityWriter:
             for name, spec in TABLES.items()
         }
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
+        self.maintenance = WriterMaintenance(settings, self.registry)
         self._lock = asyncio.Lock()
         self._batch = _Batch()
         self._consumer: AIOKafkaConsumer | None = None
@@ -248,11 +250,13 @@ class EntityWriter:
             if self.settings.worker.http_port:
                 await self._start_ops()
             stats = asyncio.create_task(self._stats_loop(stop), name="writer-stats")
+            self.maintenance.start(lambda: {tp.partition for tp in self._assigned})
             log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
             await self._consume(stop)
             await self._final_flush()
         finally:
             self._running = False
+            await self.maintenance.stop()
             if stats is not None:
                 stats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
