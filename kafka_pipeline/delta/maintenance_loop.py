@@ -3,13 +3,18 @@
 Every `interval_s` the loop looks at each table (cheap: the Delta log's file list, already in
 memory after an incremental update) and does what the table needs:
 
-- **compact** once it holds `compact_small_files` files below its `delta.targetFileSize`, or
-  `compact_after_commits` commits were made since the last compaction and there is more than
-  one small file. Flushes add a few small files per commit; compaction bin-packs the small
-  files only (`optimize.compact`), so a file that reached the target is never rewritten again
-  and the cost of a compaction follows what was written since the last one, not the table.
-  Small files are consecutive flushes, so a compacted file still spans a short stretch of
-  event time and of key range: the layout the writer's MERGE pruning relies on survives.
+- **compact**, in size tiers: the tiers' sizes are the table's `delta.targetFileSize` divided
+  by 8, 64, ... (down to `MIN_TIER_BYTES`). When `compact_small_files` files are below half
+  of a tier's size, those files are bin-packed into files of that size (`optimize.compact`
+  with that target), the smallest such tier first. Flushes add small files; they are packed
+  into tier files, tier files into the next tier, up to the target size, and a file is never
+  rewritten by compaction once it is past half of the largest tier. So every row is rewritten
+  about once per tier (not on every compaction, as when every small file is packed into one
+  growing file), and the newest rows, which the next flushes update most, sit in small files
+  that a MERGE rewrites cheaply. After `compact_after_commits` commits since the last
+  compaction, the small files of every tier are packed. Small files are consecutive flushes,
+  so a compacted file still spans a short stretch of event time and of key range: the layout
+  the writer's MERGE pruning relies on survives.
 - **checkpoint** once `checkpoint_after_commits` commits (or a compaction) happened since the
   last one, then **clean up the log**: JSON commits older than the table's
   `delta.logRetentionDuration` (set from `log_retention_hours`) and older than the checkpoint
@@ -53,6 +58,16 @@ log = get_logger("kafka_pipeline.delta.maintenance")
 LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
 TARGET_SIZE_PROPERTY = "delta.targetFileSize"
 DEFAULT_TARGET_BYTES = 100 * 1024 * 1024  # delta-rs's default target size
+TIER_RATIO = 8
+MIN_TIER_BYTES = 64 * 1024  # below this a file is mostly Parquet footer: no tier smaller
+
+
+def tier_sizes(target_bytes: int) -> list[int]:
+    """Compaction tiers of a table, smallest first: the target size, /8, /64, ... >= 64 KiB."""
+    sizes = [target_bytes]
+    while sizes[-1] // TIER_RATIO >= MIN_TIER_BYTES:
+        sizes.append(sizes[-1] // TIER_RATIO)
+    return sizes[::-1]
 
 
 def log_retention_value(hours: float) -> str:
@@ -82,8 +97,12 @@ class TableState:
     small_files: int
     size_bytes: int
     target_bytes: int
-    compact: bool
+    compact_to: int | None  # compact the files below half of this size into files of it
     checkpoint: bool
+
+    @property
+    def compact(self) -> bool:
+        return self.compact_to is not None
 
 
 @dataclass
@@ -165,12 +184,18 @@ class TableMaintainer:
         target = int(table.metadata().configuration.get(TARGET_SIZE_PROPERTY) or DEFAULT_TARGET_BYTES)
         sizes = pa.table(table.get_add_actions(flatten=False)).column("size_bytes")
         files = len(sizes)
-        small = int(pc.sum(pc.less(sizes, pa.scalar(target, pa.int64()))).as_py() or 0) if files else 0
+
+        def below(size: int) -> int:
+            return int(pc.sum(pc.less(sizes, pa.scalar(size, pa.int64()))).as_py() or 0) if files else 0
+
+        small = below(target)
         self.metrics.files.labels(label).set(files)
         self.metrics.small_files.labels(label).set(small)
         since_compaction = version - self._compacted_at.setdefault(label, version)
         since_checkpoint = version - self._checkpointed_at.get(label, -1)
-        compact = small >= self.policy.compact_small_files or (small > 1 and since_compaction >= self.policy.compact_after_commits)
+        tier = next((size for size in tier_sizes(target) if below(size // 2) >= self.policy.compact_small_files), None)
+        if tier is None and since_compaction >= self.policy.compact_after_commits and below(target // 2) > 1:
+            tier = target
         return TableState(
             label=label,
             table=table,
@@ -179,18 +204,19 @@ class TableMaintainer:
             small_files=small,
             size_bytes=int(pc.sum(sizes).as_py() or 0) if files else 0,
             target_bytes=target,
-            compact=compact,
+            compact_to=tier,
             checkpoint=since_checkpoint >= self.policy.checkpoint_after_commits,
         )
 
     def compact(self, state: TableState, report: CycleReport | None = None) -> int:
-        """Bin-pack the small files of `state`'s table; on a conflicting commit plan again on
-        the new snapshot. Returns the number of files removed."""
+        """Bin-pack the files of `state`'s table below its tier (`state.compact_to`, default the
+        target size) into files of that size; on a conflicting commit plan again on the new
+        snapshot. Returns the number of files removed."""
         started = time.monotonic()
         table, attempt = state.table, 0
         while True:
             try:
-                metrics = table.optimize.compact(target_size=state.target_bytes)
+                metrics = table.optimize.compact(target_size=state.compact_to or state.target_bytes)
                 break
             except CommitFailedError:
                 attempt += 1
@@ -206,7 +232,7 @@ class TableMaintainer:
         self.metrics.compactions.labels(state.label).inc()
         self.metrics.compaction_seconds.labels(state.label).observe(time.monotonic() - started)
         removed = int(metrics.get("numFilesRemoved", 0))
-        log.info("table compacted", table=state.label, files_removed=removed, files_added=metrics.get("numFilesAdded", 0),
+        log.info("table compacted", table=state.label, tier_bytes=state.compact_to, files_removed=removed, files_added=metrics.get("numFilesAdded", 0),
                  seconds=round(time.monotonic() - started, 3), conflicts=attempt)
         return removed
 
