@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apply", "--no-dry-run", dest="apply", action="store_true",
                         help="really delete the files vacuum finds (default: dry run)")
     parser.add_argument("--sort-by-key", action="store_true",
-                        help="rewrite the data sorted by the merge key (Z-order) instead of a plain compaction")
+                        help="rewrite the data sorted by the merge key (claimx_events: by event_time) instead of a plain compaction")
     parser.add_argument("--skip-compact", action="store_true", help="no compaction")
     parser.add_argument("--skip-checkpoint", action="store_true", help="no checkpoint")
     parser.add_argument("--skip-vacuum", action="store_true", help="no vacuum")
@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     root = args.tables_root or settings.delta.tables_root
     failures = 0
     for name in dict.fromkeys(args.table or list(TABLES)):
-        keys = TABLES[name].merge_keys if args.sort_by_key else ()
+        spec = TABLES[name]
+        # the event log is laid out by time (its MERGE prunes by event_time): sorting it by its hashed key would undo that
+        layout = ("event_time",) if spec.fixed_event_time else spec.merge_keys
+        keys = layout if args.sort_by_key else ()
         for label, uri in ((name, table_uri(root, name)), (f"{name} (merge clocks)", clock_table_uri(root, name))):
             try:
                 report = maintain(
