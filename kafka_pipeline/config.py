@@ -189,6 +189,18 @@ class WriterSettings(Section):
     flush_retry_max_s: float = Field(30.0, gt=0)
 
 
+class MaintenanceSettings(Section):
+    """Table maintenance the writer deployment runs by itself (compaction, checkpoints, log
+    cleanup); vacuum stays an operator's `kafka-pipeline maintain --apply`."""
+
+    enabled: bool = True
+    interval_s: float = Field(30.0, gt=0)  # how often every table is looked at
+    compact_small_files: int = Field(16, ge=2)  # compact once a table has this many files below its target size
+    compact_after_commits: int = Field(200, ge=1)  # ... or this many commits since the last compaction
+    checkpoint_after_commits: int = Field(50, ge=1)
+    log_retention_hours: float = Field(168.0, ge=0)  # commits older than this (and than a checkpoint) are deleted
+
+
 class RetrySettings(Section):
     group_id: str = "claimx-retry-scheduler"
     delays_s: list[float] = Field(default_factory=lambda: [30.0, 120.0, 600.0, 1800.0], min_length=1)
@@ -224,6 +236,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 

@@ -32,6 +32,9 @@ class TableSpec:
     name: str
     merge_keys: tuple[str, ...]
     columns: tuple[tuple[str, pa.DataType], ...]  # entity columns, merge keys first
+    # Every row of a key carries the same `event_time` (an event log: the key names one event).
+    # The writer then matches on (key, event_time), so a MERGE prunes files by event time.
+    fixed_event_time: bool = False
     schema: pa.Schema = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +175,8 @@ EVENTS = TableSpec(
         master_file_name ingested_at event_date""",
         {"ingested_at": TIMESTAMP, "event_date": DATE},
     ),
+    # trace_id is derived from (or given with) one event, whose event_time is its ingested_at
+    fixed_event_time=True,
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--apply", "--no-dry-run", dest="apply", action="store_true",
                         help="really delete the files vacuum finds (default: dry run)")
     parser.add_argument("--sort-by-key", action="store_true",
-                        help="rewrite the data sorted by the merge key (Z-order) instead of a plain compaction")
+                        help="rewrite the data sorted by the merge key (claimx_events: by event_time) instead of a plain compaction")
     parser.add_argument("--skip-compact", action="store_true", help="no compaction")
     parser.add_argument("--skip-checkpoint", action="store_true", help="no checkpoint")
     parser.add_argument("--skip-vacuum", action="store_true", help="no vacuum")
@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     root = table_root(settings.delta)
     failures = 0
     for name in dict.fromkeys(args.table or list(TABLES)):
-        keys = TABLES[name].merge_keys if args.sort_by_key else ()
+        spec = TABLES[name]
+        # the event log is laid out by time (its MERGE prunes by event_time): sorting it by its hashed key would undo that
+        layout = ("event_time",) if spec.fixed_event_time else spec.merge_keys
+        keys = layout if args.sort_by_key else ()
         for label, uri in ((name, root.table_uri(name)), (f"{name} (merge clocks)", root.clock_table_uri(name))):
             try:
                 report = maintain(

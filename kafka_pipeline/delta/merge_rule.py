@@ -66,6 +66,11 @@ class TableContract(Protocol):
     @property
     def value_columns(self) -> list[str]: ...
 
+    @property
+    def fixed_event_time(self) -> bool:
+        """Every row of a key has the same `event_time` (an event log)."""
+        ...
+
 
 def has_trace_column(spec: TableContract) -> bool:
     """Whether `trace_id` is metadata (every table but the events log, where it is the key)."""
@@ -259,7 +264,7 @@ def merge_expressions(spec: TableContract) -> MergeExpressions:
     `trace_id` follows the newest row, `created_at` is never updated, `updated_at` is the write.
     """
     s, t = SOURCE_ALIAS, TARGET_ALIAS
-    predicate = " AND ".join(f"{t}.{key} = {s}.{key}" for key in spec.merge_keys)
+    predicate = match_predicate(spec)
     updates = {name: f"coalesce({s}.{name}, {t}.{name})" for name in spec.value_columns}
     if has_trace_column(spec):
         updates["trace_id"] = f"CASE WHEN {s}.{NEWEST} THEN {s}.trace_id ELSE {t}.trace_id END"
@@ -269,11 +274,20 @@ def merge_expressions(spec: TableContract) -> MergeExpressions:
     return MergeExpressions(predicate=predicate, updates=updates, inserts=inserts)
 
 
-def clock_merge_predicate(spec: TableContract) -> str:
-    return " AND ".join(f"{TARGET_ALIAS}.{key} = {SOURCE_ALIAS}.{key}" for key in spec.merge_keys)
+def match_predicate(spec: TableContract) -> str:
+    """The MERGE condition of a table and of its clock table: the merge key, and for a table
+    with `fixed_event_time` the `event_time` too. The key alone decides the match either way
+    (a key has one event time there); the time is what lets delta-rs prune: it turns the
+    source's range of every matched column into a file filter, and a hashed key's range is
+    everything, while a batch's event times span seconds to minutes of a table's months."""
+    columns = [*spec.merge_keys, "event_time"] if spec.fixed_event_time else list(spec.merge_keys)
+    return " AND ".join(f"{TARGET_ALIAS}.{name} = {SOURCE_ALIAS}.{name}" for name in columns)
 
 
 def key_table(spec: TableContract, table: pa.Table) -> pa.Table:
-    """The distinct keys of `table`."""
+    """The distinct keys of a `combine()`d `table`, with the range of their event times
+    (`event_time_min`, `event_time_max`, µs)."""
     keys = list(spec.merge_keys)
-    return table.select(keys).group_by(keys).aggregate([])
+    return table.select([*keys, "event_time"]).group_by(keys, use_threads=False).aggregate(
+        [("event_time", "min"), ("event_time", "max")]
+    )

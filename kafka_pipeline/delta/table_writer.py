@@ -265,7 +265,7 @@ class DeltaTableWriter:
         return (
             clocks.table.merge(
                 rows,
-                merge_rule.clock_merge_predicate(self.spec),
+                merge_rule.match_predicate(self.spec),
                 source_alias=merge_rule.SOURCE_ALIAS,
                 target_alias=merge_rule.TARGET_ALIAS,
                 streamed_exec=self.streamed_exec,
@@ -308,13 +308,15 @@ class DeltaTableWriter:
         return CommitProperties(app_transactions=transactions)
 
     def _read_clocks(self, clocks: DeltaTable, keys: pa.Table) -> pa.Table:
-        """The clock rows of `keys` (a table of merge-key columns).
+        """The clock rows of `keys` (`merge_rule.key_table`: merge-key columns, event time range).
 
-        Files are pruned by the first key column's min/max in the Delta log; the key match
-        itself is a join in Arrow. (Two things avoided on purpose: `to_pyarrow_dataset` turns
-        every statistic of every file into a pyarrow expression, and a pyarrow filter is pushed
-        into the scan, where delta-rs-written files carry `string_view` columns that pyarrow
-        will not compare with the dataset's `string`.)
+        Only files that can hold the keys are read: pruned by the first key column's min/max in
+        the Delta log and, for a table with `fixed_event_time`, by the keys' event time range
+        (a hashed key prunes nothing; a batch's event times prune all but the newest files).
+        The key match itself is a join in Arrow. (Two things avoided on purpose:
+        `to_pyarrow_dataset` turns every statistic of every file into a pyarrow expression, and
+        a pyarrow filter is pushed into the scan, where delta-rs-written files carry
+        `string_view` columns that pyarrow will not compare with the dataset's `string`.)
         """
         if keys.num_rows == 0:
             return self._clock_schema.empty_table()
@@ -323,11 +325,18 @@ class DeltaTableWriter:
             return self._clock_schema.empty_table()
         names = list(self.spec.merge_keys)
         first = keys[names[0]]
-        low, high = pc.min(first), pc.max(first)
-        min_col, max_col = f"min.{names[0]}", f"max.{names[0]}"
-        if min_col in actions.column_names and max_col in actions.column_names:
-            overlaps = pc.and_(pc.greater_equal(actions[max_col], low), pc.less_equal(actions[min_col], high))
-            actions = actions.filter(pc.fill_null(overlaps, True))  # no stats: read the file
+        ranges = [(names[0], pc.min(first), pc.max(first))]
+        if self.spec.fixed_event_time:
+            # the log's timestamp statistics are truncated to milliseconds: a file's true max
+            # may lie up to 1 ms above its recorded one
+            low = pc.cast(pc.subtract(pc.min(keys["event_time_min"]), pa.scalar(1000, pa.int64())), merge_rule.TIMESTAMP)
+            high = pc.cast(pc.max(keys["event_time_max"]), merge_rule.TIMESTAMP)
+            ranges.append(("event_time", low, high))
+        for column, low, high in ranges:
+            min_col, max_col = f"min.{column}", f"max.{column}"
+            if min_col in actions.column_names and max_col in actions.column_names:
+                overlaps = pc.and_(pc.greater_equal(actions[max_col], low), pc.less_equal(actions[min_col], high))
+                actions = actions.filter(pc.fill_null(overlaps, True))  # no stats: read the file
         if actions.num_rows == 0:
             return self._clock_schema.empty_table()
         paths = actions["path"].to_pylist()

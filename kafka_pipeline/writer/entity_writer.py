@@ -49,6 +49,7 @@ from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.writer.maintenance import WriterMaintenance
 from kafka_pipeline.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
@@ -227,6 +228,7 @@ class EntityWriter:
         }
         self.failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
+        self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
         self._lock = asyncio.Lock()  # a flush vs. the rebalance listener's flush
         self._batch = _Batch()
         self._last_flush_ok = True
@@ -254,6 +256,8 @@ class EntityWriter:
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
     async def start(self, runtime: ConsumerRuntime) -> None:
+        # maintenance runs in the member that owns partition 0 (one per group, no lease needed)
+        self.maintenance.start(lambda: {tp.partition for tp in self.runtime.assigned})
         log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
 
     def room(self, tp: TopicPartition) -> int:
@@ -328,6 +332,7 @@ class EntityWriter:
             self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
 
     async def close(self) -> None:
+        await self.maintenance.stop()
         # the merge pool is shut down by run, after the runtime stopped
         log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 

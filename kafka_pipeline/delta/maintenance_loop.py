@@ -1,0 +1,300 @@
+"""Maintenance that runs by itself beside a writer: compaction, checkpoints, log cleanup.
+
+Every `interval_s` the loop looks at each table (cheap: the Delta log's file list, already in
+memory after an incremental update) and does what the table needs:
+
+- **compact**, in size tiers: the tiers' sizes are the table's `delta.targetFileSize` divided
+  by 8, 64, ... (down to `MIN_TIER_BYTES`). When `compact_small_files` files are below half
+  of a tier's size, those files are bin-packed into files of that size (`optimize.compact`
+  with that target), the smallest such tier first. Flushes add small files; they are packed
+  into tier files, tier files into the next tier, up to the target size, and a file is never
+  rewritten by compaction once it is past half of the largest tier. So every row is rewritten
+  about once per tier (not on every compaction, as when every small file is packed into one
+  growing file), and the newest rows, which the next flushes update most, sit in small files
+  that a MERGE rewrites cheaply. After `compact_after_commits` commits since the last
+  compaction, the small files of every tier are packed. Small files are consecutive flushes,
+  so a compacted file still spans a short stretch of event time and of key range: the layout
+  the writer's MERGE pruning relies on survives.
+- **checkpoint** once `checkpoint_after_commits` commits (or a compaction) happened since the
+  last one, then **clean up the log**: JSON commits older than the table's
+  `delta.logRetentionDuration` (set from `log_retention_hours`) and older than the checkpoint
+  go. App transactions (the writer's exactly-once progress) are log actions: a checkpoint keeps
+  the latest version of each, so dropping old commits never loses one.
+- **vacuum** is not done here: deleting data files is an operator's decision
+  (`kafka-pipeline maintain --apply`, with the retention they chose).
+
+Exactly once. Compaction commits are ordinary Delta commits with `dataChange=false`; they carry
+no app transaction and keep the ones in the log. A compaction that loses a race with a
+writer's commit (delta-rs raises `CommitFailedError`) is planned again on the new snapshot,
+after a backoff; a writer whose MERGE loses against a compaction retries its own step the same
+way. Neither commit is lost, whichever order they land in.
+
+The loop does not run when `should_run()` says another member does (the entity writer runs it
+on the member owning partition 0 of its topic); that only saves duplicate work: two
+compactions of one table are two optimistic commits, and the second conflicts and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kafka_pipeline.delta.table_writer import open_table
+from kafka_pipeline.runtime.backoff import backoff_delay
+from kafka_pipeline.runtime.logging import get_logger
+
+log = get_logger("kafka_pipeline.delta.maintenance")
+
+LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
+TARGET_SIZE_PROPERTY = "delta.targetFileSize"
+DEFAULT_TARGET_BYTES = 100 * 1024 * 1024  # delta-rs's default target size
+TIER_RATIO = 8
+MIN_TIER_BYTES = 64 * 1024  # below this a file is mostly Parquet footer: no tier smaller
+
+
+def tier_sizes(target_bytes: int) -> list[int]:
+    """Compaction tiers of a table, smallest first: the target size, /8, /64, ... >= 64 KiB."""
+    sizes = [target_bytes]
+    while sizes[-1] // TIER_RATIO >= MIN_TIER_BYTES:
+        sizes.append(sizes[-1] // TIER_RATIO)
+    return sizes[::-1]
+
+
+def log_retention_value(hours: float) -> str:
+    """`delta.logRetentionDuration` for `hours` (Delta's interval syntax, whole seconds)."""
+    return f"interval {int(hours * 3600)} seconds"
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    compact_small_files: int = 16
+    compact_after_commits: int = 200
+    checkpoint_after_commits: int = 50
+    log_retention_hours: float = 168.0
+    max_conflict_retries: int = 10
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+@dataclass
+class TableState:
+    """One look at a table: its snapshot and what it needs."""
+
+    label: str
+    table: DeltaTable
+    version: int
+    files: int
+    small_files: int
+    size_bytes: int
+    target_bytes: int
+    compact_to: int | None  # compact the files below half of this size into files of it
+    checkpoint: bool
+
+    @property
+    def compact(self) -> bool:
+        return self.compact_to is not None
+
+
+@dataclass
+class CycleReport:
+    """What one pass over the tables did."""
+
+    compacted: dict[str, int] = field(default_factory=dict)  # label -> files removed
+    checkpointed: list[str] = field(default_factory=list)
+    conflicts: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.files = Gauge("delta_table_files", "Data files in the table's current version", ["table"], registry=registry)
+        self.small_files = Gauge("delta_table_small_files", "Data files below the table's target file size", ["table"], registry=registry)
+        self.compactions = Counter("delta_compactions", "Compactions committed", ["table"], registry=registry)
+        self.compaction_seconds = Histogram(
+            "delta_compaction_duration_seconds",
+            "Time of one compaction, retries included",
+            ["table"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.conflicts = Counter(
+            "delta_compaction_conflicts", "Compaction commits that lost to a concurrent commit and were redone", ["table"], registry=registry
+        )
+        self.checkpoints = Counter("delta_checkpoints", "Checkpoints written (followed by log cleanup)", ["table"], registry=registry)
+        self.errors = Counter("delta_maintenance_errors", "Maintenance steps that failed (retried next cycle)", ["table"], registry=registry)
+
+
+class TableMaintainer:
+    """Decides and runs maintenance for a fixed set of tables (`label -> uri`). One thread."""
+
+    def __init__(
+        self,
+        tables: Mapping[str, str],
+        policy: MaintenancePolicy,
+        *,
+        storage_options: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.uris = dict(tables)
+        self.policy = policy
+        self.storage_options = dict(storage_options or {})
+        self.metrics = _Metrics(registry or CollectorRegistry())
+        self._tables: dict[str, DeltaTable] = {}
+        self._compacted_at: dict[str, int] = {}  # label -> table version of our last compaction
+        self._checkpointed_at: dict[str, int] = {}  # label -> version of our last checkpoint
+
+    def run_once(self) -> CycleReport:
+        """One pass: every existing table is assessed and maintained. Never raises for one table."""
+        report = CycleReport()
+        for label in self.uris:
+            try:
+                state = self.assess(label)
+                if state is None:
+                    continue
+                if state.compact:
+                    removed = self.compact(state, report)
+                    report.compacted[label] = removed
+                if state.compact or state.checkpoint:
+                    self.checkpoint(label)
+                    report.checkpointed.append(label)
+            except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others
+                text = str(exc).strip().splitlines()
+                report.errors[label] = f"{type(exc).__name__}: {text[0] if text else ''}"
+                self.metrics.errors.labels(label).inc()
+                log.warning("table maintenance failed; retried next cycle", table=label, error=report.errors[label])
+        return report
+
+    def assess(self, label: str) -> TableState | None:
+        """The table's current snapshot and what it needs (None: not created yet)."""
+        table = self._open(label)
+        if table is None:
+            return None
+        table.update_incremental()
+        version = table.version()
+        target = int(table.metadata().configuration.get(TARGET_SIZE_PROPERTY) or DEFAULT_TARGET_BYTES)
+        sizes = pa.table(table.get_add_actions(flatten=False)).column("size_bytes")
+        files = len(sizes)
+
+        def below(size: int) -> int:
+            return int(pc.sum(pc.less(sizes, pa.scalar(size, pa.int64()))).as_py() or 0) if files else 0
+
+        small = below(target)
+        self.metrics.files.labels(label).set(files)
+        self.metrics.small_files.labels(label).set(small)
+        since_compaction = version - self._compacted_at.setdefault(label, version)
+        since_checkpoint = version - self._checkpointed_at.get(label, -1)
+        tier = next((size for size in tier_sizes(target) if below(size // 2) >= self.policy.compact_small_files), None)
+        if tier is None and since_compaction >= self.policy.compact_after_commits and below(target // 2) > 1:
+            tier = target
+        return TableState(
+            label=label,
+            table=table,
+            version=version,
+            files=files,
+            small_files=small,
+            size_bytes=int(pc.sum(sizes).as_py() or 0) if files else 0,
+            target_bytes=target,
+            compact_to=tier,
+            checkpoint=since_checkpoint >= self.policy.checkpoint_after_commits,
+        )
+
+    def compact(self, state: TableState, report: CycleReport | None = None) -> int:
+        """Bin-pack the files of `state`'s table below its tier (`state.compact_to`, default the
+        target size) into files of that size; on a conflicting commit plan again on the new
+        snapshot. Returns the number of files removed."""
+        started = time.monotonic()
+        table, attempt = state.table, 0
+        while True:
+            try:
+                metrics = table.optimize.compact(target_size=state.compact_to or state.target_bytes)
+                break
+            except CommitFailedError:
+                attempt += 1
+                self.metrics.conflicts.labels(state.label).inc()
+                if report is not None:
+                    report.conflicts += 1
+                if attempt > self.policy.max_conflict_retries:
+                    raise
+                time.sleep(backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s))
+                table.update_incremental()
+        table.update_incremental()
+        self._compacted_at[state.label] = table.version()
+        self.metrics.compactions.labels(state.label).inc()
+        self.metrics.compaction_seconds.labels(state.label).observe(time.monotonic() - started)
+        removed = int(metrics.get("numFilesRemoved", 0))
+        log.info("table compacted", table=state.label, tier_bytes=state.compact_to, files_removed=removed, files_added=metrics.get("numFilesAdded", 0),
+                 seconds=round(time.monotonic() - started, 3), conflicts=attempt)
+        return removed
+
+    def checkpoint(self, label: str) -> None:
+        """Checkpoint the table's current version, then drop log entries past the retention."""
+        table = self._tables[label]
+        table.update_incremental()
+        self._ensure_log_retention(table)
+        table.create_checkpoint()
+        table.cleanup_metadata()
+        self._checkpointed_at[label] = table.version()
+        self.metrics.checkpoints.labels(label).inc()
+
+    def _ensure_log_retention(self, table: DeltaTable) -> None:
+        """Tables created before this setting existed get it once (a metadata commit)."""
+        wanted = log_retention_value(self.policy.log_retention_hours)
+        if table.metadata().configuration.get(LOG_RETENTION_PROPERTY) == wanted:
+            return
+        for attempt in range(1, self.policy.max_conflict_retries + 1):
+            try:
+                table.alter.set_table_properties({LOG_RETENTION_PROPERTY: wanted})
+                return
+            except CommitFailedError:
+                time.sleep(backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s))
+                table.update_incremental()
+        table.alter.set_table_properties({LOG_RETENTION_PROPERTY: wanted})
+
+    def _open(self, label: str) -> DeltaTable | None:
+        table = self._tables.get(label)
+        if table is None:
+            table = open_table(self.uris[label], self.storage_options)
+            if table is not None:
+                self._tables[label] = table
+        return table
+
+
+async def run_maintenance(
+    maintainer: TableMaintainer,
+    stop: asyncio.Event,
+    *,
+    interval_s: float,
+    should_run: Callable[[], bool] = lambda: True,
+) -> None:
+    """Call `maintainer.run_once` every `interval_s` in a thread of its own (the flush path's
+    threads and locks are never used), while `should_run()`, until `stop` is set."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-maintenance") as pool:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+            if stop.is_set() or not should_run():
+                continue
+            report = await loop.run_in_executor(pool, maintainer.run_once)
+            if report.compacted or report.errors:
+                log.info("maintenance cycle", compacted=report.compacted, checkpointed=len(report.checkpointed),
+                         conflicts=report.conflicts, errors=report.errors)
+
+
+def table_labels(names: Sequence[str], uri_of: Callable[[str], str], clock_uri_of: Callable[[str], str]) -> dict[str, str]:
+    """`label -> uri` for tables and their clock tables (`<name>` and `<name>/clocks`)."""
+    labels: dict[str, str] = {}
+    for name in names:
+        labels[name] = uri_of(name)
+        labels[f"{name}/clocks"] = clock_uri_of(name)
+    return labels

@@ -1,0 +1,343 @@
+"""Soak benchmark: thousands of small flushes through the writer's path with maintenance running
+beside it, as a long-running deployment sees them.
+
+    .venv/bin/python scripts/bench_soak.py                      # 5,000 flushes (issue 13's goals)
+    .venv/bin/python scripts/bench_soak.py --flushes 600        # quick
+
+A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
+stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
+media, task assignments and completions (with their shared task templates and external links),
+policyholder and MFN updates of recent projects, video collaborations, and one `claimx_events`
+row per event. Each flush goes the way the entity writer's does, without Kafka: the messages
+become typed Arrow tables (`BatchBuilder`), and every table with rows is merged by its
+`DeltaTableWriter` concurrently, app transactions included. The maintenance loop the writer
+runs (`TableMaintainer.run_once`, the deployment's settings) runs in its own thread every
+--maintenance-interval-s.
+
+Printed: flush-time percentiles of the first and the last thousand flushes (or tenth, for
+short runs), data files and log files per table, checkpoints, bytes written per row against the
+rows' own (Arrow) size, and a full read of `claimx_events` and `claimx_projects` (deltalake, and
+DuckDB's `delta_scan` when duckdb and its delta extension load) before and after a manual full
+compaction. Goals (issue 13): p99 of the last thousand <= 1.5x the first thousand; a few hundred
+data files per table at most; checkpoints exist and old log files are gone; bytes per row <= 10x
+the row size; the analyst's read within 2x of the compacted read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
+from kafka_pipeline.claimx.row_conversion import BatchBuilder  # noqa: E402
+from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
+from kafka_pipeline.config import MaintenanceSettings  # noqa: E402
+from kafka_pipeline.delta.maintenance import maintain  # noqa: E402
+from kafka_pipeline.delta.maintenance_loop import TableMaintainer, table_labels  # noqa: E402
+from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
+from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
+from kafka_pipeline.runtime.logging import configure_logging  # noqa: E402
+from kafka_pipeline.writer.entity_writer import app_id, table_properties  # noqa: E402
+from kafka_pipeline.writer.maintenance import policy  # noqa: E402
+
+T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+APP_ID = app_id("claimx-writer", "claimx.entity_rows", 0)
+TEMPLATES = 40  # task templates are few and shared: every task event upserts one
+EVENT_US = 100_000  # 10 events/s
+
+
+class Stream:
+    """A deterministic ClaimX-like stream of entity-rows messages."""
+
+    def __init__(self, seed: int = 13) -> None:
+        self.rng = random.Random(seed)
+        self.n = 0
+        self.projects = 5_000_000
+        self.media = 70_000_000
+        self.assignments = 900_000
+        self.open_tasks: list[tuple[str, str]] = []
+
+    def recent_project(self) -> str:
+        return str(self.projects - self.rng.randrange(min(400, self.projects - 4_999_999)))
+
+    def message(self) -> EntityRowsMessage:
+        self.n += 1
+        at = T0 + timedelta(microseconds=self.n * EVENT_US)
+        roll = self.rng.random()
+        rows: dict[str, list[dict[str, Any]]]
+        if roll < 0.12 or self.projects == 5_000_000:
+            self.projects += 1
+            kind, project = "PROJECT_CREATED", str(self.projects)
+            rows = {"claimx_projects": [self.project_row(project, at)],
+                    "claimx_contacts": [{"project_id": project, "contact_email": f"ph{project}@example.com", "contact_type": "POLICYHOLDER",
+                                         "first_name": "Pat", "last_name": f"Holder{project}", "phone_number": "5125550100",
+                                         "is_primary_contact": True},
+                                        {"project_id": project, "contact_email": "adjuster@example.com", "contact_type": "CLAIM_REP",
+                                         "is_primary_contact": False, "master_file_name": f"MFN-{project}"}]}
+        elif roll < 0.55:
+            kind, project = "PROJECT_FILE_ADDED", self.recent_project()
+            rows = {"claimx_media": [self.media_row(project, at) for _ in range(self.rng.choice((1, 1, 2, 3)))]}
+        elif roll < 0.75:
+            kind, project = "CUSTOM_TASK_ASSIGNED", self.recent_project()
+            self.assignments += 1
+            assignment, template = str(self.assignments), str(100 + self.rng.randrange(TEMPLATES))
+            self.open_tasks.append((assignment, project))
+            rows = {"claimx_tasks": [{"assignment_id": assignment, "task_id": template, "task_name": f"Task {template}", "project_id": project,
+                                      "assignee_id": str(self.rng.randrange(500)), "assignor_email": "ops@example.com",
+                                      "date_assigned": at.isoformat(), "status": "ASSIGNED", "stp_enabled": False}],
+                    "claimx_task_templates": [self.template_row(template, at)],
+                    "claimx_external_links": [{"link_id": f"L{assignment}", "assignment_id": assignment, "project_id": project,
+                                               "link_code": f"C{assignment}", "url": f"https://x.example.com/l/{assignment}",
+                                               "email": f"ph{project}@example.com"}]}
+        elif roll < 0.85 and self.open_tasks:
+            assignment, project = self.open_tasks.pop(self.rng.randrange(len(self.open_tasks)))
+            kind = "CUSTOM_TASK_COMPLETED"
+            template = str(100 + int(assignment) % TEMPLATES)
+            rows = {"claimx_tasks": [{"assignment_id": assignment, "status": "COMPLETED", "date_completed": at.isoformat()}],
+                    "claimx_task_templates": [self.template_row(template, at)]}
+        elif roll < 0.95:
+            kind, project = self.rng.choice(("POLICYHOLDER_INVITED", "POLICYHOLDER_JOINED", "PROJECT_MFN_ADDED")), self.recent_project()
+            column = {"POLICYHOLDER_INVITED": "policyholder_invited_at", "POLICYHOLDER_JOINED": "policyholder_joined_at"}.get(kind)
+            rows = {"claimx_projects": [{"project_id": project, column: at.isoformat()} if column else
+                                        {"project_id": project, "master_file_name": f"MFN-{project}-{self.n}"}]}
+        else:
+            kind, project = "VIDEO_COLLABORATION_COMPLETED", self.recent_project()
+            rows = {"claimx_video_collab": [{"video_collaboration_id": f"V{project}", "project_id": project, "session_count": self.n % 7,
+                                             "total_time_seconds": float(self.n % 3600), "claim_rep_full_name": "Ann Lee"}]}
+        trace = f"{self.n:064x}"
+        rows["claimx_events"] = [{"event_type": kind, "project_id": project, "ingested_at": at.isoformat(), "event_date": at.date().isoformat(),
+                                  "media_id": rows["claimx_media"][0]["media_id"] if "claimx_media" in rows else None}]
+        return EntityRowsMessage(trace_id=trace, event_type=kind, project_id=project, event_time=at, rows=rows)
+
+    def project_row(self, project: str, at: datetime) -> dict[str, Any]:
+        n = int(project)
+        return {"project_id": project, "project_number": f"P-{n}", "master_file_name": f"MFN-{n}", "status": "OPEN",
+                "created_date": at.isoformat(), "date_of_loss": (at - timedelta(days=3)).isoformat(), "type_of_loss": "WATER",
+                "cause_of_loss": "PIPE", "loss_description": f"Water damage in unit {n % 90}", "year_built": 1950 + n % 70,
+                "square_footage": float(900 + n % 2000), "date_received": at.isoformat(), "customer_first_name": "Pat",
+                "customer_last_name": f"Holder{n}", "street1": f"{n % 9000} Main St", "city": "Austin", "state_province": "TX",
+                "zip_postcode": f"78{n % 1000:03d}", "country": "US", "primary_email": f"ph{n}@example.com",
+                "primary_phone": "5125550100", "company_name": "Acme Insurance"}
+
+    def media_row(self, project: str, at: datetime) -> dict[str, Any]:
+        self.media += 1
+        return {"media_id": str(self.media), "project_id": project, "file_type": "jpg", "file_name": f"IMG_{self.media}.jpg",
+                "latitude": 30.2 + self.rng.random() / 10, "longitude": -97.7 - self.rng.random() / 10, "taken_date": at.isoformat(),
+                "full_download_link": f"https://media.example.com/{self.media}?sig={self.rng.getrandbits(64):016x}",
+                "expires_at": (at + timedelta(hours=1)).isoformat()}
+
+    def template_row(self, template: str, at: datetime) -> dict[str, Any]:
+        return {"task_id": template, "comp_id": "7", "name": f"Task {template}", "form_id": f"F{template}", "enabled": True,
+                "is_default": False, "modified_date": (T0 - timedelta(days=30)).isoformat()}
+
+    def flushes(self, count: int, messages: int) -> Iterator[list[EntityRowsMessage]]:
+        for _ in range(count):
+            yield [self.message() for _ in range(messages)]
+
+
+class Maintenance(threading.Thread):
+    """The writer's maintenance loop, in a thread, every `interval_s`."""
+
+    def __init__(self, maintainer: TableMaintainer, interval_s: float) -> None:
+        super().__init__(daemon=True)
+        self.maintainer, self.interval_s = maintainer, interval_s
+        self.stopped = threading.Event()
+        self.compactions = self.conflicts = self.cycles = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            report = self.maintainer.run_once()
+            self.cycles += 1
+            self.compactions += len(report.compacted)
+            self.conflicts += report.conflicts
+            self.errors += list(report.errors.values())
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def tree_bytes(path: Path, pattern: str) -> int:
+    return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
+
+
+def analyst_reads(root: str) -> dict[str, float]:
+    """Seconds of a full read of the two tables an analyst reads most (best of two)."""
+    times: dict[str, float] = {}
+    for name in ("claimx_events", "claimx_projects"):
+        best = float("inf")
+        for _ in range(2):
+            started = time.perf_counter()
+            DeltaTable(table_uri(root, name)).to_pyarrow_table()
+            best = min(best, time.perf_counter() - started)
+        times[f"deltalake {name}"] = best
+    duck = duckdb_connection()
+    if duck is not None:
+        for name in ("claimx_events", "claimx_projects"):
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                duck.execute(f"SELECT * FROM delta_scan('{table_uri(root, name)}')").arrow()
+                best = min(best, time.perf_counter() - started)
+            times[f"duckdb    {name}"] = best
+    return times
+
+
+def duckdb_connection() -> Any:
+    try:
+        import duckdb  # noqa: PLC0415 - optional: only the benchmark reads through DuckDB
+
+        connection = duckdb.connect()
+        connection.execute("INSTALL delta; LOAD delta;")
+        return connection
+    except Exception as exc:  # noqa: BLE001 - no duckdb or no delta extension: report and go on
+        print(f"(duckdb's delta reader unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return None
+
+
+def main() -> int:
+    defaults = MaintenanceSettings()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flushes", type=int, default=5_000, help="flushes (default 5,000)")
+    parser.add_argument("--messages-per-flush", type=int, default=20, help="entity-rows messages per flush (default 20, ~50 rows)")
+    parser.add_argument("--maintenance-interval-s", type=float, default=defaults.interval_s,
+                        help=f"seconds between maintenance passes (default {defaults.interval_s:g}, the setting's)")
+    parser.add_argument("--log-retention-hours", type=float, default=0.05,
+                        help="log retention of the tables (default 0.05 h = 3 min, so the run shows the cleanup; the setting's default is 168)")
+    parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
+    parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
+    args = parser.parse_args()
+    if args.flushes < 2 or args.messages_per_flush < 1 or args.maintenance_interval_s <= 0 or args.log_retention_hours < 0:
+        parser.error("--flushes >= 2, --messages-per-flush >= 1, --maintenance-interval-s > 0, --log-retention-hours >= 0")
+
+    configure_logging("bench-soak", level="WARNING")
+    root_path = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    root = str(root_path)
+    try:
+        writers = {name: DeltaTableWriter(spec, root, configuration=table_properties(name)[0], clock_configuration=table_properties(name)[1])
+                   for name, spec in TABLES.items()}
+        settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
+        maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
+                                     policy(settings))
+        maintenance = Maintenance(maintainer, args.maintenance_interval_s)
+        if not args.no_maintenance:
+            maintenance.start()
+        pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
+        seconds: list[float] = []
+        rows = row_bytes = json_bytes = offset = conflicts = 0
+        started_all = time.perf_counter()
+        for number, messages in enumerate(Stream().flushes(args.flushes, args.messages_per_flush)):
+            started = time.perf_counter()
+            builder = BatchBuilder()
+            for message in messages:
+                builder.add(message, app=APP_ID, offset=offset)
+                offset += 1
+                json_bytes += sum(len(json.dumps(row, separators=(",", ":"))) for table_rows in message.rows.values() for row in table_rows)
+            tables = builder.tables()
+            progress = {APP_ID: offset - 1}
+            now = datetime.now(UTC)
+            futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
+            results = [future.result() for future in futures]
+            seconds.append(time.perf_counter() - started)
+            conflicts += sum(r.conflicts for r in results)
+            for data in tables.values():
+                rows += data.num_rows
+                row_bytes += data.drop_columns([SEQ, APP, OFFSET]).nbytes
+            if (number + 1) % 500 == 0:
+                print(f"  {number + 1:>6} flushes, {rows:,} rows, last 500 p50 {statistics.median(seconds[-500:]):.3f} s "
+                      f"({time.perf_counter() - started_all:.0f} s so far)", flush=True)
+        pool.shutdown()
+        maintenance.stopped.set()
+        if maintenance.is_alive():
+            maintenance.join()
+        total_s = time.perf_counter() - started_all
+
+        window = min(1000, args.flushes // 2)
+        first, last = seconds[:window], seconds[-window:]
+        print(f"\nsoak: {args.flushes:,} flushes of {args.messages_per_flush} messages, {rows:,} rows ({rows / args.flushes:.1f} per flush), "
+              f"{total_s:.0f} s; maintenance {'off' if args.no_maintenance else f'every {args.maintenance_interval_s:g} s'}")
+        print(f"flush time, first {window:,}: p50 {statistics.median(first):.3f} s, p99 {percentile(first, 99):.3f} s, max {max(first):.3f} s")
+        print(f"flush time, last  {window:,}: p50 {statistics.median(last):.3f} s, p99 {percentile(last, 99):.3f} s, max {max(last):.3f} s")
+        print(f"maintenance: {maintenance.cycles} passes, {maintenance.compactions} compactions, {maintenance.conflicts} compaction conflicts, "
+              f"{len(maintenance.errors)} errors; writer commit conflicts {conflicts}")
+        for error in maintenance.errors[:3]:
+            print(f"  maintenance error: {error}")
+
+        print(f"\n{'table':34} {'data files':>10} {'log json':>9} {'checkpoints':>11} {'rows':>9}")
+        max_files = 0
+        checkpoints_everywhere, logs_bounded = True, True
+        for name in TABLES:
+            for label, uri in ((name, table_uri(root, name)), (f"{name} (clocks)", clock_table_uri(root, name))):
+                if not DeltaTable.is_deltatable(uri):
+                    continue
+                table = DeltaTable(uri)
+                files = len(table.file_uris())
+                log_dir = Path(uri) / "_delta_log"
+                logs = len(list(log_dir.glob("*.json")))
+                checkpoints = len(list(log_dir.glob("*.checkpoint*.parquet")))
+                count = int(pc.sum(pa.table(table.get_add_actions(flatten=True))["num_records"]).as_py() or 0)
+                max_files = max(max_files, files)
+                checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
+                logs_bounded &= logs < table.version() / 2
+                print(f"{label:34} {files:>10,} {logs:>9,} {checkpoints:>11,} {count:>9,}")
+
+        data_bytes = tree_bytes(root_path, "*.parquet") - tree_bytes(root_path, "*.checkpoint*.parquet")
+        log_bytes = tree_bytes(root_path, "*.json") + tree_bytes(root_path, "*.checkpoint*.parquet")
+        row_size = row_bytes / rows
+        per_row = data_bytes / rows
+        json_size = json_bytes / rows
+        print(f"\nbytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
+              f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
+              f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
+
+        before = analyst_reads(root)
+        compact_started = time.perf_counter()
+        for name in ("claimx_events", "claimx_projects"):
+            maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False)
+        compact_s = time.perf_counter() - compact_started
+        after = analyst_reads(root)
+        print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "
+              f"manual compaction took {compact_s:.1f} s:")
+        read_ratio = 0.0
+        for key in before:
+            ratio = before[key] / max(after[key], 1e-9)
+            read_ratio = max(read_ratio, ratio)
+            print(f"  {key:32} {before[key]:.3f} s as left by the writer, {after[key]:.3f} s after a full compaction ({ratio:.1f}x)")
+
+        p99_ratio = percentile(last, 99) / percentile(first, 99)
+        goals = [
+            (f"p99 of the last {window:,} flushes <= 1.5x the first {window:,} ({p99_ratio:.2f}x)", p99_ratio <= 1.5),
+            (f"data files per table bounded (max {max_files})", max_files <= 300),
+            ("checkpoints exist, old log files gone", checkpoints_everywhere and logs_bounded),
+            (f"bytes per row <= 10x the row's Arrow size ({per_row / row_size:.1f}x)", per_row <= 10 * row_size),
+            (f"analyst read within 2x of compacted ({read_ratio:.1f}x)", read_ratio <= 2.0),
+        ]
+        for text, met in goals:
+            print(f"goal: {text} -> {'meets' if met else 'misses'}")
+    finally:
+        if not args.root:
+            shutil.rmtree(root_path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
