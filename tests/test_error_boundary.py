@@ -66,10 +66,10 @@ async def test_enrichment_worker_dead_letters_whatever_an_event_raises(
         def __init__(self, handler: Any) -> None:
             self.handler = handler
 
-        async def handle(self, event: ClaimXEvent, context: HandlerContext) -> HandlerResult:
+        async def handle(self, event: ClaimXEvent, context: HandlerContext, **options: Any) -> HandlerResult:
             if event.project_id in INJECTED:
                 raise INJECTED[event.project_id]
-            result: HandlerResult = await self.handler.handle(event, context)
+            result: HandlerResult = await self.handler.handle(event, context, **options)
             return result
 
     def handler_for(event_type: str) -> Any:

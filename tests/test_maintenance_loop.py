@@ -16,8 +16,8 @@ from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, MaintenanceSettings
 from kafka_pipeline.delta import DeltaTableWriter, clock_table_uri, table_uri
 from kafka_pipeline.delta.maintenance_loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
-from kafka_pipeline.writer.entity_writer import EntityWriter, read_rows
-from tests.test_entity_writer import build_stream, encoded, produce, table_contents, wait_committed, writer_settings
+from kafka_pipeline.writer.entity_writer import EntityWriter
+from tests.test_entity_writer import build_stream, encoded, produce, read_rows, table_contents, wait_committed, writer_settings
 from tests.test_entity_writer import reference as reference_tables
 from tests.test_table_writer import P0, batch, content
 
