@@ -1,8 +1,9 @@
 """Failures are routine: the whole pipeline under API faults, worker crashes and malformed input.
 
 Two runs of one generated stream (2,000 events over 60 projects plus 200 malformed lines), each
-on its own EmbeddedStack (tansu broker, ClaimX API simulator, enrichment worker, entity writer
-and retry scheduler as child processes, Delta tables in a temp folder):
+on its own EmbeddedStack (the session's broker with topics of the run's own, ClaimX API
+simulator, enrichment worker, entity writer and retry scheduler as child processes, Delta tables
+in a temp folder):
 
 - the *baseline*: no faults, no kills;
 - the *chaos* run: the simulator fails about a quarter of the requests (500/503, 429 with
@@ -42,6 +43,7 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.runtime.dead_letter import EncodedBytes
 from kafka_pipeline.errors import PermanentError
+from tests.fixtures.broker import RunningBroker
 from tests.faults.harness import (
     PipelineRun,
     Stream,
@@ -89,20 +91,23 @@ def stream() -> Stream:
 
 
 @pytest.fixture(scope="module")
-def baseline(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    run = asyncio.run(run_pipeline("baseline", stream, tmp_path_factory.mktemp("baseline"), env=worker_env()))
+def baseline(stream: Stream, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    run = asyncio.run(
+        run_pipeline("baseline", stream, tmp_path_factory.mktemp("baseline"), bootstrap_servers=broker.bootstrap_servers, env=worker_env())
+    )
     print(f"\nbaseline run: {run.seconds:.0f}s, {run.simulator_stats.get('total')} API requests, logs in {run.log_dir}")
     return run
 
 
 @pytest.fixture(scope="module")
-def chaos(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
+def chaos(stream: Stream, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
     kills = kill_schedule(random.Random(CHAOS_SEED), KILLED_WORKERS, KILLS_PER_WORKER, *KILL_WINDOW_S)
     run = asyncio.run(
         run_pipeline(
             "chaos",
             stream,
             tmp_path_factory.mktemp("chaos"),
+            bootstrap_servers=broker.bootstrap_servers,
             env=worker_env(),
             simulator_faults=FAULTS,
             kills=kills,
