@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, make_producer
+from kafka_pipeline.runtime.kafka import CONNECT_ERRORS, BrokerUnreachable, connection_kwargs, first_contact_error, make_consumer, make_producer
 from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
@@ -98,8 +98,8 @@ async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 
     """Everything on the DLQ topic after the purge point, up to its current end."""
     try:
         ends = await high_watermarks(kafka, topic)
-    except (KafkaConnectionError, OSError) as exc:
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
+    except CONNECT_ERRORS as exc:
+        raise first_contact_error(kafka, exc) from None
     if not ends:
         return DlqSnapshot(topic=topic, exists=False)
     snapshot = DlqSnapshot(topic=topic, exists=True, end=dict(ends))
@@ -179,8 +179,8 @@ def _entry(record: Any) -> DlqEntry:
 async def _start(client: Any, kafka: KafkaSettings) -> None:
     try:
         await client.start()
-    except (KafkaConnectionError, OSError) as exc:
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
+    except CONNECT_ERRORS as exc:
+        raise first_contact_error(kafka, exc) from None
 
 
 # -- list -----------------------------------------------------------------------------------

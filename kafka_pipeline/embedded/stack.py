@@ -58,10 +58,12 @@ class EmbeddedStack:
 
     def start_services(self) -> None:
         """Broker and simulator; points the settings at them."""
-        bootstrap = self.bootstrap_servers or self._start_broker().bootstrap_servers
+        update: dict[str, object] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.bootstrap_servers is None:  # our own broker: we know its kind, nothing to detect
+            update = {"bootstrap_servers": self._start_broker().bootstrap_servers, "broker_kind": self.broker_kind}
         sim_log = self.log_dir / "simulator.log" if self.log_dir else None
         self.simulator = SimulatorProcess(log_path=sim_log, **self.simulator_options).start()  # type: ignore[arg-type]
-        self.settings.kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        self.settings.kafka = self.settings.kafka.model_copy(update=update)
         self.settings.api = self.simulator.api_settings(
             **self.settings.api.model_dump(exclude={"url", "token", "token_file"})
         )
@@ -81,6 +83,7 @@ class EmbeddedStack:
         env = {
             "KP_ENV": self.settings.env,
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KAFKA_BROKER_KIND": kafka.broker_kind,
             "KAFKA_EVENTS_TOPIC": kafka.events_topic,
             "KAFKA_ENTITY_ROWS_TOPIC": kafka.entity_rows_topic,
             "KAFKA_RETRY_TOPIC": kafka.retry_topic,

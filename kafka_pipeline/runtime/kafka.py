@@ -5,18 +5,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.broker_capabilities import producer_idempotence, resolve_capabilities
+
+# What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
+CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)
 
 
 class BrokerUnreachable(Exception):
-    """The bootstrap servers did not answer; the message is one line for the user."""
+    """The bootstrap servers did not answer or refused us; the message is one line for the user."""
+
+
+def first_contact_error(kafka: KafkaSettings, exc: BaseException) -> BrokerUnreachable:
+    """One line saying why the first contact failed: credentials, TLS trust, or no answer.
+    Names the user and the CA file, never the password."""
+    where = kafka.bootstrap_servers
+    if isinstance(exc, (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)):
+        return BrokerUnreachable(
+            f"Kafka broker at {where} rejected the {kafka.sasl_mechanism} credentials of user "
+            f"{kafka.sasl_username!r} (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = kafka.ssl_cafile or "the system CAs"
+        return BrokerUnreachable(f"TLS certificate of the Kafka broker at {where} not trusted by {trusted}: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return BrokerUnreachable(f"TLS handshake with the Kafka broker at {where} failed ({exc.reason or type(exc).__name__})")
+    return BrokerUnreachable(f"Kafka broker unreachable at {where} ({type(exc).__name__})")
 
 
 def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
@@ -41,7 +70,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
         **connection_kwargs(kafka),
         "acks": "all",
-        "enable_idempotence": kafka.enable_idempotence,
+        "enable_idempotence": producer_idempotence(kafka),
         "compression_type": kafka.compression_type,
         "linger_ms": 5,
         "max_batch_size": 1_048_576,
@@ -66,14 +95,16 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ov
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: float = 15.0) -> None:
-    """Create the topics that are missing (partitions and replication from the settings)."""
+    """Create the topics that are missing (partitions and replication from the settings), and
+    learn what the broker supports (every worker calls this before making its producer)."""
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     try:
         with _quiet(logging.getLogger("aiokafka")):  # an unreachable broker is reported in one line below
             await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
+            await resolve_capabilities(kafka, timeout_s=timeout_s)
+    except CONNECT_ERRORS as exc:
         await _close_quietly(admin)
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
+        raise first_contact_error(kafka, exc) from None
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
