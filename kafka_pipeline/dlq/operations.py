@@ -46,7 +46,7 @@ from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import CONNECT_ERRORS, BrokerUnreachable, connection_kwargs, first_contact_error, make_consumer, make_producer
+from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, first_contact, make_consumer, make_producer
 from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
@@ -96,10 +96,8 @@ class DlqSnapshot:
 
 async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 5.0) -> DlqSnapshot:
     """Everything on the DLQ topic after the purge point, up to its current end."""
-    try:
+    with first_contact(kafka):
         ends = await high_watermarks(kafka, topic)
-    except CONNECT_ERRORS as exc:
-        raise first_contact_error(kafka, exc) from None
     if not ends:
         return DlqSnapshot(topic=topic, exists=False)
     snapshot = DlqSnapshot(topic=topic, exists=True, end=dict(ends))
@@ -177,10 +175,8 @@ def _entry(record: Any) -> DlqEntry:
 
 
 async def _start(client: Any, kafka: KafkaSettings) -> None:
-    try:
+    with first_contact(kafka):
         await client.start()
-    except CONNECT_ERRORS as exc:
-        raise first_contact_error(kafka, exc) from None
 
 
 # -- list -----------------------------------------------------------------------------------

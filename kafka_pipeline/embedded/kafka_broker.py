@@ -4,8 +4,8 @@ The jars come from the repository's pom.xml (`scripts/fetch-kafka-jars.sh` puts 
 `KAFKA_JARS_DIR`, default ~/.cache/kafka-pipeline/kafka-jars). `start()` writes a
 server.properties, formats the log directory once (`kafka.tools.StorageTool format`), starts
 `kafka.Kafka` and returns when a metadata request lists the broker. With `sasl_ssl=True` it also
-opens a SASL_SSL listener (SCRAM-SHA-512, a certificate for localhost/127.0.0.1 signed by a CA
-made here) next to the PLAINTEXT one. A `data_dir` that was formatted before is reused as it is:
+opens a SASL_SSL listener (SCRAM-SHA-512, advertised as `localhost` with a certificate for that
+name only, signed by a CA made here) next to the PLAINTEXT one. A `data_dir` that was formatted before is reused as it is:
 topics and committed offsets survive a restart.
 """
 
@@ -33,9 +33,11 @@ DEFAULT_JARS_DIR = Path.home() / ".cache" / "kafka-pipeline" / "kafka-jars"
 FETCH_HINT = "fetch them with `bash scripts/fetch-kafka-jars.sh` in a checkout of kafka-pipeline (Maven), or set KAFKA_JARS_DIR"
 MIN_JAVA = 17
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+TLS_HOST = "localhost"  # the one name in the SASL_SSL listener's certificate (clients verify it)
 # A small heap; C1 only and the serial GC: a third of the start-up time of the JVM defaults,
 # and plenty for one local node.
 JVM_OPTIONS = ["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+# WARN and up, plus the "started" line and failed authentications (what the security tests count)
 LOG4J2_PROPERTIES = """\
 status = warn
 appender.out.type = Console
@@ -46,6 +48,8 @@ rootLogger.level = warn
 rootLogger.appenderRef.out.ref = out
 logger.started.name = kafka.server.KafkaRaftServer
 logger.started.level = info
+logger.auth.name = org.apache.kafka.common.network.Selector
+logger.auth.level = info
 """
 
 
@@ -94,7 +98,7 @@ class TlsFiles:
     keystore_password: str
 
 
-def make_certificates(folder: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> TlsFiles:
+def make_certificates(folder: Path, hosts: tuple[str, ...] = ("localhost",)) -> TlsFiles:
     """A throw-away CA and a broker certificate for `hosts` (names and IPs in subjectAltName)."""
     folder.mkdir(parents=True, exist_ok=True)
     password = secrets.token_hex(12)
@@ -140,7 +144,7 @@ class KafkaBroker:
 
     @property
     def sasl_ssl_bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.sasl_ssl_port}"
+        return f"{TLS_HOST}:{self.sasl_ssl_port}"
 
     def start(self, timeout_s: float = 60.0) -> KafkaBroker:
         java = java_binary()
@@ -154,7 +158,7 @@ class KafkaBroker:
         self.controller_port = self.controller_port or free_port(self.host)
         if self.sasl_ssl:
             self.sasl_ssl_port = self.sasl_ssl_port or free_port(self.host)
-            self.tls = make_certificates(self._work / "tls")
+            self.tls = make_certificates(self._work / "tls", (TLS_HOST,))
         properties = self._work / "server.properties"
         properties.write_text(self.server_properties())
         log4j = self._work / "log4j2.properties"
@@ -201,7 +205,7 @@ class KafkaBroker:
         if self.sasl_ssl:
             assert self.tls is not None
             listeners.append(f"SASL_SSL://{self.host}:{self.sasl_ssl_port}")
-            advertised.append(f"SASL_SSL://{self.host}:{self.sasl_ssl_port}")
+            advertised.append(f"SASL_SSL://{TLS_HOST}:{self.sasl_ssl_port}")
             protocols.append("SASL_SSL:SASL_SSL")
             lines += [
                 f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",

@@ -25,6 +25,7 @@ from kafka_pipeline.runtime.broker_capabilities import producer_idempotence, res
 
 # What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
 CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)
+AUTH_ERRORS = (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)
 
 
 class BrokerUnreachable(Exception):
@@ -35,7 +36,7 @@ def first_contact_error(kafka: KafkaSettings, exc: BaseException) -> BrokerUnrea
     """One line saying why the first contact failed: credentials, TLS trust, or no answer.
     Names the user and the CA file, never the password."""
     where = kafka.bootstrap_servers
-    if isinstance(exc, (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)):
+    if isinstance(exc, AUTH_ERRORS):
         return BrokerUnreachable(
             f"Kafka broker at {where} rejected the {kafka.sasl_mechanism} credentials of user "
             f"{kafka.sasl_username!r} (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
@@ -99,12 +100,12 @@ async def ensure_topics(kafka: KafkaSettings, topics: list[str], *, timeout_s: f
     learn what the broker supports (every worker calls this before making its producer)."""
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
     try:
-        with _quiet(logging.getLogger("aiokafka")):  # an unreachable broker is reported in one line below
+        with first_contact(kafka):
             await asyncio.wait_for(admin.start(), timeout_s)
             await resolve_capabilities(kafka, timeout_s=timeout_s)
-    except CONNECT_ERRORS as exc:
+    except BrokerUnreachable:
         await _close_quietly(admin)
-        raise first_contact_error(kafka, exc) from None
+        raise
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -125,11 +126,35 @@ async def _close_quietly(admin: AIOKafkaAdminClient) -> None:
         pass
 
 
+class _CauseCatcher(logging.Handler):
+    """Keeps the exceptions aiokafka logs while it tries the bootstrap servers: its own error
+    is only "Unable to bootstrap", the refused password or certificate is in these."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.causes: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, tuple):
+            self.causes.extend(arg for arg in record.args if isinstance(arg, BaseException))
+
+
 @contextlib.contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+def first_contact(kafka: KafkaSettings) -> Iterator[None]:
+    """Around a client's first contact: aiokafka's per-attempt logs stay quiet, and a failure
+    becomes one BrokerUnreachable line naming its real cause (`first_contact_error`)."""
+    logger = logging.getLogger("aiokafka")
+    catcher = _CauseCatcher()
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(catcher)
     try:
         yield
+    except CONNECT_ERRORS as exc:
+        telling = [c for c in catcher.causes if isinstance(c, (*AUTH_ERRORS, ssl.SSLError))]
+        raise first_contact_error(kafka, telling[0] if telling else exc) from None
     finally:
+        logger.removeHandler(catcher)
         logger.setLevel(level)
+        logger.propagate = propagate
