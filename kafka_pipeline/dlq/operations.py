@@ -41,7 +41,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
