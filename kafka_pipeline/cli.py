@@ -9,23 +9,14 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from kafka_pipeline import __version__, commands
-from kafka_pipeline.config import ConfigError
-from kafka_pipeline.embedded.broker import BrokerError
-from kafka_pipeline.runtime.kafka import BrokerUnreachable
-
-
-class UsageError(Exception):
-    """A bad argument value found after parsing (one line for the user)."""
-
-
-# Errors that are the user's to fix: one line on stderr and a non-zero exit, no traceback.
-USER_ERRORS = (ConfigError, BrokerError, BrokerUnreachable, UsageError, FileNotFoundError)
+from kafka_pipeline.errors import UserError, WorkerFailed
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the usage block
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -42,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in command_modules():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        command.set_defaults(run=module.run)
     return parser
 
 
@@ -52,10 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Long-running workers turn its warnings back on in configure_logging.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        return int(args._run(args) or 0)
-    except USER_ERRORS as exc:
+        return int(args.run(args) or 0)
+    except (UserError, FileNotFoundError) as exc:  # the user's to fix: one line, no traceback
         print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # the worker stopped on a failure of its own; what it finished is committed
+        print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

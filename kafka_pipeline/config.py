@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from kafka_pipeline.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
@@ -124,6 +126,8 @@ class EnrichSettings(Section):
     group_id: str = "claimx-enrich"
     max_in_flight: int = Field(256, ge=1)
     stats_interval_s: float = Field(30.0, gt=0)
+    # media events of one project arriving within this window share one media-list call
+    media_window_s: float = Field(0.005, ge=0)
 
 
 class WriterSettings(Section):
@@ -131,6 +135,10 @@ class WriterSettings(Section):
     max_rows: int = Field(20_000, ge=1)
     max_latency_s: float = Field(2.0, gt=0)
     stats_interval_s: float = Field(30.0, gt=0)
+    max_poll_records: int = Field(2_000, ge=1)  # records taken per poll
+    # a failed flush is retried after an exponential backoff between these bounds
+    flush_retry_base_s: float = Field(0.5, gt=0)
+    flush_retry_max_s: float = Field(30.0, gt=0)
 
 
 class RetrySettings(Section):
@@ -138,6 +146,9 @@ class RetrySettings(Section):
     delays_s: list[float] = Field(default_factory=lambda: [30.0, 120.0, 600.0, 1800.0], min_length=1)
     max_waiting_per_partition: int = Field(10_000, ge=1)  # held in memory before the partition is paused
     stats_interval_s: float = Field(30.0, gt=0)
+    max_poll_records: int = Field(500, ge=1)  # records taken per poll
+    send_retry_backoff_s: float = Field(1.0, gt=0)  # a failed forward is tried again after this
+    topic_refresh_s: float = Field(10.0, gt=0)  # an unknown target topic is looked up again at most this often
 
 
 class WorkerSettings(Section):
@@ -147,6 +158,12 @@ class WorkerSettings(Section):
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)  # 0: no ops HTTP server
     shutdown_grace_s: float = Field(30.0, gt=0)
+    # the consumer runtime (every Kafka worker): finished offsets are committed at least this often
+    commit_interval_s: float = Field(0.5, gt=0)
+    # longest wait of one poll, so a stop, a flush or a due time is noticed quickly
+    poll_timeout_ms: int = Field(200, ge=1)
+    # a flush or drain longer than this polls the consumer (partitions paused) to keep the group membership
+    poll_while_busy_s: float = Field(1.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -172,10 +189,6 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message is one line naming it."""
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

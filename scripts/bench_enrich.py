@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.cache.project_cache import NoCache
+from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer

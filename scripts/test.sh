@@ -28,4 +28,7 @@ done
 bash "$ROOT/scripts/fetch-kafka-jars.sh"
 bash "$ROOT/scripts/bootstrap.sh" dev
 cd "$ROOT"
+# the checks that keep the code as it is meant to be: lint (with import order) and types
+"$ROOT/.venv/bin/ruff" check .
+"$ROOT/.venv/bin/mypy"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import structlog
 
-from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, parse_retry_after
+from kafka_pipeline.claimx.api.client import ClaimXApiClient, ShardedTransport, TokenBucket, parse_retry_after
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
@@ -257,8 +257,6 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
 
 
 async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
-    from kafka_pipeline.claimx.api.client import ShardedTransport
-
     transport = ShardedTransport(8, per_shard=2)
     assert len(transport._shards) == 4
     answered: list[int] = []

@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
-from kafka_pipeline.cli import main
-from kafka_pipeline.config import ConfigError, load_settings
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, ensure_topics, make_consumer, make_producer
+from kafka_pipeline.cli import command_modules, main
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.errors import BrokerUnreachable, ConfigError
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
 
 def test_env_overrides_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,8 +78,6 @@ async def test_unreachable_broker_is_a_clear_error(kafka_settings) -> None:
 
 
 def test_every_subcommand_has_help() -> None:
-    from kafka_pipeline.cli import command_modules
-
     names = [m.NAME for m in command_modules()]
     assert "broker" in names
     for name in names:

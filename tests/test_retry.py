@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
-from kafka_pipeline.runtime.dead_letter import RecordView as Record
 from kafka_pipeline.retry.routing import (
     MAX_ERROR_HEADER_BYTES,
     RETRY_ATTEMPT,
@@ -26,6 +23,8 @@ from kafka_pipeline.retry.routing import (
     parse_retry_headers,
     strip_retry_headers,
 )
+from kafka_pipeline.runtime.dead_letter import DeadLetter
+from kafka_pipeline.runtime.dead_letter import RecordView as Record
 
 DELAYS = [30.0, 120.0, 600.0, 1800.0]
 TRANSIENT = Failure("ApiUnavailable", "503 from /export/project/17", "transient")

@@ -16,10 +16,7 @@ import httpx
 import pytest
 
 from kafka_pipeline.config import KafkaSettings, Settings, load_settings
-from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.embedded.broker import free_port
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.dead_letter import RecordView as Record
 from kafka_pipeline.retry.routing import (
     RETRY_ATTEMPT,
     RETRY_DUE_AT,
@@ -30,6 +27,9 @@ from kafka_pipeline.retry.routing import (
     now_ms,
 )
 from kafka_pipeline.retry.scheduler import RetryScheduler
+from kafka_pipeline.runtime.dead_letter import DeadLetter
+from kafka_pipeline.runtime.dead_letter import RecordView as Record
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import committed_offsets, high_watermarks
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from kafka_pipeline.claimx.events import to_utc
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.events import to_utc
 from kafka_pipeline.claimx.schemas import METADATA_COLUMN_NAMES, TABLES, TableSpec
 from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.errors import PermanentError

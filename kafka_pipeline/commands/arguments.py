@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kafka_pipeline.config import ConfigError, Settings
+from kafka_pipeline.config import Settings
+from kafka_pipeline.errors import ConfigError
 
 
 def positive_int(text: str) -> int:

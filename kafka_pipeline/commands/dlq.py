@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 
-from kafka_pipeline.cli import UsageError
-from kafka_pipeline.dlq import operations as dlq_ops
 from kafka_pipeline.config import KafkaSettings, load_settings
+from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.errors import UsageError
 
 NAME = "dlq"
 HELP = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.runtime.logging import configure_logging
-from kafka_pipeline.runtime.signals import run_until_signalled
+from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "enrich"
 HELP = (
@@ -46,12 +43,6 @@ def run(args: argparse.Namespace) -> int:
         "worker.http_port": args.http_port,
         "enrich.stats_interval_s": args.stats_interval,
     })
-    configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker, WorkerAborted  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker  # noqa: PLC0415 - imports the whole domain
 
-    try:
-        asyncio.run(run_until_signalled(lambda: EnrichmentWorker(settings)))
-    except WorkerAborted as exc:
-        print(f"kafka-pipeline enrich: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_worker(settings, lambda: EnrichmentWorker(settings))

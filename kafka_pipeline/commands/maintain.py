@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.errors import UsageError
 
 NAME = "maintain"
 HELP = (

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.commands.arguments import positive_float, positive_int
 from kafka_pipeline.config import load_settings
+from kafka_pipeline.errors import UsageError
 
 NAME = "replay"
 HELP = "Send JSON-lines ClaimX event files to the events topic, keyed by project_id (works against any Kafka)."

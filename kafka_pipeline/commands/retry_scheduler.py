@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.runtime.logging import configure_logging
-from kafka_pipeline.runtime.signals import run_until_signalled
 from kafka_pipeline.retry.scheduler import RetryScheduler
+from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "retry-scheduler"
 HELP = (
@@ -39,7 +37,4 @@ def run(args: argparse.Namespace) -> int:
         "retry.max_waiting_per_partition": args.max_waiting,
         "retry.stats_interval_s": args.stats_interval,
     })
-    configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    scheduler = RetryScheduler(settings)
-    asyncio.run(run_until_signalled(lambda: scheduler))
-    return 0
+    return run_worker(settings, lambda: RetryScheduler(settings))

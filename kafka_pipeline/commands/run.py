@@ -19,10 +19,10 @@ from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.stack import EmbeddedStack
+from kafka_pipeline.errors import UsageError
 
 NAME = "run"
 HELP = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."

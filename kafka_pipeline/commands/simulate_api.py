@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kafka_pipeline.cli import UsageError
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.simulator import server
 
 NAME = "simulate-api"

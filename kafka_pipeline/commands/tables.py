@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.cli import UsageError
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import TableDescription, describe
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.errors import UsageError
 
 NAME = "tables"
 HELP = "Show each Delta table: version, row count, files, size, last commit (time, operation) and a few sample rows."

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
-
 
 from kafka_pipeline.commands.arguments import apply_overrides, positive_float, positive_int
 from kafka_pipeline.config import Settings, load_settings
-from kafka_pipeline.runtime.logging import configure_logging
-from kafka_pipeline.runtime.signals import run_until_signalled
+from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "write"
 HELP = (
@@ -41,12 +37,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    from kafka_pipeline.writer.entity_writer import EntityWriter, FlushFailed  # noqa: PLC0415 - after logging is set up
+    from kafka_pipeline.writer.entity_writer import EntityWriter  # noqa: PLC0415 - imports deltalake
 
-    try:
-        asyncio.run(run_until_signalled(lambda: EntityWriter(settings)))
-    except FlushFailed as exc:
-        print(f"kafka-pipeline write: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_worker(settings, lambda: EntityWriter(settings))

@@ -32,10 +32,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
-from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, TableContract
 from kafka_pipeline.errors import PermanentError, TransientError
+from kafka_pipeline.runtime.backoff import backoff_delay
 
 CLOCKS_DIR = "_clocks"
 

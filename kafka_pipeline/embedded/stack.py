@@ -17,9 +17,9 @@ from typing import Literal, Protocol
 from kafka_pipeline.config import Settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
+from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.runtime.kafka import ensure_topics
 from kafka_pipeline.runtime.topic_offsets import group_lag, high_watermarks
-from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.simulator.server import SimulatorProcess
 
 WORKER_COMMANDS = ("enrich", "write", "retry-scheduler")

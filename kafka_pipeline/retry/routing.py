@@ -41,8 +41,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.runtime.dead_letter import DeadLetter, RecordView, dead_letter_for
 from kafka_pipeline.errors import Category, PipelineError
+from kafka_pipeline.runtime.dead_letter import DeadLetter, RecordView, dead_letter_for
 
 RETRY_ATTEMPT = "retry-attempt"
 RETRY_DUE_AT = "retry-due-at"

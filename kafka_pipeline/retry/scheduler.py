@@ -1,6 +1,8 @@
 """The retry scheduler: sends each message on the retry topic back to its target topic once it is due.
 
-Read top to bottom: `RetryScheduler.run` is the whole worker.
+Runs on the consumer runtime (`kafka_pipeline.runtime.consumer`), which does the Kafka part:
+polling, pausing, rebalances, commits of the finished prefix of each partition, the drain. This
+module is only the scheduler's own logic: a heap of messages ordered by due time.
 
 - It consumes the retry topic in the consumer group `settings.retry.group_id`. A message's
   retry headers (see `kafka_pipeline.retry.routing`) say where it goes (`retry-target-topic`) and
@@ -14,13 +16,13 @@ Read top to bottom: `RetryScheduler.run` is the whole worker.
   first one it did not take) and is paused until some of them were forwarded; aiokafka drops
   what it prefetched for a paused partition. When a partition is full of far-off messages, a
   sooner one behind them waits for them (it is late, never early).
-- An offset is committed only when it and every earlier offset of its partition were forwarded
-  (or dead-lettered) and the broker acknowledged the send. A crash therefore loses nothing; it
+- An offset is finished once its message was forwarded (or dead-lettered) and the broker
+  acknowledged the send; the runtime commits a partition only up to its finished prefix. A crash therefore loses nothing; it
   re-sends what was forwarded after the last commit (at-least-once; the workers' merges make a
   duplicate harmless).
 - A message whose retry headers are missing or do not parse, or whose target topic does not
   exist, goes to the dead-letter topic with the reason. A send that fails is tried again a
-  second later; its offset stays uncommitted until it succeeds.
+  second later (`retry.send_retry_backoff_s`); its offset stays uncommitted until it succeeds.
 - On a rebalance the revoked partitions' finished offsets are committed and their waiting
   messages dropped from memory: the new owner reads them again from the committed offset.
 - `stop_event` ends the loop; what was finished is committed before the consumer leaves.
@@ -33,28 +35,26 @@ import contextlib
 import heapq
 import itertools
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
-from kafka_pipeline.runtime.kafka import connection_kwargs, ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.ops_server import OpsServer
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.dead_letter_sink import Letter
+from kafka_pipeline.runtime.kafka import connection_kwargs
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.runtime.ops_server import ReadinessCheck
 
 log = get_logger(__name__)
-
-SEND_RETRY_BACKOFF_MS = 1_000  # a failed forward or dead-letter send is tried again after this
-MAX_POLL_WAIT_MS = 500  # longest wait in one poll, so a stop or a due message is noticed quickly
-TOPIC_REFRESH_S = 10.0  # an unknown target topic is looked up again at most this often
 
 
 @dataclass(order=True)
@@ -66,51 +66,27 @@ class _Entry:
     tp: TopicPartition = field(compare=False)
     record: Any = field(compare=False)
     target: str = field(compare=False)
-    dead_letter: DeadLetter | None = field(default=None, compare=False)  # set: goes to the DLQ
 
 
 @dataclass
-class _PartitionProgress:
-    """Which consumed offsets of one partition are finished, and so how far it may commit."""
-
-    outstanding: deque[int] = field(default_factory=deque)  # read, in offset order
-    finished: set[int] = field(default_factory=set)  # read and finished, still in `outstanding`
-    next_offset: int | None = None  # one past the last offset read
-    committed: int | None = None  # last offset committed by this process
-    waiting: int = 0  # entries in the heap
-
-    def read(self, offset: int) -> bool:
-        """Record a consumed offset; False for one seen already (a re-fetch after a rebalance)."""
-        if self.next_offset is not None and offset < self.next_offset:
-            return False
-        self.outstanding.append(offset)
-        self.next_offset = offset + 1
-        return True
-
-    def finish(self, offset: int) -> None:
-        self.finished.add(offset)
-
-    def commit_point(self) -> int | None:
-        """The offset to commit: everything below it is finished."""
-        while self.outstanding and self.outstanding[0] in self.finished:
-            self.finished.discard(self.outstanding.popleft())
-        if self.outstanding:
-            return self.outstanding[0]
-        return self.next_offset
-
-
 class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.forwarded = Counter("retry_scheduler_forwarded", "Retry messages sent back to their target topic",
-                                 ["target"], registry=registry)
-        self.dead_lettered = Counter("retry_scheduler_dead_lettered", "Retry messages sent to the dead-letter topic",
-                                     registry=registry)
-        self.send_errors = Counter("retry_scheduler_send_errors", "Failed sends, tried again", registry=registry)
-        self.waiting = Gauge("retry_scheduler_waiting", "Retry messages held until they are due", registry=registry)
-        self.paused = Gauge("retry_scheduler_paused_partitions", "Retry partitions paused: too many waiting",
-                            registry=registry)
-        self.lateness = Gauge("retry_scheduler_last_forward_lateness_seconds",
-                              "How long after its due time the last message was forwarded", registry=registry)
+    forwarded: Any
+    dead_lettered: Any
+    send_errors: Any
+    waiting: Any
+    paused: Any
+    lateness: Any
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> _Metrics:
+        return cls(
+            forwarded=metric(registry, Counter, "retry_scheduler_forwarded", "Retry messages sent back to their target topic", ["target"]),
+            dead_lettered=metric(registry, Counter, "retry_scheduler_dead_lettered", "Retry messages sent to the dead-letter topic"),
+            send_errors=metric(registry, Counter, "retry_scheduler_send_errors", "Failed sends, tried again"),
+            waiting=metric(registry, Gauge, "retry_scheduler_waiting", "Retry messages held until they are due"),
+            paused=metric(registry, Gauge, "retry_scheduler_paused_partitions", "Retry partitions paused: too many waiting"),
+            lateness=metric(registry, Gauge, "retry_scheduler_last_forward_lateness_seconds", "How long after its due time the last message was forwarded"),
+        )
 
 
 @dataclass
@@ -121,18 +97,6 @@ class SchedulerStats:
     waiting: int = 0
     paused_partitions: int = 0
     released_on_rebalance: int = 0  # waiting messages dropped with revoked partitions (the new owner re-reads them)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, scheduler: RetryScheduler) -> None:
-        self.scheduler = scheduler
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.scheduler._on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("retry partitions assigned", partitions=sorted(tp.partition for tp in assigned))
-        self.scheduler.joined.set()
 
 
 class RetryScheduler:
@@ -151,89 +115,51 @@ class RetryScheduler:
             raise ValueError("max_waiting_per_partition must be at least 1")
         self.settings = settings
         self.kafka = settings.kafka
-        self.worker = settings.worker.name
         self.max_waiting_per_partition = max_waiting_per_partition or settings.retry.max_waiting_per_partition
-        self.stats_interval_s = stats_interval_s or settings.retry.stats_interval_s
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = _Metrics(self.registry)
+        self.metrics = _Metrics.on(self.registry)
         self.stats = SchedulerStats()
-        self.ops: OpsServer | None = None
-        self.joined = asyncio.Event()  # set once the consumer group gave this scheduler its partitions
+        self.failure: BaseException | None = None
+        self.runtime = ConsumerRuntime(
+            settings.kafka,
+            settings.worker,
+            ConsumerSpec(
+                group_id=settings.retry.group_id,
+                topics=[self.kafka.retry_topic],
+                ensure_topics=[self.kafka.retry_topic, self.kafka.dlq_topic],
+                max_poll_records=settings.retry.max_poll_records,
+                stats_interval_s=stats_interval_s or settings.retry.stats_interval_s,
+                registry=self.registry,
+            ),
+        )
+        self.joined = self.runtime.joined  # set once the consumer group gave this scheduler its partitions
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
-        self._progress: dict[TopicPartition, _PartitionProgress] = {}
-        self._lock = asyncio.Lock()  # the main loop's batch vs. the rebalance listener
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._waiting: Tally[TopicPartition] = Tally()  # entries in the heap, per partition
         self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
         self._topics_checked_at = 0.0
-        self._last_loop = 0.0
-        self._running = False
-
-    # -- the worker -------------------------------------------------------------------------
 
     async def run(self, stop_event: asyncio.Event) -> None:
-        await ensure_topics(self.kafka, [self.kafka.retry_topic, self.kafka.dlq_topic])
-        self._producer = make_producer(self.kafka)
-        self._consumer = make_consumer(self.kafka, group_id=self.settings.retry.group_id, max_poll_records=500)
+        await self.runtime.run(self, stop_event)
+
+    # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
+
+    async def start(self, runtime: ConsumerRuntime) -> None:
         self._admin = AIOKafkaAdminClient(**connection_kwargs(self.kafka))
-        try:
-            await self._producer.start()
-            await self._admin.start()
-            self._consumer.subscribe([self.kafka.retry_topic], listener=_Rebalance(self))
-            await self._consumer.start()
-            if self.settings.worker.http_port:
-                self.ops = OpsServer(self.settings.worker.http_host, self.settings.worker.http_port,
-                                     readiness={"retry_scheduler": self._readiness}, registry=self.registry)
-                await self.ops.start()
-            self._running = True
-            log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id,
-                     ops_port=self.ops.port if self.ops else None)
-            next_stats = time.monotonic() + self.stats_interval_s
-            while not stop_event.is_set():
-                self._last_loop = time.monotonic()
-                self._apply_backpressure()
-                batch = await self._consumer.getmany(timeout_ms=self._poll_wait_ms(), max_records=500)
-                # No await between getmany and taking the lock: the records belong to the current
-                # assignment (aiokafka holds records back while a rebalance is in progress).
-                async with self._lock:
-                    await self._handle(batch)
-                if time.monotonic() >= next_stats:
-                    self._log_stats()
-                    next_stats = time.monotonic() + self.stats_interval_s
-        finally:
-            self._running = False
-            await self._shutdown()
+        await self._admin.start()
+        log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id)
 
-    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Take in a batch, send everything that is due, commit what is finished."""
-        assert self._consumer is not None
-        now = now_ms()
-        assigned = self._assignment()
-        for tp, records in batch.items():
-            if tp not in assigned:
-                continue
-            progress = self._progress.setdefault(tp, _PartitionProgress())
-            for record in records:
-                if progress.waiting >= self.max_waiting_per_partition:
-                    # Full: read this record again once the partition is resumed.
-                    self._consumer.seek(tp, record.offset)
-                    break
-                if progress.read(record.offset):
-                    await self._admit(tp, record, now)
-        due: list[_Entry] = []
-        while self._heap and self._heap[0].due_ms <= now:
-            entry = heapq.heappop(self._heap)
-            self._progress[entry.tp].waiting -= 1
-            due.append(entry)
-        if due:
-            await self._send(due)
-        await self._commit(self._progress.keys())
-        self._update_gauges()
+    def room(self, tp: TopicPartition) -> int:
+        return self.max_waiting_per_partition - self._waiting[tp]
 
-    async def _admit(self, tp: TopicPartition, record: Any, now: int) -> None:
-        """Decide what a consumed retry message is: waiting, or (bad headers) a dead letter."""
+    def poll_timeout_s(self) -> float:
+        if not self._heap:
+            return float("inf")
+        return max(0.0, (self._heap[0].due_ms - now_ms()) / 1000)
+
+    async def add(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        """A consumed retry message waits for its due time; one with bad headers is dead-lettered."""
         try:
             info = parse_retry_headers(record.headers)
             if info.target_topic == self.kafka.retry_topic:
@@ -242,133 +168,105 @@ class RetryScheduler:
                 raise InvalidRetryHeaders(f"retry-target-topic {info.target_topic!r} does not exist")
         except InvalidRetryHeaders as exc:
             target = _header_text(record.headers, "retry-target-topic") or record.topic
-            letter = dead_letter_for(
-                record, error_type="InvalidRetryHeaders", error_message=str(exc), category="permanent",
-                worker=self.worker, attempts=max(1, attempt_of(record.headers)), original_topic=target,
-            )
-            log.warning("retry message dead-lettered", partition=tp.partition, offset=record.offset, reason=str(exc))
-            self._push(_Entry(now, next(self._seq), tp, record, self.kafka.dlq_topic, letter))
+            letter = Letter(record, "InvalidRetryHeaders", str(exc), attempts=max(1, attempt_of(record.headers)), original_topic=target)
+            await self.runtime.require_dead_letters().send([letter], group=self.settings.retry.group_id)
+            self.stats.dead_lettered += 1
+            self.metrics.dead_lettered.inc()
+            self.runtime.done(tp, record.offset)
             return
         self._push(_Entry(info.due_at_ms, next(self._seq), tp, record, info.target_topic))
 
+    async def flush(self) -> bool:
+        """Forward everything that is due; True when some of it was acknowledged."""
+        now = now_ms()
+        due: list[_Entry] = []
+        while self._heap and self._heap[0].due_ms <= now:
+            entry = heapq.heappop(self._heap)
+            self._waiting[entry.tp] -= 1
+            due.append(entry)
+        sent = await self._send(due) if due else 0
+        self._update_gauges()
+        return sent > 0
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        """Revoked partitions: their waiting messages go (the new owner reads them again)."""
+        kept = [entry for entry in self._heap if entry.tp not in partitions]
+        released = len(self._heap) - len(kept)
+        if released:
+            heapq.heapify(kept)
+            self._heap = kept
+            self.stats.released_on_rebalance += released
+        for tp in partitions:
+            self._waiting.pop(tp, None)
+        if partitions:
+            log.info("retry partitions released", partitions=sorted(tp.partition for tp in partitions), released=released)
+        self._update_gauges()
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        log.info("retry partitions assigned", partitions=sorted(tp.partition for tp in partitions))
+
+    async def drain(self, grace_s: float) -> None:
+        return None  # nothing in flight between loop turns: waiting messages are re-read by the next owner
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+        log.info("retry scheduler stopped", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered)
+
+    def readiness(self) -> Mapping[str, ReadinessCheck]:
+        return {"retry_scheduler": self._readiness}
+
+    def report_cycle(self) -> None:
+        next_due_s = round((self._heap[0].due_ms - now_ms()) / 1000, 1) if self._heap else None
+        log.info("retry scheduler stats", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered,
+                 waiting=len(self._heap), next_due_in_s=next_due_s, paused_partitions=self.stats.paused_partitions,
+                 send_errors=self.stats.send_errors, partitions=sorted(tp.partition for tp in self.runtime.assigned))
+
+    # -- sending ------------------------------------------------------------------------------
+
     def _push(self, entry: _Entry) -> None:
         heapq.heappush(self._heap, entry)
-        self._progress[entry.tp].waiting += 1
+        self._waiting[entry.tp] += 1
 
-    async def _send(self, entries: list[_Entry]) -> None:
-        """Send all entries, wait for the acknowledgements, mark the sent ones finished."""
-        assert self._producer is not None
+    async def _send(self, entries: list[_Entry]) -> int:
+        """Send all entries, wait for the acknowledgements, mark the sent ones done; a failed
+        send goes back into the heap, due again after `retry.send_retry_backoff_s`."""
+        producer = self.runtime.require_producer()
         sends: list[asyncio.Future[Any] | BaseException] = []
         for entry in entries:
             try:
-                if entry.dead_letter is not None:
-                    sends.append(await self._producer.send(entry.target, entry.dead_letter.to_bytes(), key=entry.record.key))
-                else:
-                    sends.append(await self._producer.send(entry.target, entry.record.value, key=entry.record.key,
-                                                           headers=list(entry.record.headers or ())))
+                sends.append(await producer.send(entry.target, entry.record.value, key=entry.record.key,
+                                                 headers=list(entry.record.headers or ())))
             except KafkaError as exc:
                 sends.append(exc)
         results = await asyncio.gather(*(s for s in sends if not isinstance(s, BaseException)), return_exceptions=True)
         outcomes = iter(results)
         now = now_ms()
-        for entry, sent in zip(entries, sends, strict=True):
-            outcome = sent if isinstance(sent, BaseException) else next(outcomes)
+        sent = 0
+        for entry, delivery in zip(entries, sends, strict=True):
+            outcome = delivery if isinstance(delivery, BaseException) else next(outcomes)
             if isinstance(outcome, BaseException):
                 self.stats.send_errors += 1
                 self.metrics.send_errors.inc()
                 log.warning("send failed, trying again", topic=entry.target, offset=entry.record.offset,
                             error=f"{type(outcome).__name__}: {outcome}")
-                self._push(_Entry(now + SEND_RETRY_BACKOFF_MS, next(self._seq), entry.tp, entry.record,
-                                  entry.target, entry.dead_letter))
+                retry_at = now + int(self.settings.retry.send_retry_backoff_s * 1000)
+                self._push(_Entry(retry_at, next(self._seq), entry.tp, entry.record, entry.target))
                 continue
-            progress = self._progress.get(entry.tp)
-            if progress is not None:
-                progress.finish(entry.record.offset)
-            if entry.dead_letter is not None:
-                self.stats.dead_lettered += 1
-                self.metrics.dead_lettered.inc()
-            else:
-                self.stats.forwarded += 1
-                self.metrics.forwarded.labels(entry.target).inc()
-                self.metrics.lateness.set(max(0, now - entry.due_ms) / 1000)
-
-    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
-        assert self._consumer is not None
-        offsets: dict[TopicPartition, int] = {}
-        for tp in list(partitions):
-            progress = self._progress.get(tp)
-            point = progress.commit_point() if progress is not None else None
-            if progress is not None and point is not None and point != progress.committed:
-                offsets[tp] = point
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under us: the new owner re-reads from the last commit.
-            log.warning("commit failed after a rebalance", error=str(exc))
-            return
-        for tp, offset in offsets.items():
-            self._progress[tp].committed = offset
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            with contextlib.suppress(KafkaError):
-                await self._commit(tp for tp in revoked if tp in self._progress)
-            for tp in revoked:
-                self._progress.pop(tp, None)
-            kept = [entry for entry in self._heap if entry.tp not in revoked]
-            released = len(self._heap) - len(kept)
-            if released:
-                heapq.heapify(kept)
-                self._heap = kept
-                self.stats.released_on_rebalance += released
-            if revoked:
-                log.info("retry partitions revoked", partitions=sorted(tp.partition for tp in revoked), released=released)
-            self._update_gauges()
-
-    async def _shutdown(self) -> None:
-        async with self._lock:
-            if self._consumer is not None:
-                try:
-                    await self._commit(self._progress.keys())
-                except KafkaError as exc:
-                    log.warning("final commit failed", error=str(exc))
-        self._log_stats()
-        for closer in (self._consumer, self._producer, self._admin):
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer.close() if isinstance(closer, AIOKafkaAdminClient) else await closer.stop()
-        if self.ops is not None:
-            await self.ops.stop()
-        log.info("retry scheduler stopped", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered)
+            sent += 1
+            self.runtime.done(entry.tp, entry.record.offset)
+            self.stats.forwarded += 1
+            self.metrics.forwarded.labels(entry.target).inc()
+            self.metrics.lateness.set(max(0, now - entry.due_ms) / 1000)
+        return sent
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _assignment(self) -> set[TopicPartition]:
-        assert self._consumer is not None
-        return set(self._consumer.assignment())
-
-    def _apply_backpressure(self) -> None:
-        assert self._consumer is not None
-        paused = self._consumer.paused()
-        for tp in self._assignment():
-            progress = self._progress.get(tp)
-            full = progress is not None and progress.waiting >= self.max_waiting_per_partition
-            if full and tp not in paused:
-                self._consumer.pause(tp)
-            elif not full and tp in paused:
-                self._consumer.resume(tp)
-
-    def _poll_wait_ms(self) -> int:
-        if not self._heap:
-            return MAX_POLL_WAIT_MS
-        return max(0, min(MAX_POLL_WAIT_MS, self._heap[0].due_ms - now_ms()))
 
     async def _topic_exists(self, topic: str) -> bool:
         if topic in self._topics:
             return True
-        if time.monotonic() - self._topics_checked_at >= TOPIC_REFRESH_S or not self._topics:
+        if time.monotonic() - self._topics_checked_at >= self.settings.retry.topic_refresh_s or not self._topics:
             assert self._admin is not None
             try:
                 self._topics = set(await self._admin.list_topics())
@@ -380,22 +278,14 @@ class RetryScheduler:
         return topic in self._topics
 
     def _update_gauges(self) -> None:
+        consumer = self.runtime.consumer
         self.stats.waiting = len(self._heap)
-        self.stats.paused_partitions = len(self._consumer.paused()) if self._consumer is not None else 0
+        self.stats.paused_partitions = len(consumer.paused()) if consumer is not None else 0
         self.metrics.waiting.set(self.stats.waiting)
         self.metrics.paused.set(self.stats.paused_partitions)
 
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
-        stalled = time.monotonic() - self._last_loop > 60
-        details = {"joined": self.joined.is_set(), "waiting": len(self._heap), "forwarded": self.stats.forwarded}
-        return self._running and self.joined.is_set() and not stalled, details
-
-    def _log_stats(self) -> None:
-        next_due_s = round((self._heap[0].due_ms - now_ms()) / 1000, 1) if self._heap else None
-        log.info("retry scheduler stats", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered,
-                 waiting=len(self._heap), next_due_in_s=next_due_s, paused_partitions=self.stats.paused_partitions,
-                 send_errors=self.stats.send_errors,
-                 partitions=sorted(tp.partition for tp in self._progress))
+        return self.failure is None, {"waiting": len(self._heap), "forwarded": self.stats.forwarded}
 
 
 def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -86,7 +86,7 @@ async def _producer_id_granted(client: AIOKafkaClient) -> bool:
         if node_id is None:
             return False
         try:
-            response = await client.send(node_id, InitProducerIdRequest(None, 60_000))  # type: ignore[arg-type]
+            response = await client.send(node_id, InitProducerIdRequest(None, 60_000))
         except KafkaError:
             return False
         if response.error_code == 0:

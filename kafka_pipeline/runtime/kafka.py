@@ -19,17 +19,15 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
 )
+from aiokafka.helpers import create_ssl_context
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.runtime.broker_capabilities import producer_idempotence, resolve_capabilities
 
 # What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
 CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)
 AUTH_ERRORS = (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError)
-
-
-class BrokerUnreachable(Exception):
-    """The bootstrap servers did not answer or refused us; the message is one line for the user."""
 
 
 def first_contact_error(kafka: KafkaSettings, exc: BaseException) -> BrokerUnreachable:
@@ -61,8 +59,6 @@ def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = kafka.sasl_username
         kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
         kwargs["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
     return kwargs
 

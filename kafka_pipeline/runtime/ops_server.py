@@ -65,7 +65,7 @@ class OpsServer:
     async def start(self) -> None:
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # the worker owns SIGTERM/SIGINT
+        self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # the worker owns SIGTERM/SIGINT
         self._task = asyncio.create_task(self._server.serve(), name="ops-server")
         while not self._server.started:
             if self._task.done():

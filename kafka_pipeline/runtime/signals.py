@@ -7,6 +7,9 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime.logging import configure_logging
+
 
 class Worker(Protocol):
     def run(self, stop: asyncio.Event) -> Awaitable[None]: ...
@@ -21,3 +24,11 @@ async def run_until_signalled(make_worker: Callable[[], Worker]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await worker.run(stop)
+
+
+def run_worker(settings: Settings, make_worker: Callable[[], Worker]) -> int:
+    """The body of every worker command: logging as the settings say, then run until signalled.
+    A failure of the worker itself (`errors.WorkerFailed`) reaches the CLI, which prints it."""
+    configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
+    asyncio.run(run_until_signalled(make_worker))
+    return 0

@@ -211,6 +211,7 @@ def create_app(
         problem, project_id = _check_report_request(payload)
         if problem:
             return await sim.answer(request, "video", project_id, lambda: _json({"error": problem}, 400))
+        assert project_id is not None  # _check_report_request found no problem
         return await sim.answer(request, "video", project_id, lambda: _json({"data": data.video_collaborations(project_id, seed)}))
 
     async def health(request: Request) -> Response:

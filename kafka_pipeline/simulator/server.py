@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import os
 import selectors
 import signal
@@ -26,6 +27,7 @@ import httpx
 import uvicorn
 from pydantic import SecretStr, ValidationError
 
+from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.runtime.processes import stop_process
 from kafka_pipeline.simulator.app import DEFAULT_PASSWORD, DEFAULT_USER, create_app, make_token
 from kafka_pipeline.simulator.data import DEFAULT_SEED
@@ -146,8 +148,6 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, on_ready: Callable[[
 
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -244,7 +244,7 @@ class SimulatorProcess:
             self.port = int(self.url.rsplit(":", 1)[1])
             self._client = httpx.Client(base_url=self.url, timeout=10.0)
             self._wait_healthy(time.monotonic() + self.startup_timeout_s)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - clean up, then re-raise
             detail = self._log_tail()
             self.stop()
             raise SimulatorError(f"simulator failed to start{': ' + detail if detail else ''}") from None
@@ -320,8 +320,6 @@ class SimulatorProcess:
 
     def api_settings(self, **overrides: Any) -> Any:
         """`ApiSettings` for a client of this simulator (url and token filled in)."""
-        from kafka_pipeline.config import ApiSettings
-
         return ApiSettings(url=self.url, token=SecretStr(self.token), **overrides)
 
     def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

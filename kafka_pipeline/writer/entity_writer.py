@@ -1,13 +1,14 @@
 """The entity writer: entity-rows topic -> the eight Delta tables, exactly once.
 
-Read top to bottom: `EntityWriter.run` consumes the entity-rows topic into a pending batch and
-flushes it when `writer.max_rows` rows are pending or the oldest pending message is
-`writer.max_latency_s` old. A flush (off the event loop) converts the messages to typed Arrow
-tables, dead-letters the messages that do not fit the contract, merges every table that has
-rows (concurrently, one MERGE per table), and only then commits the Kafka offsets. While a
-flush runs, the loop keeps polling with every partition paused (`_flush`): aiokafka leaves the
-group when `getmany` was not called for `max_poll_interval_ms`, so a slow Delta store slows
-consumption down instead of costing this member its partitions.
+Runs on the consumer runtime (`kafka_pipeline.runtime.consumer`), which does the Kafka part
+(polling, pausing, rebalances, commits, polling while a flush runs so a slow Delta store never
+costs this member its partitions). The writer's own logic: `add` puts each consumed message in
+the pending batch; `flush` writes it once `should_flush` says so (`writer.max_rows` rows
+pending, or the oldest pending message `writer.max_latency_s` old). A flush (off the event loop)
+converts the messages to typed Arrow tables, dead-letters the messages that do not fit the
+contract, merges every table that has rows (concurrently, one MERGE per table), and only then
+marks the batch's offsets done, which the runtime commits. A flush that fails is kept and
+retried after a backoff, with consumption paused (`room` is 0) meanwhile.
 
 Exactly once. Every Delta commit of a flush carries one app transaction per source partition
 of the flush: `Transaction(f"{group}:{topic}:{partition}", last_offset_of_that_partition)`, in
@@ -23,7 +24,6 @@ only after all tables of a flush are committed; the dead letters of a flush are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,30 +32,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.config import Settings
-from kafka_pipeline.runtime.dead_letter import dead_letter_for
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.errors import WorkerFailed
+from kafka_pipeline.runtime.backoff import backoff_delay
+from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.runtime.ops_server import ReadinessCheck
 
 log = get_logger("kafka_pipeline.entity_writer")
-
-FETCH_MAX_RECORDS = 2_000
-FLUSH_RETRY_BASE_S = 0.5
-FLUSH_RETRY_MAX_S = 30.0
-# While a flush runs, the consumer is polled (every partition paused) this often: far below
-# the smallest max_poll_interval_ms (10 s), and flushes shorter than this never pause anything.
-POLL_WHILE_FLUSHING_S = 1.0
 
 # `delta.targetFileSize` of the tables the writer creates. Entity keys arrive roughly in id order
 # (recent claims are the busy ones), and each MERGE prunes target files by the batch's key range,
@@ -90,31 +84,26 @@ def read_rows(root: str, name: str, storage_options: Mapping[str, str] | None = 
 
 
 @dataclass
-class _Dead:
-    record: Any
-    error_type: str
-    message: str
-    trace_id: str | None = None
-
-
-@dataclass
 class _Batch:
     """Consumed records waiting for a flush, in consumption order."""
 
     messages: list[tuple[Any, EntityRowsMessage]] = field(default_factory=list)
-    undecodable: list[_Dead] = field(default_factory=list)
-    last_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    undecodable: list[Letter] = field(default_factory=list)
+    offsets: dict[TopicPartition, list[int]] = field(default_factory=dict)  # every offset of the batch
     rows: int = 0
     started: float | None = None  # monotonic time the oldest pending record arrived
 
     def __len__(self) -> int:
         return len(self.messages) + len(self.undecodable)
 
+    def last_offsets(self) -> dict[TopicPartition, int]:
+        return {tp: offsets[-1] for tp, offsets in self.offsets.items() if offsets}
+
     def add(self, record: Any) -> None:
         if self.started is None:
             self.started = time.monotonic()
         tp = TopicPartition(record.topic, record.partition)
-        self.last_offsets[tp] = max(record.offset, self.last_offsets.get(tp, -1))
+        self.offsets.setdefault(tp, []).append(record.offset)
         try:
             if record.value is None:
                 raise ValueError("message has no value")
@@ -122,10 +111,10 @@ class _Batch:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "message"
-            self.undecodable.append(_Dead(record, "InvalidMessage", f"not an entity-rows message: {where}: {first['msg']}"))
+            self.undecodable.append(Letter(record, "InvalidMessage", f"not an entity-rows message: {where}: {first['msg']}"))
             return
         except ValueError as exc:
-            self.undecodable.append(_Dead(record, "InvalidMessage", f"not an entity-rows message: {_one_line(exc)}"))
+            self.undecodable.append(Letter(record, "InvalidMessage", f"not an entity-rows message: {_one_line(exc)}"))
             return
         self.messages.append((record, message))
         self.rows += message.row_count()
@@ -138,14 +127,14 @@ class _Batch:
                 kept.messages.append((record, message))
                 kept.rows += message.row_count()
         kept.undecodable = [d for d in self.undecodable if TopicPartition(d.record.topic, d.record.partition) not in partitions]
-        kept.last_offsets = {tp: o for tp, o in self.last_offsets.items() if tp not in partitions}
+        kept.offsets = {tp: o for tp, o in self.offsets.items() if tp not in partitions}
         return kept
 
 
 @dataclass
 class FlushResult:
     tables: dict[str, TableWriteResult]
-    dead: list[_Dead]
+    dead: list[Letter]
     messages: int
     seconds: float = 0.0
 
@@ -156,53 +145,70 @@ class FlushResult:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return safe_text(text[0]) if text else type(exc).__name__
 
 
+@dataclass
 class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows_written = Counter("claimx_writer_rows_written", "Entity rows merged into a Delta table", ["table"], registry=registry)
-        self.rows_skipped = Counter(
-            "claimx_writer_rows_skipped", "Entity rows skipped: the table already held their offsets", ["table"], registry=registry
+    rows_written: Any
+    rows_skipped: Any
+    commits: Any
+    conflicts: Any
+    flushes: Any
+    flush_seconds: Any
+    messages: Any
+    dead_letters: Any
+    lag: Any
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> _Metrics:
+        return cls(
+            rows_written=metric(registry, Counter, "claimx_writer_rows_written", "Entity rows merged into a Delta table", ["table"]),
+            rows_skipped=metric(registry, Counter, "claimx_writer_rows_skipped", "Entity rows skipped: the table already held their offsets", ["table"]),
+            commits=metric(registry, Counter, "claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"]),
+            conflicts=metric(registry, Counter, "claimx_writer_commit_conflicts", "Delta commits redone after a concurrent commit", ["table"]),
+            flushes=metric(registry, Counter, "claimx_writer_flushes", "Flushes (batches) by outcome", ["outcome"]),
+            flush_seconds=metric(
+                registry, Histogram, "claimx_writer_flush_duration_seconds", "Time to convert, merge and commit one batch",
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            ),
+            messages=metric(registry, Counter, "claimx_writer_messages", "Entity-rows messages consumed"),
+            dead_letters=metric(registry, Counter, "claimx_writer_dead_letters", "Messages sent to the dead-letter topic", ["error_type"]),
+            lag=metric(registry, Gauge, "claimx_writer_lag_messages", "Messages behind the high watermark, all assigned partitions"),
         )
-        self.commits = Counter("claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"], registry=registry)
-        self.conflicts = Counter("claimx_writer_commit_conflicts", "Delta commits redone after a concurrent commit", ["table"], registry=registry)
-        self.flushes = Counter("claimx_writer_flushes", "Flushes (batches) by outcome", ["outcome"], registry=registry)
-        self.flush_seconds = Histogram(
-            "claimx_writer_flush_duration_seconds",
-            "Time to convert, merge and commit one batch",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-            registry=registry,
-        )
-        self.messages = Counter("claimx_writer_messages", "Entity-rows messages consumed", registry=registry)
-        self.dead_letters = Counter("claimx_writer_dead_letters", "Messages sent to the dead-letter topic", ["error_type"], registry=registry)
-        self.lag = Gauge("claimx_writer_lag_messages", "Messages behind the high watermark, all assigned partitions", registry=registry)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, writer: EntityWriter) -> None:
-        self.writer = writer
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.writer._on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.writer._on_assigned(set(assigned))
+def should_flush(batch: _Batch, *, max_rows: int, max_latency_s: float, now: float) -> bool:
+    """The flush policy: enough rows pending, or the oldest pending message old enough."""
+    if not len(batch):
+        return False
+    return batch.rows >= max_rows or now - (batch.started or now) >= max_latency_s
 
 
 class EntityWriter:
     """Consumes `settings.kafka.entity_rows_topic` into the Delta tables under
     `settings.delta.tables_root`. `await run(stop)` until `stop` is set; then it flushes,
-    commits and returns."""
+    commits and returns (FlushFailed if the last batch could not be written)."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.kafka = settings.kafka
         self.topic = settings.kafka.entity_rows_topic
         self.group_id = settings.writer.group_id
-        self.worker = settings.worker.name
         self.registry = registry or CollectorRegistry()
-        self.metrics = _Metrics(self.registry)
+        self.metrics = _Metrics.on(self.registry)
+        self.runtime = ConsumerRuntime(
+            settings.kafka,
+            settings.worker,
+            ConsumerSpec(
+                group_id=self.group_id,
+                topics=[self.topic],
+                ensure_topics=[self.topic, self.kafka.dlq_topic],
+                max_poll_records=settings.writer.max_poll_records,
+                stats_interval_s=settings.writer.stats_interval_s,
+                registry=self.registry,
+            ),
+        )
         self.writers = {
             name: DeltaTableWriter(
                 spec,
@@ -213,183 +219,148 @@ class EntityWriter:
             )
             for name, spec in TABLES.items()
         }
+        self.failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # a flush vs. the rebalance listener's flush
         self._batch = _Batch()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self.ops: OpsServer | None = None
-        self._assigned: set[TopicPartition] = set()
-        self._generation = 0  # rebalances seen (a revoke starts a new one)
-        self._joined = False
-        self._running = False
         self._last_flush_ok = True
         self._last_flush_error: str | None = None
         self._flush_failures = 0
-        self._consumed: dict[TopicPartition, int] = {}  # next offset to consume, per partition
+        self._retry_at = 0.0  # monotonic time a failed flush is tried again
+        self._consumed: dict[TopicPartition, int] = {}  # next offset to consume, per partition (for the lag)
         # running totals (also the cycle-stats numbers)
         self.flushes = 0
         self.rows_written = 0
         self.dead_lettered = 0
         self.messages_consumed = 0
+        self._cycle = _CycleTotals()
 
-    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def _assigned(self) -> set[TopicPartition]:
+        return self.runtime.assigned
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_topics(self.kafka, [self.topic, self.kafka.dlq_topic])
-        self._producer = make_producer(self.kafka)
-        self._consumer = make_consumer(self.kafka, group_id=self.group_id)
-        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-        await self._producer.start()
-        stats: asyncio.Task[None] | None = None
         try:
-            await self._consumer.start()
-            self._running = True
-            if self.settings.worker.http_port:
-                await self._start_ops()
-            stats = asyncio.create_task(self._stats_loop(stop), name="writer-stats")
-            log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
-            await self._consume(stop)
-            await self._final_flush()
+            await self.runtime.run(self, stop)
         finally:
-            self._running = False
-            if stats is not None:
-                stats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stats
-            await self._consumer.stop()  # leaves the group; the revoke callback finds nothing pending
-            await self._producer.stop()
-            if self.ops is not None:
-                await self.ops.stop()
             self._pool.shutdown(wait=True)
             log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
-    async def _start_ops(self) -> None:
-        worker = self.settings.worker
-        self.ops = OpsServer(
-            worker.http_host,
-            worker.http_port,
-            readiness={"consumer": self._consumer_ready, "flush": self._flush_ready},
-            registry=self.registry,
-        )
-        await self.ops.start()
-        log.info("ops server listening", host=worker.http_host, port=self.ops.port)
+    # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
-    def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
-        assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in self._assigned)
-        return self._running and self._joined, {"running": self._running, "joined": self._joined, "assigned": assigned}
+    async def start(self, runtime: ConsumerRuntime) -> None:
+        log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
+
+    def room(self, tp: TopicPartition) -> int:
+        """Nothing new while a failed batch waits for its retry, or once the batch is full."""
+        if not self._last_flush_ok:
+            return 0
+        return max(0, self.settings.writer.max_rows - self._batch.rows)
+
+    async def add(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        self._consumed[tp] = record.offset + 1
+        self._batch.add(record)
+        self.messages_consumed += 1
+        self.metrics.messages.inc()
+
+    def poll_timeout_s(self) -> float:
+        if not self._last_flush_ok:
+            return max(0.0, self._retry_at - time.monotonic())
+        if self._batch.started is None:
+            return float("inf")
+        return max(0.0, self.settings.writer.max_latency_s - (time.monotonic() - self._batch.started))
+
+    async def flush(self) -> bool:
+        """Write the pending batch when the policy says so (or a failed one once its backoff passed)."""
+        now = time.monotonic()
+        if self._last_flush_ok:
+            writer = self.settings.writer
+            if not should_flush(self._batch, max_rows=writer.max_rows, max_latency_s=writer.max_latency_s, now=now):
+                return False
+        elif now < self._retry_at:
+            return False
+        async with self._lock:
+            return await self._flush_locked()
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        """Hand partitions over clean: flush what is pending; if that fails, drop their records
+        (never committed, so the next owner reads them again)."""
+        async with self._lock:
+            if len(self._batch):
+                await self._flush_locked()
+                if len(self._batch):
+                    self._batch = self._batch.without(partitions)
+        for tp in partitions:
+            self._consumed.pop(tp, None)
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        if not partitions:
+            return
+        apps = [app_id(self.group_id, tp.topic, tp.partition) for tp in partitions]
+        progress = await asyncio.get_running_loop().run_in_executor(None, self._table_progress, apps)
+        log.info(
+            "tables hold",
+            partitions=sorted(tp.partition for tp in partitions),
+            tables_hold={app.rsplit(":", 1)[-1]: offsets for app, offsets in sorted(progress.items())},
+        )
+
+    async def drain(self, grace_s: float) -> None:
+        """On stop: flush what is pending (retrying a failed batch a few times)."""
+        for attempt in range(1, 4):
+            if not len(self._batch):
+                return
+            async with self._lock:
+                await self._flush_locked()
+            if self._last_flush_ok:
+                return
+            await asyncio.sleep(backoff_delay(attempt, self.settings.writer.flush_retry_base_s, 5.0))
+        if len(self._batch):
+            self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
+
+    async def close(self) -> None:
+        return None  # the merge pool is shut down by run, after the runtime stopped
+
+    def readiness(self) -> Mapping[str, ReadinessCheck]:
+        return {"flush": self._flush_ready}
 
     def _flush_ready(self) -> tuple[bool, dict[str, Any]]:
         return self._last_flush_ok, {"failures": self._flush_failures, "error": self._last_flush_error, "pending_rows": self._batch.rows}
 
-    async def _consume(self, stop: asyncio.Event) -> None:
-        assert self._consumer is not None
-        max_rows = self.settings.writer.max_rows
-        max_latency = self.settings.writer.max_latency_s
-        while not stop.is_set():
-            if not self._last_flush_ok:  # a failed batch is retried before anything new is read
-                await self._idle(stop, backoff_delay(self._flush_failures, FLUSH_RETRY_BASE_S, FLUSH_RETRY_MAX_S))
-                if not stop.is_set():
-                    await self._flush()
-                if self._last_flush_ok:
-                    self._consumer.resume(*self._consumer.assignment())
-                continue
-            waited = 0.0 if self._batch.started is None else time.monotonic() - self._batch.started
-            timeout = max(0.0, min(max_latency - waited, 0.2)) if len(self._batch) else 0.2
-            generation = self._generation
-            for record in await self._fetch(timeout):
-                if self._generation != generation:
-                    # A rebalance happened during the flush below: the consumer re-reads every
-                    # assigned partition from its committed offset, so the rest of this fetch goes.
-                    break
-                self._batch.add(record)  # after a failed flush, the batch keeps growing by this fetch
-                if self._batch.rows >= max_rows and self._last_flush_ok:
-                    await self._flush()
-            batch = self._batch
-            if len(batch) and time.monotonic() - (batch.started or 0) >= max_latency:
-                await self._flush()
-
-    async def _fetch(self, timeout_s: float) -> list[Any]:
-        """The next records of the assigned partitions, in offset order per partition."""
-        assert self._consumer is not None
-        fetched = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=FETCH_MAX_RECORDS)
-        out: list[Any] = []
-        for tp, records in fetched.items():
-            if tp not in self._assigned or not records:
-                continue  # fetched just before a revoke: the new owner reads it again
-            out.extend(records)
-            self._consumed[tp] = records[-1].offset + 1
-            self.messages_consumed += len(records)
-            self.metrics.messages.inc(len(records))
-        return out
-
-    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
-        """Wait with every partition paused, still polling so the group keeps this member."""
-        assert self._consumer is not None
-        deadline = time.monotonic() + seconds
-        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            self._consumer.pause(*self._consumer.assignment())
-            for record in await self._fetch(min(left, 1.0)):
-                self._batch.add(record)
-
-    async def _final_flush(self) -> None:
-        """On stop: flush what is pending (retrying a failed batch a few times), then return."""
-        for attempt in range(1, 4):
-            if not len(self._batch):
-                return
-            await self._flush()
-            if self._last_flush_ok:
-                return
-            await asyncio.sleep(backoff_delay(attempt, FLUSH_RETRY_BASE_S, 5.0))
-        if len(self._batch):
-            raise FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
-
     # -- flushing ---------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
-        """Write the pending batch; if that takes longer than POLL_WHILE_FLUSHING_S, poll with
-        every partition paused until it is done, so the group keeps this member."""
-        assert self._consumer is not None
-        flush = asyncio.ensure_future(self._flush_under_lock())
-        paused = False
-        while not (await asyncio.wait({flush}, timeout=POLL_WHILE_FLUSHING_S))[0]:
-            self._consumer.pause(*self._consumer.assignment())
-            paused = True
-            for tp, records in (await self._consumer.getmany(timeout_ms=0)).items():
-                # Only a partition assigned between the pause and this poll returns records; the
-                # batch being flushed must not grow, so they are handed back to be fetched again.
-                if records:
-                    self._consumer.seek(tp, records[0].offset)
-        if paused:
-            self._consumer.resume(*self._consumer.assignment())
-        await flush
-
-    async def _flush_under_lock(self) -> None:
-        async with self._lock:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        """Write the pending batch; on failure keep it pending (it is retried) and pause reading."""
+    async def _flush_locked(self) -> bool:
+        """Write the pending batch and mark its offsets done; on failure keep it pending (it is
+        retried after a backoff, consumption paused meanwhile). True when offsets were finished."""
         batch = self._batch
         if not len(batch):  # nothing pending (a failed batch may have gone with a revoke)
             self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
-            return
+            return False
         started = time.monotonic()
         try:
             result = await asyncio.get_running_loop().run_in_executor(None, self._write_batch, batch)
-            await self._send_dead_letters(result.dead)
+            if result.dead:
+                await self.runtime.require_dead_letters().send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
             self._flush_failures += 1
             self._last_flush_ok = False
             self._last_flush_error = f"{type(exc).__name__}: {_one_line(exc)}"
+            self._retry_at = time.monotonic() + backoff_delay(
+                self._flush_failures, self.settings.writer.flush_retry_base_s, self.settings.writer.flush_retry_max_s
+            )
             self.metrics.flushes.labels("error").inc()
             log.error("flush failed; batch kept for retry", error=self._last_flush_error, messages=len(batch), failures=self._flush_failures)
-            return
+            return False
         self._batch = _Batch()
-        await self._commit_offsets(batch.last_offsets)
+        for tp, offsets in batch.offsets.items():
+            for offset in offsets:
+                self.runtime.done(tp, offset)
         result.seconds = time.monotonic() - started
         self._record(result)
+        was_failing = not self._last_flush_ok
         self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
+        if was_failing:
+            self.runtime.wake()
+        return True
 
     def _write_batch(self, batch: _Batch) -> FlushResult:
         """Runs in a worker thread: convert, dead-letter misfits, merge every table (concurrently)."""
@@ -399,8 +370,10 @@ class EntityWriter:
             try:
                 builder.add(message, app=app_id(self.group_id, record.topic, record.partition), offset=record.offset)
             except SchemaMismatch as exc:
-                dead.append(_Dead(record, "SchemaMismatch", str(exc), trace_id=message.trace_id))
-        progress = {app_id(self.group_id, tp.topic, tp.partition): offset for tp, offset in batch.last_offsets.items()}
+                dead.append(Letter(record, "SchemaMismatch", str(exc), trace_id=message.trace_id))
+            except Exception as exc:  # noqa: BLE001 - one message's rows never fail the batch: it is dead-lettered
+                dead.append(Letter(record, type(exc).__name__, f"{type(exc).__name__}: {_one_line(exc)}", trace_id=message.trace_id))
+        progress = {app_id(self.group_id, tp.topic, tp.partition): offset for tp, offset in batch.last_offsets().items()}
         now = datetime.now(UTC)
         futures = {name: self._pool.submit(self.writers[name].write, rows, progress, now) for name, rows in builder.tables().items()}
         results: dict[str, TableWriteResult] = {}
@@ -415,44 +388,14 @@ class EntityWriter:
             raise errors[0]
         return FlushResult(tables=results, dead=dead, messages=len(batch))
 
-    async def _send_dead_letters(self, dead: list[_Dead]) -> None:
-        assert self._producer is not None
-        for item in dead:
-            envelope = dead_letter_for(
-                item.record,
-                error_type=item.error_type,
-                error_message=item.message,
-                category="permanent",
-                worker=self.worker,
-                trace_id=item.trace_id,
-            )
-            await self._producer.send_and_wait(self.kafka.dlq_topic, envelope.to_bytes(), key=item.record.key)
-            self.metrics.dead_letters.labels(item.error_type).inc()
-            log.warning(
-                "message dead-lettered",
-                error_type=item.error_type,
-                error=item.message,
-                partition=item.record.partition,
-                offset=item.record.offset,
-            )
-        self.dead_lettered += len(dead)
-
-    async def _commit_offsets(self, last_offsets: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        offsets = {tp: offset + 1 for tp, offset in last_offsets.items() if tp in self._assigned}
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            # The tables already record these offsets; whoever reads the partitions next skips them.
-            log.warning("kafka offset commit failed after the Delta commits", error=_one_line(exc))
-
     def _record(self, result: FlushResult) -> None:
         self.flushes += 1
         self.rows_written += result.rows_written
+        self.dead_lettered += len(result.dead)
         self.metrics.flushes.labels("ok").inc()
         self.metrics.flush_seconds.observe(result.seconds)
+        for letter in result.dead:
+            self.metrics.dead_letters.labels(letter.error_type).inc()
         for name, table in result.tables.items():
             self.metrics.rows_written.labels(name).inc(table.rows - table.skipped)
             self.metrics.rows_skipped.labels(name).inc(table.skipped)
@@ -467,37 +410,6 @@ class EntityWriter:
             tables={name: r.keys_changed for name, r in result.tables.items()},
         )
 
-    # -- rebalancing ------------------------------------------------------------------------
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Hand partitions over clean: flush what is pending; if that fails, drop their records
-        (never committed, so the next owner reads them again)."""
-        self._generation += 1
-        async with self._lock:
-            if len(self._batch):
-                await self._flush_locked()
-                if len(self._batch):
-                    self._batch = self._batch.without(revoked)
-            self._assigned -= revoked
-            for tp in revoked:
-                self._consumed.pop(tp, None)
-        if revoked:
-            log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
-
-    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._assigned |= assigned
-        self._joined = True
-        if not assigned:
-            log.info("partitions assigned", partitions=[])
-            return
-        apps = [app_id(self.group_id, tp.topic, tp.partition) for tp in assigned]
-        progress = await asyncio.get_running_loop().run_in_executor(None, self._table_progress, apps)
-        log.info(
-            "partitions assigned",
-            partitions=sorted(tp.partition for tp in assigned),
-            tables_hold={app.rsplit(":", 1)[-1]: offsets for app, offsets in sorted(progress.items())},
-        )
-
     def _table_progress(self, apps: list[str]) -> dict[str, dict[str, int]]:
         """Per app id, the last offset each table already holds (tables holding none left out).
         Rows at or below these offsets are skipped by the table writers at flush time."""
@@ -510,58 +422,72 @@ class EntityWriter:
 
     # -- stats ------------------------------------------------------------------------------
 
-    async def lag(self) -> int | None:
-        """Messages behind the high watermark over the assigned partitions (None: unknown yet).
-        Uses the fetch responses' high watermark: tansu's end_offsets() can lag by a batch."""
-        if self._consumer is None:
+    def lag(self) -> int | None:
+        """Messages behind the high watermark over the assigned partitions (None: unknown yet),
+        from the fetch responses' high watermark (tansu's end_offsets() can lag by a batch)."""
+        consumer = self.runtime.consumer
+        if consumer is None:
             return None
         total, known = 0, False
-        for tp in list(self._assigned):
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
+        for tp in list(self.runtime.assigned):
+            highwater = consumer.highwater(tp)
+            consumed = self._consumed.get(tp)
+            if highwater is None or consumed is None:
                 continue
-            position = self._consumed.get(tp)
-            if position is None:
-                try:
-                    position = await asyncio.wait_for(self._consumer.position(tp), 2.0)
-                except (asyncio.TimeoutError, KafkaError, IllegalStateError):
-                    continue
             known = True
-            total += max(0, highwater - position)
+            total += max(0, highwater - consumed)
         return total if known else None
 
-    async def _stats_loop(self, stop: asyncio.Event) -> None:
-        interval = self.settings.writer.stats_interval_s
-        cycle = 0
-        last_rows, last_flushes, last_dlq, last_time = 0, 0, 0, time.monotonic()
-        while not stop.is_set():
-            await _wait(stop, interval)
-            cycle += 1
-            now = time.monotonic()
-            rows = self.rows_written - last_rows
-            flushes = self.flushes - last_flushes
-            dlq = self.dead_lettered - last_dlq
-            rate = rows / max(now - last_time, 1e-9)
-            lag = await self.lag()
-            if lag is not None:
-                self.metrics.lag.set(lag)
-            log.info(
-                f"Cycle {cycle}: rows={rows} (merged) | {rate:.0f} rows/s | flushes={flushes} | dlq={dlq} | lag={'?' if lag is None else lag}",
-                cycle=cycle,
-                rows=rows,
-                rows_per_s=round(rate, 1),
-                flushes=flushes,
-                dlq=dlq,
-                lag=lag,
-                pending_rows=self._batch.rows,
-            )
-            last_rows, last_flushes, last_dlq, last_time = self.rows_written, self.flushes, self.dead_lettered, now
+    def report_cycle(self) -> None:
+        totals = self._cycle.advance(self)
+        lag = self.lag()
+        if lag is not None:
+            self.metrics.lag.set(lag)
+        log.info(
+            f"Cycle {totals.cycle}: rows={totals.rows} (merged) | {totals.rate:.0f} rows/s | flushes={totals.flushes} | dlq={totals.dlq}"
+            f" | lag={'?' if lag is None else lag}",
+            cycle=totals.cycle,
+            rows=totals.rows,
+            rows_per_s=round(totals.rate, 1),
+            flushes=totals.flushes,
+            dlq=totals.dlq,
+            lag=lag,
+            pending_rows=self._batch.rows,
+        )
 
 
-class FlushFailed(Exception):
+@dataclass
+class _CycleDelta:
+    cycle: int
+    rows: int
+    flushes: int
+    dlq: int
+    rate: float
+
+
+@dataclass
+class _CycleTotals:
+    """The writer's running totals at the last cycle-stats line."""
+
+    cycle: int = 0
+    rows: int = 0
+    flushes: int = 0
+    dlq: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+    def advance(self, writer: EntityWriter) -> _CycleDelta:
+        now = time.monotonic()
+        self.cycle += 1
+        delta = _CycleDelta(
+            cycle=self.cycle,
+            rows=writer.rows_written - self.rows,
+            flushes=writer.flushes - self.flushes,
+            dlq=writer.dead_lettered - self.dlq,
+            rate=(writer.rows_written - self.rows) / max(now - self.at, 1e-9),
+        )
+        self.rows, self.flushes, self.dlq, self.at = writer.rows_written, writer.flushes, writer.dead_lettered, now
+        return delta
+
+
+class FlushFailed(WorkerFailed):
     """The writer stopped with a batch it could not write (it is re-read on the next start)."""
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -40,10 +40,10 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, PipelineError, TransientError
+from kafka_pipeline.runtime.backoff import backoff_delay
+from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.runtime.logging import get_logger
 
 log = get_logger(__name__)

@@ -254,7 +254,7 @@ class ProjectCache:
         if not refresh:
             stamp = self._entries.get(project_id)
             if stamp.__class__ is float:
-                age = self._clock() - stamp  # type: ignore[operator]
+                age = self._clock() - stamp
                 if age < self._ttl:
                     self._entries.move_to_end(project_id)
                     self.counters.l1_hits += 1
@@ -270,11 +270,11 @@ class ProjectCache:
             entry = self._entries.get(project_id)
             if entry is not None:
                 if entry.__class__ is _Absent:
-                    if not refresh and now < entry.until:  # type: ignore[union-attr]
+                    if not refresh and now < entry.until:
                         self._entries.move_to_end(project_id)
                         c.absent_hits += 1
                         raise PermanentError(f"project {project_id} not found (cached)", error_type=NOT_FOUND)
-                    if now >= entry.until:  # type: ignore[union-attr]
+                    if now >= entry.until:
                         del self._entries[project_id]
                 elif now - entry >= self._ttl:  # type: ignore[operator]
                     del self._entries[project_id]
@@ -318,7 +318,7 @@ class ProjectCache:
         pending = self._pending.pop(project_id, None)
         if pending is None:
             entry = self._entries.get(project_id)
-            if entry.__class__ is float and self._clock() - entry < self._ttl:  # type: ignore[operator]
+            if entry.__class__ is float and self._clock() - entry < self._ttl:
                 return
         self._set_confirmed(project_id)
         if self._shared is not None:
@@ -404,8 +404,8 @@ class ProjectCache:
         return len(self._entries)
 
     def __contains__(self, project_id: object) -> bool:
-        entry = self._entries.get(project_id)  # type: ignore[arg-type]
-        return entry.__class__ is float and self._clock() - entry < self._ttl  # type: ignore[operator]
+        entry = self._entries.get(project_id)  # type: ignore[call-overload]
+        return entry.__class__ is float and self._clock() - entry < self._ttl
 
     # ------------------------------------------------------------------ used by the tiers and warm start
 
@@ -419,7 +419,7 @@ class ProjectCache:
             return False
         stamp = self._clock() - age_s
         entry = self._entries.get(project_id)
-        if entry.__class__ is float and entry >= stamp:  # type: ignore[operator]
+        if entry.__class__ is float and entry >= stamp:
             return False
         self._put(project_id, stamp)
         return True

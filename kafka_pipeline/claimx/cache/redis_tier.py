@@ -38,8 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.config import CacheSettings
+from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
 def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.BlockingConnectionPool:
     """Short timeouts, no client retries, and a bounded pool where a burst waits for a free
     connection (within the call's timeout) instead of failing."""
+    assert settings.redis_url is not None, "the Redis tier needs cache.redis_url"
     return aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
@@ -271,7 +272,8 @@ class RedisTier:
 
     async def lookup(self, project_id: str) -> SharedAnswer | None:
         """The project's shared entry, None when there is none. Raises RedisUnavailable."""
-        return self._parse(await self._call(lambda: self._client.get(self.key(project_id))))
+        raw: bytes | str | None = await self._call(lambda: self._client.get(self.key(project_id)))
+        return self._parse(raw.decode() if isinstance(raw, bytes) else raw)
 
     async def _try_lock(self, project_id: str) -> str | None:
         token = uuid.uuid4().hex

@@ -22,6 +22,7 @@ when `HandlerResult.carries_project` is true.
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.cache.project_cache import ProjectSnapshot, Verification
+from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.transforms import Rows
 
 K = TypeVar("K", bound=Hashable)
@@ -69,7 +70,7 @@ class SingleFlight(Generic[K, V]):
         if flight is None:
             flight = asyncio.ensure_future(self._fly(key, call))
             self._open[key] = flight
-            flight.add_done_callback(lambda done, key=key: self._close(key, done))
+            flight.add_done_callback(functools.partial(self._close, key))
         else:
             self.shared += 1
         return await asyncio.shield(flight)

@@ -1,0 +1,320 @@
+"""The consumer runtime: the one loop under every Kafka worker (see `runtime.app` for the contract).
+
+Read top to bottom, `ConsumerRuntime.run(app, stop)`:
+
+1. Start: the topics exist, the producer and the consumer (subscribed with the rebalance
+   listener) are started, then the app, the ops server and the cycle-stats loop.
+2. Loop until `stop` is set or the app reports a failure of its own:
+   - pause the partitions the app has no room for, resume the others; when every partition is
+     paused, wait for room (`wake`) and poll anyway: aiokafka leaves the group when `getmany`
+     was not called for `max_poll_interval_ms`, and a paused partition returns nothing (what it
+     had prefetched is dropped and fetched again after `resume`), so memory does not grow;
+   - admit each record: track its offset, hand it to `app.add` inside the error boundary (an
+     exception of any type dead-letters that record and the loop goes on); records beyond the
+     app's room are handed back (`seek`) and fetched again later;
+   - `app.flush()`, polling paused while it takes longer than `poll_while_busy_s`;
+   - commit, per partition, up to the longest prefix of finished offsets: at once after a flush
+     that finished offsets, otherwise every `commit_interval_s`.
+3. Stop: `app.drain(grace)` while polling paused, commit, close everything.
+
+Rebalances: before partitions go, `app.release` finishes or hands back their work, then what is
+finished is committed and the partitions are forgotten (late `done` calls for them are ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import CollectorRegistry, Counter
+from starlette.routing import BaseRoute
+
+from kafka_pipeline.config import KafkaSettings, WorkerSettings
+from kafka_pipeline.runtime.app import ConsumerApp
+from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
+from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.runtime.offset_tracker import OffsetTracker
+from kafka_pipeline.runtime.ops_server import OpsServer
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+# The loop polls at least every poll_while_busy_s even while busy: a minute without a turn is a hang.
+STALLED_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """What the runtime consumes for one worker, and how."""
+
+    group_id: str
+    topics: Sequence[str]  # subscribed
+    ensure_topics: Sequence[str]  # created when missing (the subscribed ones, the outputs, the DLQ)
+    max_poll_records: int
+    stats_interval_s: float
+    registry: CollectorRegistry
+    routes: Sequence[BaseRoute] = ()  # extra ops routes (the cache admin)
+
+
+class ConsumerRuntime:
+    def __init__(self, kafka: KafkaSettings, worker: WorkerSettings, spec: ConsumerSpec) -> None:
+        self.kafka = kafka
+        self.worker = worker
+        self.spec = spec
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.assigned: set[TopicPartition] = set()
+        self.joined = asyncio.Event()  # set once the group gave this member its partitions
+        self.running = False
+        self.ops: OpsServer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetterSink | None = None
+        self.rejected = 0  # records the error boundary dead-lettered
+        self._room_changed = asyncio.Event()
+        self._last_turn = time.monotonic()  # the loop (or a poll while busy) last ran
+        self._commit_lock = asyncio.Lock()
+        self._app: ConsumerApp | None = None
+        commits = metric(spec.registry, Counter, "kafka_pipeline_offset_commits", "Offset commits by consumer group and result", ["group", "result"])
+        self._commits_ok = commits.labels(spec.group_id, "ok")
+        self._commits_failed = commits.labels(spec.group_id, "failed")
+
+    # --- what the app calls ------------------------------------------------------------------
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        """The record at `offset` is finished: its effect is durable."""
+        self.tracker.done(tp, offset)
+
+    def wake(self) -> None:
+        """The app has room again (a slot freed, a flush went through)."""
+        self._room_changed.set()
+
+    def require_producer(self) -> AIOKafkaProducer:
+        assert self.producer is not None, "the runtime is not started"
+        return self.producer
+
+    def require_dead_letters(self) -> DeadLetterSink:
+        assert self.dead_letters is not None, "the runtime is not started"
+        return self.dead_letters
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, app: ConsumerApp, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain and commit; raises the app's own failure."""
+        self._app = app
+        spec = self.spec
+        stats_stop = asyncio.Event()
+        stats_task: asyncio.Task[None] | None = None
+        await ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
+        try:
+            self.producer = make_producer(self.kafka)
+            self.dead_letters = DeadLetterSink(self.producer, self.kafka.dlq_topic, worker=self.worker.name, registry=spec.registry)
+            self.consumer = make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)
+            self.consumer.subscribe(list(spec.topics), listener=_Listener(self))
+            await self.producer.start()
+            await app.start(self)
+            await self.consumer.start()
+            if self.worker.http_port:
+                self.ops = OpsServer(
+                    self.worker.http_host,
+                    self.worker.http_port,
+                    readiness={"consumer": self._consumer_ready, **app.readiness()},
+                    routes=spec.routes,
+                    registry=spec.registry,
+                )
+                await self.ops.start()
+            self.running = True
+            stats_task = asyncio.create_task(self._stats_loop(app, stats_stop), name="cycle-stats")
+            log.info("consumer started", group=spec.group_id, topics=list(spec.topics), ops_port=self.ops.port if self.ops else None)
+            await self._consume(app, stop)
+            await self.while_polling(app.drain(self.worker.shutdown_grace_s))
+        finally:
+            self.running = False
+            stats_stop.set()
+            if stats_task is not None:
+                await stats_task
+                app.report_cycle()  # the last, partial cycle
+            await self._close(app)
+        if app.failure is not None:
+            raise app.failure
+
+    async def _close(self, app: ConsumerApp) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.commit()
+            await self.consumer.stop()  # leaves the group; the revoke callback finds nothing pending
+        if self.producer is not None:
+            await self.producer.stop()
+        await app.close()
+        if self.ops is not None:
+            await self.ops.stop()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _consume(self, app: ConsumerApp, stop: asyncio.Event) -> None:
+        assert self.consumer is not None
+        next_commit = time.monotonic() + self.worker.commit_interval_s
+        while not stop.is_set() and app.failure is None:
+            self._last_turn = time.monotonic()
+            timeout_s = max(0.0, min(app.poll_timeout_s(), self.worker.poll_timeout_ms / 1000))
+            if self._apply_room(app):
+                records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=self.spec.max_poll_records)
+            else:  # no room anywhere: wait for some, polling paused meanwhile
+                self._room_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room_changed.wait(), timeout_s)
+                records = await self.consumer.getmany(timeout_ms=0)
+            await self._admit(app, records)
+            finished = await self.while_polling(app.flush())
+            if finished or time.monotonic() >= next_commit:
+                await self.commit()
+                next_commit = time.monotonic() + self.worker.commit_interval_s
+
+    def _apply_room(self, app: ConsumerApp) -> bool:
+        """Pause the partitions without room, resume the others; True if any is open."""
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        open_any = False
+        for tp in self.consumer.assignment():
+            if app.room(tp) > 0:
+                open_any = True
+                if tp in paused:
+                    self.consumer.resume(tp)
+            elif tp not in paused:
+                self.consumer.pause(tp)
+        return open_any or not self.consumer.assignment()
+
+    async def _admit(self, app: ConsumerApp, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        """Hand fetched records to the app while it has room; seek back to the first it had none for."""
+        assert self.consumer is not None
+        for tp, records in batches.items():
+            if tp not in self.assigned:  # fetched just before a revoke: the next owner reads it
+                continue
+            for record in records:
+                if tp not in self.assigned:  # revoked while admitting (a dead letter awaited)
+                    break
+                if app.room(tp) <= 0:
+                    self.consumer.seek(tp, record.offset)
+                    break
+                try:
+                    self.tracker.track(tp, record.offset)
+                except ValueError:  # handed out again (a fetch position reset): in flight or done already
+                    log.warning("re-delivered message ignored", topic=tp.topic, partition=tp.partition, offset=record.offset)
+                    continue
+                try:
+                    await app.add(tp, record)
+                except asyncio.CancelledError:
+                    raise
+                except DeadLetterFailed as exc:  # the DLQ itself is gone: a failure of the worker
+                    app.failure = app.failure or exc
+                    return
+                except Exception as exc:  # noqa: BLE001 - the error boundary: a message never stops the worker
+                    await self.reject(tp, record, exc)
+
+    async def reject(self, tp: TopicPartition, record: Any, exc: BaseException, *, trace_id: str | None = None) -> None:
+        """The error boundary: dead-letter `record` with `exc`'s type and message, mark it done.
+
+        A dead letter the broker does not take is a failure of the worker: the record stays
+        unfinished (nothing at or after it is committed) and the runtime stops."""
+        assert self._app is not None
+        log.error("message handling raised; dead-lettering it", error_type=type(exc).__name__, partition=record.partition, offset=record.offset)
+        try:
+            await self.require_dead_letters().send([letter_for_exception(record, exc, trace_id=trace_id)], group=self.spec.group_id)
+        except DeadLetterFailed as failed:
+            if self._app.failure is None:
+                self._app.failure = failed
+            return
+        self.rejected += 1
+        self.done(tp, record.offset)
+
+    async def while_polling(self, work: Awaitable[T]) -> T:
+        """Await `work`; past `poll_while_busy_s`, poll with every partition paused meanwhile so
+        the group keeps this member. Records returned by that poll (only a partition assigned
+        between the pause and the poll has any) are handed back to be fetched again."""
+        task = asyncio.ensure_future(work)
+        if self.consumer is None:
+            return await task
+        paused = False
+        while not (await asyncio.wait({task}, timeout=self.worker.poll_while_busy_s))[0]:
+            self.consumer.pause(*self.consumer.assignment())
+            paused = True
+            self._last_turn = time.monotonic()
+            for tp, records in (await self.consumer.getmany(timeout_ms=0)).items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+        if paused:
+            self.consumer.resume(*self.consumer.assignment())
+        return await task
+
+    # --- commits and rebalances --------------------------------------------------------------
+
+    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Commit the finished prefix of `partitions` (default: every assigned one). A failed
+        commit is logged and counted, never raised: the next owner re-reads from the last one."""
+        if self.consumer is None:
+            return
+        async with self._commit_lock:
+            chosen = self.assigned if partitions is None else set(partitions)
+            positions = self.tracker.committable(chosen)
+            if not positions:
+                return
+            try:
+                await self.consumer.commit(positions)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                self._commits_failed.inc()
+                log.warning("offset commit failed; the next owner re-reads from the last commit", error=str(exc))
+                return
+            self._commits_ok.inc()
+            self.tracker.mark_committed(positions)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        assert self._app is not None
+        self.assigned -= revoked
+        await self._app.release(revoked)
+        await self.commit(revoked)
+        self.tracker.drop(revoked)
+        if revoked:
+            log.info("partitions revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self._app is not None
+        self.assigned |= assigned
+        self.joined.set()
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        await self._app.assigned(assigned)
+
+    # --- observability -----------------------------------------------------------------------
+
+    def _consumer_ready(self) -> tuple[bool, dict[str, Any]]:
+        paused = len(self.consumer.paused()) if self.consumer is not None else 0
+        stalled = time.monotonic() - self._last_turn > STALLED_AFTER_S
+        ready = self.running and self.joined.is_set() and not stalled
+        details = {"joined": self.joined.is_set(), "assigned_partitions": len(self.assigned), "paused_partitions": paused, "stalled": stalled}
+        return ready, details
+
+    async def _stats_loop(self, app: ConsumerApp, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.spec.stats_interval_s)
+            except TimeoutError:
+                app.report_cycle()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.runtime._on_revoked(set(revoked))  # noqa: SLF001
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.runtime._on_assigned(set(assigned))  # noqa: SLF001

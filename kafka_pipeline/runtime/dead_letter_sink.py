@@ -1,0 +1,98 @@
+"""One way to send dead letters, for every worker: build the envelope, send a batch, await the acks.
+
+Building the envelope never fails on the message's content (any bytes, any exception text), so
+a poison message always reaches the dead-letter topic with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry, Counter
+
+from kafka_pipeline.errors import Category, WorkerFailed
+from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
+from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.metrics import metric
+
+log = get_logger(__name__)
+
+
+class DeadLetterFailed(WorkerFailed):
+    """The dead-letter topic did not take a letter: the record stays unfinished (uncommitted)."""
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A record that failed, and why."""
+
+    record: Any  # aiokafka ConsumerRecord or runtime.dead_letter.RecordView
+    error_type: str
+    message: str
+    category: Category = "permanent"
+    trace_id: str | None = None
+    attempts: int = 1
+    original_topic: str | None = None
+
+
+def safe_text(text: str, limit: int = 2_000) -> str:
+    """`text` as valid UTF-8 on one bounded line (lone surrogates escaped, never raised on)."""
+    cleaned = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+
+
+def letter_for_exception(record: Any, exc: BaseException, *, trace_id: str | None = None) -> Letter:
+    """The letter of a record whose handling raised `exc` (the runtime's error boundary)."""
+    return Letter(record, type(exc).__name__, safe_text(f"{type(exc).__name__}: {exc}"), trace_id=trace_id)
+
+
+class DeadLetterSink:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, *, worker: str, registry: CollectorRegistry) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.worker = worker
+        self.sent = 0
+        self._counter = metric(
+            registry, Counter, "kafka_pipeline_dead_letters", "Messages sent to the dead-letter topic, by worker group and error type", ["group", "error_type"]
+        )
+
+    def envelope(self, letter: Letter) -> DeadLetter:
+        return dead_letter_for(
+            letter.record,
+            error_type=safe_text(letter.error_type, 200),
+            error_message=safe_text(letter.message),
+            category=letter.category,
+            worker=self.worker,
+            attempts=letter.attempts,
+            trace_id=letter.trace_id,
+            original_topic=letter.original_topic,
+        )
+
+    async def send(self, letters: list[Letter], *, group: str) -> None:
+        """Send every letter, then wait for all acknowledgements; DeadLetterFailed if any failed."""
+        deliveries: list[asyncio.Future[Any]] = []
+        try:
+            for letter in letters:
+                value = self.envelope(letter).to_bytes()
+                deliveries.append(await self.producer.send(self.topic, value, key=letter.record.key))
+            await asyncio.gather(*deliveries)
+        except (KafkaError, MessageSizeTooLargeError) as exc:
+            for delivery in deliveries:
+                delivery.cancel()
+            raise DeadLetterFailed(f"dead-letter topic {self.topic} did not take a letter: {type(exc).__name__}: {exc}") from exc
+        for letter in letters:
+            self._counter.labels(group, letter.error_type[:100]).inc()
+            log.warning(
+                "message dead-lettered",
+                error_type=letter.error_type,
+                error=safe_text(letter.message, 300),
+                topic=letter.record.topic,
+                partition=letter.record.partition,
+                offset=letter.record.offset,
+                trace_id=letter.trace_id,
+            )
+        self.sent += len(letters)
