@@ -8,7 +8,7 @@ import uuid
 from aiokafka import TopicPartition
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.embedded.kafka_broker import KafkaBroker
+from kafka_pipeline.embedded.kafka_broker import KafkaBroker, new_cluster_id
 from kafka_pipeline.runtime.broker_capabilities import (
     APACHE_KAFKA,
     PROFILES,
@@ -87,3 +87,10 @@ async def test_apache_kafka_idempotent_producer_and_time_lookup(kafka_broker: Ka
         assert await consumer.end_offsets([tp]) == {tp: 3}
     finally:
         await consumer.stop()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """One id in 64 would start with "-" and the storage tool would take it for an option."""
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

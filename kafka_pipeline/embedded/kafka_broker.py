@@ -87,8 +87,12 @@ def java_binary() -> str:
 
 
 def new_cluster_id() -> str:
-    """What `kafka-storage random-uuid` prints: a UUID in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage random-uuid` prints: a UUID in URL-safe base64 without padding, never
+    starting with "-" (the storage tool would read it as an option; Kafka's own ids avoid it too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)
