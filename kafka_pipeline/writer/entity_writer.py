@@ -244,7 +244,8 @@ class EntityWriter:
             await self.runtime.run(self, stop)
         finally:
             self._pool.shutdown(wait=True)
-            log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
+        # not after a failed start: the command's one-line error is all the user sees then
+        log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 

@@ -27,7 +27,7 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.config import KafkaSettings, Settings, load_settings
 from kafka_pipeline.dlq.operations import DlqSnapshot, read_dlq
 from kafka_pipeline.embedded.stack import WORKER_COMMANDS, EmbeddedStack
 from kafka_pipeline.errors import PermanentError
@@ -176,6 +176,7 @@ class PipelineRun:
     starts: dict[str, int]
     kills_done: list[tuple[float, str]]  # (seconds after replay start, worker) as they happened
     exit_codes: dict[str, int | None]
+    kafka: KafkaSettings  # the run's own topic names
     topic_messages: dict[str, int]  # messages on each topic at the end (events includes forwarded retries)
     seconds: float
     _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
@@ -313,6 +314,7 @@ async def run_pipeline(
         starts=starts,
         kills_done=kills_done,
         exit_codes=exit_codes,
+        kafka=settings.kafka,
         topic_messages=topic_messages,
         seconds=time.monotonic() - started,
     )

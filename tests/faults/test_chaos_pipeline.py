@@ -142,7 +142,7 @@ def test_faults_and_kills_really_happened(chaos: PipelineRun) -> None:
     assert [worker for _, worker in chaos.kills_done].count("write") == KILLS_PER_WORKER
     assert chaos.starts == {"enrich": 1 + KILLS_PER_WORKER, "write": 1 + KILLS_PER_WORKER, "retry-scheduler": 1}
     # Transient failures that outlived the in-process retries took the delayed-retry path.
-    assert chaos.topic_messages["claimx.retry"] > 0, chaos.topic_messages
+    assert chaos.topic_messages[chaos.kafka.retry_topic] > 0, chaos.topic_messages
     # After all that, the last incarnations stop cleanly on SIGTERM.
     assert chaos.exit_codes == {"enrich": 0, "write": 0, "retry-scheduler": 0}, chaos.exit_codes
 
@@ -169,7 +169,7 @@ def test_every_malformed_message_is_dead_lettered_with_its_reason(chaos: Pipelin
         assert value in injected, f"a message that is not one of the malformed lines was dead-lettered: {letters[0]}"
         found[value] += 1
         for letter in letters:
-            assert letter.original_topic == "claimx.events"
+            assert letter.original_topic == chaos.kafka.events_topic
             assert letter.error_category == "permanent", letter
             assert letter.error_type == "MalformedEvent", letter
             assert letter.attempts == 1, letter
