@@ -26,12 +26,14 @@ def command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kafka-pipeline", description="ClaimX events enrichment pipeline: Kafka -> ClaimX API -> Delta Lake.")
+    parser = _Parser(prog="kafka-pipeline", description="ClaimX events enrichment pipeline: Kafka -> ClaimX API -> Delta Lake.",
+                     epilog="'kafka-pipeline COMMAND --help' tells more about a command.",
+                     formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=26, width=88))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in command_modules():
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+    for module in command_modules():  # one short HELP line per command here; DESCRIPTION in the command's --help
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.DESCRIPTION)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from kafka_pipeline.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"  # the checkout's config/ (KP_CONFIG_DIR elsewhere)
 
 # Flat environment names a user of the pipeline expects, mapped to the setting they set.
 ENV_ALIASES: dict[str, tuple[str, str]] = {
@@ -114,6 +114,10 @@ class CacheSettings(Section):
     warm_from_delta: bool = False
     warm_window_s: float = Field(1800.0, gt=0)
     admin_token: SecretStr | None = None
+    # the Redis tier: its circuit breaker (consecutive failures to open, seconds open) and pool size
+    redis_breaker_failure_threshold: int = Field(3, ge=1)
+    redis_breaker_cooldown_s: float = Field(2.0, gt=0)
+    redis_max_connections: int = Field(16, ge=1)
 
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> CacheSettings:
@@ -128,6 +132,7 @@ class EnrichSettings(Section):
     stats_interval_s: float = Field(30.0, gt=0)
     # media events of one project arriving within this window share one media-list call
     media_window_s: float = Field(0.005, ge=0)
+    max_future_skew_s: float = Field(86_400.0, gt=0)  # an ingested_at later than now + this is malformed
 
 
 class WriterSettings(Section):

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Replay JSON-lines ClaimX events into Kafka: the same as `kafka-pipeline replay`.
+"""Replay ClaimX events into Kafka: the same as `kafka-pipeline replay` (every source and filter).
 
     python scripts/replay_events.py events.jsonl --rate 200 --bootstrap-servers kafka:9092
+    python scripts/replay_events.py --from-topic claimx.events --partitions 3 --from-offset 120000
+    python scripts/replay_events.py --from-table --project-ids-file ids.txt --since 2026-03-03 --refresh-projects
 """
 
 import sys

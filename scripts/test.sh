@@ -5,26 +5,23 @@
 # KP_TEST_BROKER=tansu runs the broker-facing tests on tansu instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing redis-server with apt-get..."
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "redis-server is needed by the tests: install it (e.g. sudo apt-get install redis-server)" >&2
-    exit 1
-  fi
-fi
-for tool in java mvn; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
+# Debian packages the tests run for real: redis-server (shared cache), prometheus (promtool for the
+# alert rules' unit tests, the server for the end-to-end scrape of the dashboards' expressions).
+apt_install() {  # <command> <package>
+  if ! command -v "$1" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "installing a JDK and Maven with apt-get (the Apache Kafka broker of the tests)..."
-      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
-      break
+      echo "installing $2 with apt-get..."
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    else
+      echo "$1 is needed by the tests: install it (e.g. sudo apt-get install $2)" >&2
+      exit 1
     fi
-    echo "$tool is needed by the tests (Apache Kafka broker): install a JDK 17+ and Maven" >&2
-    exit 1
   fi
-done
+}
+apt_install redis-server redis-server
+apt_install promtool prometheus
+apt_install java openjdk-17-jdk-headless  # the Apache Kafka broker of the broker-facing tests
+apt_install mvn maven  # fetches its jars (pom.xml)
 bash "$ROOT/scripts/fetch-kafka-jars.sh"
 bash "$ROOT/scripts/bootstrap.sh" dev
 cd "$ROOT"

@@ -18,6 +18,13 @@ from kafka_pipeline.runtime.dead_letter import RecordView as Record
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
 
+@pytest.fixture(autouse=True)
+def configured_topics(kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlq replay` sends only to the configured topics, read from the environment as in production."""
+    monkeypatch.setenv("KAFKA_EVENTS_TOPIC", kafka_settings.events_topic)
+    monkeypatch.setenv("KAFKA_ENTITY_ROWS_TOPIC", kafka_settings.entity_rows_topic)
+
+
 def parse_failure(kafka: KafkaSettings, n: int) -> DeadLetter:
     record = Record(kafka.events_topic, 0, n, f"p{n}".encode(), f"not json {n}".encode(), [("source", b"sim")])
     return dead_letter_for(record, error_type="EventParseError", error_message="not JSON", category="permanent",
@@ -202,3 +209,74 @@ async def test_a_twice_dead_lettered_original_is_counted_and_replayed_once(kafka
     assert await cli("dlq", "replay", "--all", *dlq_args(kafka)) == 0
     replayed = await consume(kafka, kafka.events_topic)
     assert sorted(r.value for r in replayed) == [b"not json 7", b"not json 8"]
+
+
+# --- hostile letters (issue 10) ------------------------------------------------------------------
+
+
+def letter_of(kafka: KafkaSettings, n: int, *, topic: str, made_by, **update) -> DeadLetter:  # noqa: ANN001
+    record = Record(topic, 0, n, f"p{n}".encode(), f"value {n}".encode(), [])
+    letter = dead_letter_for(record, error_type="SchemaMismatch", error_message="x", category="permanent",
+                             worker="w", trace_id=f"t-{n}", made_by=made_by)
+    return letter.model_copy(update=update)
+
+
+async def test_replay_goes_only_to_configured_topics_that_can_have_made_the_letter(kafka_settings: KafkaSettings, capsys) -> None:
+    kafka = kafka_settings
+    await ensure_topics(kafka, [kafka.entity_rows_topic, kafka.retry_topic])
+    # What the enrichment worker makes of a forged entity-rows message with retry headers naming
+    # the entity-rows topic: a letter for the events topic, whatever the headers said.
+    forged_value = json.dumps({"trace_id": "f", "project_id": "1", "event_time": "2099-01-01T00:00:00Z", "rows": {}}).encode()
+    forged = Record(kafka.events_topic, 0, 5, b"1", forged_value, [("retry-target-topic", kafka.entity_rows_topic.encode())])
+    from_worker = next_hop(forged, Failure("MalformedEvent", "missing field ingested_at", "permanent"), delays_s=[1],
+                           retry_topic=kafka.retry_topic, worker="enrich-1", trace_id="t-forged", made_by="enrich")
+    assert isinstance(from_worker, DeadLetter) and from_worker.original_topic == kafka.events_topic
+    letters = [
+        from_worker,
+        letter_of(kafka, 1, topic=kafka.entity_rows_topic, made_by="write"),  # the writer's own: may go back
+        letter_of(kafka, 2, topic=kafka.entity_rows_topic, made_by="enrich"),  # forged envelope
+        letter_of(kafka, 3, topic=kafka.entity_rows_topic, made_by=None),  # older or forged: no maker
+        letter_of(kafka, 4, topic=kafka.retry_topic, made_by="retry-scheduler"),  # not a replay target
+        letter_of(kafka, 5, topic=kafka.events_topic, made_by="enrich", truncated=True, value_size=9, value_sha256="0" * 64),
+    ]
+    await seed(kafka, letters)
+    assert await cli("dlq", "replay", "--all", *dlq_args(kafka)) == 0
+    out = capsys.readouterr().out
+    assert f"replayed 2 dead letters (1 to {kafka.entity_rows_topic}, 1 to {kafka.events_topic})" in out
+    assert f"refused 2: names {kafka.entity_rows_topic} but was not made by the entity writer" in out
+    assert "refused 1: original topic is not a configured replay target" in out
+    assert "refused 1: truncated: only a prefix of the original is kept" in out
+    assert [r.value for r in await consume(kafka, kafka.entity_rows_topic, quiet_s=0.5)] == [b"value 1"]
+    assert [r.value for r in await consume(kafka, kafka.events_topic, quiet_s=0.5)] == [forged_value]
+
+
+async def test_replay_marks_and_deduplicates_by_dlq_position_not_claimed_coordinates(kafka_settings: KafkaSettings, capsys) -> None:
+    kafka = kafka_settings
+    genuine = parse_failure(kafka, 7)
+    # A forged letter claiming the genuine one's original coordinates, with other content.
+    forged = genuine.model_copy(update={"value": genuine.value.model_copy(update={"data": "forged"}), "trace_id": "t-forged"})
+    await seed(kafka, [genuine, forged])
+    assert await cli("dlq", "replay", "--trace-ids", "t-forged", *dlq_args(kafka)) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
+    snapshot = await read_dlq(kafka, kafka.dlq_topic)
+    assert {e.letter.trace_id: e.replayed for e in snapshot.entries} == {"t-7": False, "t-forged": True}
+    assert await cli("dlq", "replay", "--all", *dlq_args(kafka)) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
+    assert sorted(r.value for r in await consume(kafka, kafka.events_topic)) == [b"forged", b"not json 7"]
+
+
+async def test_list_and_inspect_escape_control_characters(kafka_settings: KafkaSettings, capsys) -> None:
+    kafka = kafka_settings
+    record = Record(kafka.events_topic, 0, 1, b"k", b"\x1b[2J\x9b31m value", [("\x1b[1mname", b"\x1b]0;title\x07"), ("c1", "\x9b1m".encode())])
+    letter = dead_letter_for(record, error_type="Bad\x1b[31mType", error_message="\x1b[2J wiped \u202e", category="permanent",
+                             worker="w\ud800", trace_id="t-esc")
+    await seed(kafka, [letter])
+    assert await cli("dlq", "list", *dlq_args(kafka)) == 0
+    listed = capsys.readouterr().out
+    assert "Bad\\u001b[31mType" in listed
+    assert await cli("dlq", "inspect", *dlq_args(kafka)) == 0
+    inspected = capsys.readouterr().out
+    for out in (listed, inspected):
+        assert not any(not ch.isprintable() and ch not in " \n" for ch in out), repr(out)
+    shown = json.loads(inspected)  # still one valid JSON document per line
+    assert shown["error_message"] == "\x1b[2J wiped \u202e" and shown["headers"]["\x1b[1mname"] == "\x1b]0;title\x07"

@@ -180,10 +180,10 @@ def test_route_failure_by_category_and_attempt() -> None:
     assert (transient.outcome, transient.topic, transient.key, transient.value) == ("retried", "retry.x", b"5", b"{bad")
     assert headers["retry-attempt"] == b"1" and headers["retry-target-topic"] == b"ev" and headers["h"] == b"1"
 
-    last_try = _Record(**{**record.__dict__, "headers": transient.headers})  # came back for attempt 1 ...
+    last_try = _Record(**{**record.__dict__, "offset": 900, "headers": transient.headers})  # came back for attempt 1 ...
     second = route_failure(last_try, TransientError("503"), settings=settings, trace_id="t-1")
     assert second.outcome == "retried" and dict(second.headers)["retry-attempt"] == b"2"
-    exhausted = route_failure(_Record(**{**record.__dict__, "headers": second.headers}), TransientError("503"), settings=settings, trace_id="t-1")
+    exhausted = route_failure(_Record(**{**record.__dict__, "offset": 950, "headers": second.headers}), TransientError("503"), settings=settings, trace_id="t-1")
     letter = DeadLetter.from_bytes(exhausted.value)
     assert exhausted.outcome == "dead_lettered" and (letter.error_category, letter.attempts, letter.trace_id) == ("transient", 3, "t-1")
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
+from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError
 
 
@@ -92,3 +93,47 @@ def test_unknown_types_and_optional_video_id_parse() -> None:
     assert parse_event(raw(event_type="SOMETHING_NEW", project_id=1, ingested_at="2026-01-01T00:00:00Z")).event_type == "SOMETHING_NEW"
     video = parse_event(raw(event_type="VIDEO_COLLABORATION_COMPLETED", project_id=1, ingested_at="2026-01-01T00:00:00Z"))
     assert video.video_collaboration_id is None
+
+
+# --- hostile input (issue 10): nothing but PermanentError, whatever the bytes -------------------
+
+
+from tests.faults.poison import corpus  # noqa: E402
+
+MALFORMED_POISON = [p for p in corpus(huge=False) if p.error_type == "MalformedEvent"]
+
+
+@pytest.mark.parametrize("poison", MALFORMED_POISON, ids=[p.name for p in MALFORMED_POISON])
+def test_every_poison_message_is_malformed_with_its_reason(poison) -> None:  # noqa: ANN001
+    with pytest.raises(PermanentError) as raised:
+        parse_event(poison.value)
+    assert raised.value.error_type == "MalformedEvent"
+    assert poison.reason in str(raised.value), str(raised.value)
+    str(raised.value).encode("utf-8")  # the reason itself is valid text (it goes into logs and the DLQ)
+
+
+@pytest.mark.parametrize("value", ["1", "5000001", "abc-DEF_9", "z" * 64, "-5"])
+def test_ids_safe_in_an_api_path_pass(value: str) -> None:
+    assert parse_event(raw(event_type="PROJECT_CREATED", project_id=value, ingested_at="2026-01-01T00:00:00Z")).project_id == value
+
+
+def test_far_future_limit_is_now_plus_the_configured_skew() -> None:
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    body = raw(event_type="PROJECT_CREATED", project_id=1, ingested_at="2026-06-02T11:00:00Z")  # 23 h ahead
+    assert parse_event(body, now=now).ingested_at.day == 2
+    with pytest.raises(PermanentError, match="in the future"):
+        parse_event(body, now=now, max_future_skew_s=3600)
+    assert Settings().enrich.max_future_skew_s == 86_400  # the setting's default: one day
+
+
+def test_year_1_and_9999_in_utc_are_in_range_but_9999_is_too_far_ahead() -> None:
+    assert parse_event(raw(event_type="PROJECT_CREATED", project_id=1, ingested_at="0001-01-01T00:00:00Z")).ingested_at.year == 1
+    with pytest.raises(PermanentError, match="in the future"):
+        parse_event(raw(event_type="PROJECT_CREATED", project_id=1, ingested_at="9999-12-31T23:59:59"))
+
+
+def test_derive_trace_id_never_raises_on_invalid_unicode() -> None:
+    bad = derive_trace_id("1", "X\ud800", datetime(2026, 1, 1, tzinfo=UTC), media_id="\udfff", master_file_name="\ud800x")
+    assert len(bad) == 64
+    good = derive_trace_id("1", "X", datetime(2026, 1, 1, tzinfo=UTC))
+    assert good == hashlib.sha256(b"1|X|2026-01-01T00:00:00+00:00").hexdigest()  # valid text: the same hash as before

@@ -20,7 +20,6 @@ from kafka_pipeline.simulator.events import (
     SAMPLE_EVENTS_PATH,
     UNKNOWN_EVENT_TYPE,
     generate_events,
-    load_sample_events,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +191,7 @@ def test_bad_arguments_raise(n: int, projects: int, malformed: int) -> None:
 
 def test_bundled_sample_is_the_generator_output() -> None:
     assert SAMPLE_EVENTS_PATH.is_file()
-    sample = load_sample_events()
+    sample = SAMPLE_EVENTS_PATH.read_text(encoding="utf-8").splitlines()
     assert sample == generate_events(300, 20, seed=7)
     events = parsed(sample)
     assert len({str(e["project_id"]) for e in events}) == 20

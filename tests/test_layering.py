@@ -23,6 +23,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "kafka_pipeline.claimx", "kafka_pipeline.writer", "kafka_pipeline.retry", "kafka_pipeline.dlq",
         "kafka_pipeline.embedded", "kafka_pipeline.simulator",
     ),
+    "kafka_pipeline.offsets": (
+        "kafka_pipeline.claimx", "kafka_pipeline.delta", "kafka_pipeline.writer", "kafka_pipeline.retry",
+        "kafka_pipeline.dlq", "kafka_pipeline.embedded", "kafka_pipeline.simulator",
+    ),
     "kafka_pipeline.claimx": ("kafka_pipeline.writer", "kafka_pipeline.dlq", "kafka_pipeline.embedded", "kafka_pipeline.retry.scheduler"),
 }
 TOP = ("kafka_pipeline.cli", "kafka_pipeline.commands")  # only the CLI (and __main__) import these

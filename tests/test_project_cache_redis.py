@@ -21,9 +21,11 @@ from deltalake import write_deltalake
 from prometheus_client import REGISTRY, generate_latest
 
 from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.factory import build_project_cache
+from kafka_pipeline.claimx.cache.metrics import CacheMetrics
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot, Verification
 from kafka_pipeline.claimx.cache.redis_tier import RedisTier
-from kafka_pipeline.claimx.cache.warm import warm_from_delta
+from kafka_pipeline.claimx.cache.warm import delta_warmer, warm_from_delta
 from kafka_pipeline.config import CacheSettings, DeltaSettings
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.ops_server import OpsServer
@@ -87,16 +89,18 @@ def make_worker(
     settings: CacheSettings,
     clock: FakeClock | None = None,
     on_background_refresh: Callable[[ProjectSnapshot], Awaitable[None]] | None = None,
-    delta: DeltaSettings | None = None,
 ) -> ProjectCache:
     tier = RedisTier(settings, breaker_cooldown_s=0.3, wall_clock=clock.wall if clock else time.time)
-    return ProjectCache(
+    metrics = CacheMetrics.on(REGISTRY)
+    cache = ProjectCache(
         settings,
         clock=clock.monotonic if clock else time.monotonic,
         shared_tier=tier,
         on_background_refresh=on_background_refresh,
-        delta=delta,
+        observer=metrics.observe_load,
     )
+    metrics.track(cache)
+    return cache
 
 
 async def ack_then_confirm(cache: ProjectCache, project_id: str, result: Verification, ack_s: float = 0.002) -> None:
@@ -277,13 +281,13 @@ async def test_redis_outage_is_routine(redis_server: RedisServer, outage_workers
     await eventually(lambda: all(c.shared_tier is not None and c.shared_tier.reconnects >= 1 for c in workers), timeout_s=5.0)
     loads_before = api.total
     await asyncio.gather(*(event(cache, api, pid) for cache in workers for pid in after for _ in range(3)))
-    errors = [c.counters.l2_errors for c in workers]
+    errors = [c.stats().l2_errors for c in workers]
     assert api.total - loads_before == 30, (errors, {p: n for p, n in api.calls.items() if p.startswith("after")})  # shared again
     # The in-process entries were treated as stale on reconnect; the group refetches once.
     loads_before = api.total
-    errors = [c.counters.l2_errors for c in workers]
+    errors = [c.stats().l2_errors for c in workers]
     await asyncio.gather(*(event(cache, api, pid) for cache in workers for pid in before))
-    assert api.total - loads_before == 30, (errors, [c.counters.l2_errors for c in workers], [c.shared_tier.reconnects for c in workers])
+    assert api.total - loads_before == 30, (errors, [c.stats().l2_errors for c in workers], [c.shared_tier.reconnects for c in workers])
 
 
 async def test_a_hung_redis_costs_at_most_one_socket_timeout(redis_server: RedisServer, outage_workers: list[ProjectCache]) -> None:
@@ -373,8 +377,9 @@ async def test_warm_start_from_delta(tmp_path: pytest.TempPathFactory) -> None:
     )
     write_deltalake(f"{root}/claimx_projects", table)
     settings = CacheSettings(ttl_s=1800, refresh_after_s=600, warm_from_delta=True, warm_window_s=1800)
-    cache = ProjectCache.from_settings(settings, delta=DeltaSettings(tables_root=root))
-    await cache.start()  # warms
+    cache = build_project_cache(settings)
+    await cache.start()
+    await delta_warmer(cache, DeltaSettings(tables_root=root))(settings.warm_window_s)  # what the worker does at start
     api = CountingApi(delay=0)
     assert len(cache) == 20
     for pid in recent:
@@ -396,7 +401,7 @@ async def test_admin_routes(redis_url: str, tmp_path: pytest.TempPathFactory) ->
         pa.table({"project_id": ["w1", "w2"], "updated_at": pa.array([datetime.now(UTC)] * 2, pa.timestamp("us", tz="UTC"))}),
     )
     settings = settings_for(redis_url, admin_token="s3cret")
-    cache, other = make_worker(settings, delta=DeltaSettings(tables_root=root)), make_worker(settings)
+    cache, other = make_worker(settings), make_worker(settings)
     await cache.start()
     await other.start()
     api = CountingApi(delay=0)
@@ -404,7 +409,8 @@ async def test_admin_routes(redis_url: str, tmp_path: pytest.TempPathFactory) ->
         await event(cache, api, pid)
         await event(other, api, pid)
     await asyncio.sleep(0.05)
-    server = OpsServer("127.0.0.1", 0, routes=cache_routes(cache), readiness={"project_cache": cache.readiness})
+    routes = cache_routes(cache, warm_from=delta_warmer(cache, DeltaSettings(tables_root=root)))
+    server = OpsServer("127.0.0.1", 0, routes=routes, readiness={"project_cache": cache.readiness})
     auth = {"Authorization": "Bearer s3cret"}
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), base_url="http://ops") as client:
@@ -436,9 +442,9 @@ async def test_admin_routes(redis_url: str, tmp_path: pytest.TempPathFactory) ->
 
 
 async def test_from_settings_without_and_with_redis(redis_url: str) -> None:
-    plain = ProjectCache.from_settings(CacheSettings())
+    plain = build_project_cache(CacheSettings())
     assert plain.shared_tier is None and plain.stats().redis_state == "off"
-    shared = ProjectCache.from_settings(settings_for(redis_url))
+    shared = build_project_cache(settings_for(redis_url))
     assert shared.shared_tier is not None
     await shared.start()
     assert shared.stats().redis_state == "up"

@@ -7,6 +7,7 @@ import pytest
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 from kafka_pipeline.retry.routing import (
     MAX_ERROR_HEADER_BYTES,
+    MAX_RETRY_MESSAGE_BYTES,
     RETRY_ATTEMPT,
     RETRY_DUE_AT,
     RETRY_ERROR,
@@ -172,3 +173,52 @@ def test_strip_retry_headers_resets_the_attempt_count() -> None:
     assert attempt_of(stripped) == 0
     again = hop(Record("claimx.events", 0, 1, b"17", b"v", stripped))
     assert isinstance(again, RetryMessage) and again.attempt == 1
+
+
+# --- headers from the events topic are not trusted (issue 10) ---------------------------------
+
+
+def forged(*headers: tuple[str, bytes], offset: int = 41) -> Record:
+    return Record("claimx.events", 2, offset, b"17", b"{}", list(headers))
+
+
+def test_a_forged_target_topic_is_ignored_the_record_topic_is_the_target() -> None:
+    record = forged((RETRY_TARGET_TOPIC, b"claimx.entity_rows"))
+    message = hop(record)
+    assert isinstance(message, RetryMessage) and message.target_topic == "claimx.events"
+    assert dict(message.headers)[RETRY_TARGET_TOPIC] == b"claimx.events"
+    dead = hop(record, failure=Failure("NotFound", "404", "permanent"))
+    assert isinstance(dead, DeadLetter) and dead.original_topic == "claimx.events" and dead.made_by is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(RETRY_ATTEMPT, b"4")],  # the bare attempt
+        [(RETRY_ATTEMPT, b"4"), (RETRY_DUE_AT, b"0"), (RETRY_TARGET_TOPIC, b"claimx.entity_rows"),
+         (RETRY_ORIGINAL_PARTITION, b"0"), (RETRY_ORIGINAL_OFFSET, b"0")],  # a foreign target
+        [(RETRY_ATTEMPT, b"40"), (RETRY_DUE_AT, b"0"), (RETRY_TARGET_TOPIC, b"claimx.events"),
+         (RETRY_ORIGINAL_PARTITION, b"0"), (RETRY_ORIGINAL_OFFSET, b"0")],  # beyond the configured delays
+        [(RETRY_ATTEMPT, b"4"), (RETRY_DUE_AT, b"0"), (RETRY_TARGET_TOPIC, b"claimx.events")],  # no original position
+        [(RETRY_ATTEMPT, b"4"), (RETRY_DUE_AT, b"0"), (RETRY_TARGET_TOPIC, b"claimx.events"),
+         (RETRY_ORIGINAL_PARTITION, b"2"), (RETRY_ORIGINAL_OFFSET, b"41")],  # "originally" this very message
+        [(RETRY_ATTEMPT, b"4"), (RETRY_DUE_AT, b"0"), (RETRY_TARGET_TOPIC, b"claimx.events"),
+         (RETRY_ORIGINAL_PARTITION, b"2"), (RETRY_ORIGINAL_OFFSET, b"99")],  # a later position
+    ],
+    ids=["bare-attempt", "foreign-target", "attempt-beyond-delays", "no-original", "self-original", "later-original"],
+)
+def test_retry_headers_that_do_not_read_as_the_schedulers_count_as_a_fresh_message(headers) -> None:  # noqa: ANN001
+    message = hop(forged(*headers))
+    assert isinstance(message, RetryMessage) and message.attempt == 1, "forged headers skipped retries"
+    assert (dict(message.headers)[RETRY_ORIGINAL_PARTITION], dict(message.headers)[RETRY_ORIGINAL_OFFSET]) == (b"2", b"41")
+    dead = hop(forged(*headers), failure=Failure("NotFound", "404", "permanent"))
+    assert isinstance(dead, DeadLetter) and (dead.partition, dead.offset, dead.attempts) == (2, 41, 1)
+
+
+def test_a_message_too_big_for_the_retry_topic_is_dead_lettered_not_retried() -> None:
+    big = Record("claimx.events", 2, 41, b"17", b"x" * MAX_RETRY_MESSAGE_BYTES, [])
+    dead = hop(big, failure=Failure("Timeout", "GET /export/project/17: timed out", "transient"))
+    assert isinstance(dead, DeadLetter) and dead.attempts == 1 and dead.error_category == "transient"
+    assert "not retried" in dead.error_message and "do not fit the retry topic" in dead.error_message
+    assert len(dead.to_bytes()) + 2 <= 1_000_000  # and its envelope is cut to fit the DLQ
+    assert isinstance(hop(Record("claimx.events", 2, 41, b"17", b"x" * 1000, [])), RetryMessage)

@@ -61,10 +61,12 @@ def scheduler_settings(kafka: KafkaSettings, delays: list[float]) -> Settings:
 
 def retry_message(kafka: KafkaSettings, n: int, *, delays: list[float], now: int, attempt: int = 0,
                   key: bytes | None = None) -> RetryMessage:
-    headers = [("trace", f"t{n}".encode())]
-    if attempt:
-        headers.append((RETRY_ATTEMPT, str(attempt).encode()))
-    record = Record(kafka.events_topic, n % 3, n, key if key is not None else f"p{n}".encode(), f"event-{n}".encode(), headers)
+    record = Record(kafka.events_topic, n % 3, n, key if key is not None else f"p{n}".encode(), f"event-{n}".encode(),
+                    [("trace", f"t{n}".encode())])
+    for hop in range(attempt):  # earlier hops, as the worker consumed each copy the scheduler sent back
+        earlier = next_hop(record, TRANSIENT, delays_s=delays, retry_topic=kafka.retry_topic, worker="w", now=now)
+        assert isinstance(earlier, RetryMessage)
+        record = Record(kafka.events_topic, n % 3, 1_000 + 100 * hop + n, earlier.key, earlier.value, earlier.headers)
     message = next_hop(record, TRANSIENT, delays_s=delays, retry_topic=kafka.retry_topic, worker="w", now=now)
     assert isinstance(message, RetryMessage)
     return message
@@ -152,7 +154,8 @@ async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -
 
     letters = {DeadLetter.from_bytes(r.value).value.raw(): DeadLetter.from_bytes(r.value) for r, _ in dead}
     assert "missing retry header(s)" in letters[b"no-headers"].error_message
-    assert "'no.such.topic' does not exist" in letters[b"nowhere"].error_message
+    assert "'no.such.topic' is not a configured retry target" in letters[b"nowhere"].error_message
+    assert all(letter.original_topic == kafka.events_topic and letter.made_by == "retry-scheduler" for letter in letters.values())
     assert all(letter.error_type == "InvalidRetryHeaders" and letter.error_category == "permanent" for letter in letters.values())
     assert scheduler.stats.forwarded == 13 and scheduler.stats.dead_lettered == 2
     assert f'retry_scheduler_forwarded_total{{target="{kafka.events_topic}"}} 13.0' in metrics

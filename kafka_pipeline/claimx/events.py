@@ -13,6 +13,11 @@ meaning UTC.
 where `ingested_at_iso` is `datetime.isoformat()` of the UTC-aware instant, e.g.
 `2026-01-05T14:03:07+00:00`, or `2026-01-05T14:03:07.250000+00:00` when it has a fractional
 second. So `...T14:03:07Z`, `...T14:03:07` and `...T09:03:07-05:00` name the same event.
+
+Hostile input: `parse_event` raises nothing but `PermanentError(error_type="MalformedEvent")`
+for any bytes (deep nesting, huge numbers, out-of-range or far-future times, lone surrogates,
+ids that are not safe in an API path), so a bad message goes to the dead-letter topic and the
+worker goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import UTC, date, datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, computed_field, field_validator, model_validator
@@ -40,6 +46,15 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 }
 REQUIRED_FIELDS = ("event_type", "project_id", "ingested_at")
 ID_FIELDS = ("project_id", "event_id", "media_id", "task_assignment_id", "video_collaboration_id")
+# Ids that end up in ClaimX API requests: a path segment must not be ".", ".." or non-ASCII
+# digits ("١٢٣".isdigit() is True), so only this shape is accepted.
+API_ID_FIELDS = ("project_id", "media_id", "task_assignment_id", "video_collaboration_id")
+API_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_EVENT_ID_CHARS = 128
+MAX_EVENT_TYPE_CHARS = 100
+# An `ingested_at` later than now plus this is malformed: under newest-wins a far-future time
+# would pin the row's columns for good (`settings.enrich.max_future_skew_s` overrides it).
+DEFAULT_MAX_FUTURE_SKEW_S = 86_400.0
 
 # Event types whose handling needs an optional id.
 REQUIRED_BY_TYPE: dict[str, str] = {
@@ -72,17 +87,18 @@ class ClaimXEvent(BaseModel):
     @field_validator(*ID_FIELDS, mode="before")
     @classmethod
     def _id_as_str(cls, value: Any, info: ValidationInfo) -> str | None:
-        return coerce_id(value, info.field_name or "id")
+        return check_id(coerce_id(value, info.field_name or "id"), info.field_name or "id")
 
     @field_validator("event_type", "master_file_name", mode="before")
     @classmethod
     def _text(cls, value: Any, info: ValidationInfo) -> str | None:
-        return coerce_text(value, info.field_name or "text")
+        text = coerce_text(value, info.field_name or "text")
+        return check_event_type(text) if info.field_name == "event_type" else text
 
     @field_validator("ingested_at", mode="before")
     @classmethod
     def _utc(cls, value: Any) -> datetime:
-        return parse_timestamp(value, "ingested_at")
+        return check_not_future(parse_timestamp(value, "ingested_at"), "ingested_at", DEFAULT_MAX_FUTURE_SKEW_S)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -123,7 +139,9 @@ def derive_trace_id(
     parts = [f"{project_id}|{event_type}|{to_utc(ingested_at).isoformat()}"]
     optional = {"media": media_id, "task": task_assignment_id, "video": video_collaboration_id, "file": master_file_name}
     parts.extend(f"|{label}:{value}" for label, value in optional.items() if value)
-    return hashlib.sha256("".join(parts).encode("utf-8")).hexdigest()
+    # surrogatepass: never raises, even on text that is not valid Unicode (it is the same
+    # UTF-8 as before for every string that is)
+    return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def to_utc(value: datetime) -> datetime:
@@ -133,15 +151,24 @@ def to_utc(value: datetime) -> datetime:
 
 def parse_timestamp(value: Any, field: str) -> datetime:
     """An ISO-8601 string (or datetime) -> UTC-aware datetime; ValueError naming the field otherwise."""
-    if isinstance(value, datetime):
-        return to_utc(value)
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            return to_utc(datetime.fromisoformat(text))
-        except ValueError:
-            pass
-    raise ValueError(f"{field}: unparseable timestamp {value!r}")
+    try:
+        if isinstance(value, datetime):
+            return to_utc(value)
+        if isinstance(value, str) and value.strip():
+            return to_utc(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        pass
+    except OverflowError:  # year 1 or 9999 with an offset: not representable in UTC
+        raise ValueError(f"{field}: timestamp out of range in UTC {_shown(value)}") from None
+    raise ValueError(f"{field}: unparseable timestamp {_shown(value)}")
+
+
+def check_not_future(value: datetime, field: str, max_skew_s: float, *, now: datetime | None = None) -> datetime:
+    """`value`, unless it is later than now plus `max_skew_s` (ValueError)."""
+    limit = (now or datetime.now(UTC)) + timedelta(seconds=max_skew_s)
+    if value > limit:
+        raise ValueError(f"{field}: {value.isoformat()} is more than {max_skew_s:g} s in the future")
+    return value
 
 
 def coerce_id(value: Any, field: str) -> str | None:
@@ -157,8 +184,37 @@ def coerce_id(value: Any, field: str) -> str | None:
             raise ValueError(f"{field}: expected an integer id, got {value!r}")
         return str(int(value))
     if isinstance(value, str):
-        return value.strip() or None
+        return check_text(value, field).strip() or None
     raise ValueError(f"{field}: expected an id, got {type(value).__name__}")
+
+
+def check_id(value: str | None, field: str) -> str | None:
+    """An id is safe where it is used: an API path segment for `API_ID_FIELDS`, a trace id for
+    `event_id`; ValueError otherwise."""
+    if value is None:
+        return None
+    if field in API_ID_FIELDS:
+        if not API_ID.fullmatch(value):
+            raise ValueError(f"{field}: {_shown(value)} is not 1-64 ASCII letters, digits, '-' or '_'")
+    elif len(value) > MAX_EVENT_ID_CHARS or not value.isprintable():
+        raise ValueError(f"{field}: {_shown(value)} is longer than {MAX_EVENT_ID_CHARS} characters or not printable")
+    return value
+
+
+def check_event_type(value: str | None) -> str | None:
+    """An event type is a short printable name (it labels logs and metrics); ValueError otherwise."""
+    if value is not None and (len(value) > MAX_EVENT_TYPE_CHARS or not value.isprintable()):
+        raise ValueError(f"event_type: {_shown(value)} is longer than {MAX_EVENT_TYPE_CHARS} characters or not printable")
+    return value
+
+
+def check_text(value: str, field: str) -> str:
+    """ValueError for text that is not valid Unicode (a lone surrogate from a JSON escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field}: holds a lone surrogate {_shown(value)}") from None
+    return value
 
 
 def coerce_text(value: Any, field: str) -> str | None:
@@ -166,7 +222,13 @@ def coerce_text(value: Any, field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
-    return value.strip() or None
+    return check_text(value, field).strip() or None
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A bounded, ASCII-only rendering of a value for an error message."""
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def _canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
@@ -180,14 +242,20 @@ def _canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_event(raw: bytes | str | None) -> ClaimXEvent:
-    """Message bytes -> event, or PermanentError(error_type="MalformedEvent") with the precise reason."""
+def parse_event(
+    raw: bytes | str | None, *, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S, now: datetime | None = None
+) -> ClaimXEvent:
+    """Message bytes -> event, or PermanentError(error_type="MalformedEvent") with the precise reason.
+
+    Never raises anything else, whatever the bytes (see the module docstring)."""
     if raw is None:
         raise PermanentError("not JSON: empty message (no value)", error_type="MalformedEvent")
     try:
         obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PermanentError(f"not JSON: {exc}", error_type="MalformedEvent") from None
+    except RecursionError:
+        raise PermanentError("not JSON: nested too deeply", error_type="MalformedEvent") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of more than 4300 digits
+        raise PermanentError(f"not JSON: {str(exc)[:200]}", error_type="MalformedEvent") from None
     if not isinstance(obj, dict):
         raise PermanentError(f"not a JSON object: got {type(obj).__name__}", error_type="MalformedEvent")
     fields = _canonical_fields(obj)
@@ -199,9 +267,11 @@ def parse_event(raw: bytes | str | None) -> ClaimXEvent:
         values: dict[str, Any] = {}
         for name, value in fields.items():
             if name in ID_FIELDS:
-                values[name] = coerce_id(value, name)
+                values[name] = check_id(coerce_id(value, name), name)
             elif name == "ingested_at":
-                values[name] = parse_timestamp(value, name)
+                values[name] = check_not_future(parse_timestamp(value, name), name, max_future_skew_s, now=now)
+            elif name == "event_type":
+                values[name] = check_event_type(coerce_text(value, name))
             else:
                 values[name] = coerce_text(value, name)
     except ValueError as exc:

@@ -1,64 +1,62 @@
-"""Send JSON-lines event files to the events topic, keyed by project_id.
+"""Replay events into the events topic: from a source (`replay_sources`), through a filter, at a
+pace, with a summary of what was read, matched and sent per event type.
 
-Lines that are not valid events are sent too (without a key when none can be read): the
-enrichment worker dead-letters them with their reason, so a replay never loses input.
+Events are keyed by project id, so one project's events stay in one partition, in order. With
+`refresh_projects` every sent event carries the `refresh-project` header: the enrichment worker
+then refetches the event's project instead of trusting its cache, so a backfill after wrong API
+data writes the corrected values (a replayed event has its original `event_time`, and on a tie
+the later arrival wins).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
+from kafka_pipeline.claimx.handlers.base import REFRESH_PROJECT_HEADER
+from kafka_pipeline.claimx.replay_sources import EventFilter, Source, describe
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
-PROJECT_ID_FIELDS = ("project_id", "projectId")
+UNREADABLE = "(not an event)"  # the summary's label for records without an event type
+ACK_EVERY = 1000  # sends awaited together
 
 
 @dataclass
 class ReplaySummary:
-    sent: int = 0
-    without_key: int = 0  # not JSON or no project_id: sent unkeyed, the worker dead-letters them
+    read: Counter[str] = field(default_factory=Counter)  # per event type
+    matched: Counter[str] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)
+    without_key: int = 0  # sent unkeyed: no project id could be read (the worker dead-letters them)
     seconds: float = 0.0
 
     @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+    @property
     def rate(self) -> float:
-        return self.sent / self.seconds if self.seconds > 0 else 0.0
+        return self.total_sent / self.seconds if self.seconds > 0 else 0.0
 
-
-def read_lines(paths: Iterable[Path], limit: int | None = None) -> Iterator[bytes]:
-    """Non-blank lines of the files, in order, at most `limit` in all."""
-    count = 0
-    for path in paths:
-        with path.open("rb") as handle:
-            for line in handle:
-                line = line.strip()
-                if not line:
-                    continue
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield line
+    def table(self) -> list[str]:
+        """The per-type lines of the summary, then the total."""
+        types = sorted(self.read, key=lambda t: (t == UNREADABLE, t))
+        width = max([len(t) for t in types] + [len("event type")])
+        lines = [f"{'event type':<{width}}  {'read':>8}  {'matched':>8}  {'sent':>8}"]
+        lines += [f"{t:<{width}}  {self.read[t]:>8}  {self.matched[t]:>8}  {self.sent[t]:>8}" for t in types]
+        lines.append(f"{'total':<{width}}  {sum(self.read.values()):>8}  {sum(self.matched.values()):>8}  {self.total_sent:>8}")
+        return lines
 
 
 def key_of(line: bytes) -> bytes | None:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(event, dict):
-        return None
-    for field in PROJECT_ID_FIELDS:
-        value = event.get(field)
-        if value is not None and value != "":
-            return str(value).encode()
-    return None
+    """The project id of a JSON event line, as the message key (None when there is none)."""
+    project_id = describe(line)[1]
+    return project_id.encode() if project_id is not None else None
 
 
 class RateLimiter:
@@ -79,44 +77,61 @@ class RateLimiter:
 
 async def replay(
     kafka: KafkaSettings,
-    paths: list[Path],
+    source: Source,
     *,
+    selection: EventFilter | None = None,
     topic: str | None = None,
     rate: float | None = None,
     limit: int | None = None,
     dry_run: bool = False,
+    refresh_projects: bool = False,
     progress: bool = True,
 ) -> ReplaySummary:
+    """Send the source's records that match `selection` (at most `limit`) to `topic`.
+
+    A dry run reads and matches, and sends nothing. Every send is acknowledged before this returns."""
     topic = topic or kafka.events_topic
-    lines = list(read_lines(paths, limit))
+    selection = selection or EventFilter()
+    headers = [(REFRESH_PROJECT_HEADER, b"1")] if refresh_projects else None
     summary = ReplaySummary()
     started = time.monotonic()
-    bar = tqdm(total=len(lines), unit="ev", disable=not progress, desc="dry run" if dry_run else topic)
-    if dry_run:
-        for line in lines:
-            summary.without_key += key_of(line) is None
-            summary.sent += 1
-            bar.update()
-    else:
-        await ensure_topics(kafka, [topic])
-        producer = make_producer(kafka)
-        await producer.start()
+    producer: AIOKafkaProducer | None = None
+    bar: tqdm[None] | None = None
+    try:
+        total = await source.open()
+        bar = tqdm(total=total, unit="ev", disable=not progress, desc="dry run" if dry_run else topic)
+        if not dry_run:
+            await ensure_topics(kafka, [topic])
+            producer = make_producer(kafka)
+            await producer.start()
         limiter = RateLimiter(rate)
-        try:
-            pending: list[asyncio.Future] = []
-            for line in lines:
-                await limiter.wait()
-                key = key_of(line)
-                summary.without_key += key is None
-                pending.append(await producer.send(topic, value=line, key=key))
-                summary.sent += 1
-                bar.update()
-                if len(pending) >= 1000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)  # every send acknowledged before we report success
-        finally:
+        pending: list[asyncio.Future[object]] = []
+        matched = 0
+        async for record in source.records():
+            if limit is not None and matched >= limit:
+                break
+            bar.update()
+            label = record.event_type or UNREADABLE
+            summary.read[label] += 1
+            if not selection.matches(record):
+                continue
+            matched += 1
+            summary.matched[label] += 1
+            if producer is None:
+                continue
+            await limiter.wait()
+            pending.append(await producer.send(topic, value=record.value, key=record.key, headers=headers))
+            summary.sent[label] += 1
+            summary.without_key += record.key is None
+            if len(pending) >= ACK_EVERY:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)  # every send acknowledged before we report success
+    finally:
+        if bar is not None:
+            bar.close()
+        if producer is not None:
             await producer.stop()
-    bar.close()
+        await source.close()
     summary.seconds = time.monotonic() - started
     return summary

@@ -201,9 +201,3 @@ class BatchBuilder:
     def row_count(self) -> int:
         return sum(table.row_count for table in self._tables.values())
 
-
-def rows_to_arrow(message: EntityRowsMessage, *, app: str = "", offset: int = 0) -> dict[str, pa.Table]:
-    """One message's rows as typed Arrow tables (raises SchemaMismatch)."""
-    builder = BatchBuilder()
-    builder.add(message, app=app, offset=offset)
-    return builder.tables()

@@ -304,11 +304,6 @@ def xa_row(event: ClaimXEvent) -> Rows:
 # --- media -----------------------------------------------------------------------------------
 
 
-def media_items(body: Any) -> list[Mapping[str, Any]]:
-    """The list `GET /export/project/{id}/media` answers (bare or under `data`)."""
-    return [_obj(item) for item in _list(_unwrap(body)) if isinstance(item, Mapping)]
-
-
 def media_item_id(item: Mapping[str, Any]) -> str | None:
     return as_str(item.get("mediaID", item.get("mediaId")))
 
@@ -455,11 +450,6 @@ def task_rows(body: Any, project_id: str | None = None) -> Rows:
 
 
 # --- video collaboration ---------------------------------------------------------------------
-
-
-def video_items(body: Any) -> list[Mapping[str, Any]]:
-    """The items of the `VIDEO_COLLABORATION` report (`{"data": [...]}` or a bare list)."""
-    return [_obj(item) for item in _list(_unwrap(body)) if isinstance(item, Mapping)]
 
 
 def select_video_item(items: Iterable[Mapping[str, Any]], project_id: str, video_collaboration_id: str | None) -> Mapping[str, Any] | None:

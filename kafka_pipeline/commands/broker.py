@@ -11,8 +11,9 @@ from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 
 NAME = "broker"
-HELP = ("Start an embedded Kafka broker on loopback and print its address (Ctrl-C stops it): tansu in memory, "
-        "or Apache Kafka with --kafka (Java 17+ and its jars: scripts/fetch-kafka-jars.sh).")
+HELP = "Run an embedded Kafka broker on loopback: tansu, or Apache Kafka with --kafka."
+DESCRIPTION = ("Start an embedded Kafka broker on loopback and print its address (Ctrl-C stops it): tansu in memory, "
+               "or Apache Kafka with --kafka (Java 17+ and its jars: scripts/fetch-kafka-jars.sh).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,10 +8,12 @@ import json
 
 from kafka_pipeline.config import KafkaSettings, load_settings
 from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.dlq.terminal import printable
 from kafka_pipeline.errors import UsageError
 
 NAME = "dlq"
-HELP = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."
+HELP = "List, inspect, replay or purge dead letters."
+DESCRIPTION = "Summarise, inspect, replay or purge the dead-letter topic (reads it from its purge point to its end)."
 
 REPLAY_HELP = (
     "Send dead letters' original key, value and headers (retry headers removed, so the attempt count starts "
@@ -81,7 +83,7 @@ async def _list(kafka: KafkaSettings, topic: str, args: argparse.Namespace) -> i
 async def _inspect(kafka: KafkaSettings, topic: str, args: argparse.Namespace) -> int:
     snapshot = await dlq_ops.read_dlq(kafka, topic)
     for line in dlq_ops.inspect_entries(snapshot, trace_id=args.trace_id, limit=args.limit):
-        print(json.dumps(line, ensure_ascii=False))
+        print(printable(json.dumps(line, ensure_ascii=False)))
     return 0
 
 
@@ -91,19 +93,22 @@ async def _replay(kafka: KafkaSettings, topic: str, args: argparse.Namespace) ->
     if args.json:
         print(json.dumps({
             "replayed": result.total, "by_topic": dict(result.replayed), "already_replayed": result.already_replayed,
-            "missing_topic": dict(result.missing_topic), "unmatched_trace_ids": result.unmatched_trace_ids,
+            "missing_topic": dict(result.missing_topic), "refused": dict(result.refused),
+            "unmatched_trace_ids": result.unmatched_trace_ids,
             "dry_run": result.dry_run,
         }))
         return 0
     verb = "would replay" if result.dry_run else "replayed"
-    where = ", ".join(f"{n} to {t}" for t, n in sorted(result.replayed.items()))
+    where = ", ".join(f"{n} to {printable(t)}" for t, n in sorted(result.replayed.items()))
     print(f"{verb} {result.total} dead letters" + (f" ({where})" if where else ""))
     if result.already_replayed:
         print(f"skipped {result.already_replayed} replayed before (--include-replayed sends them again)")
     for missing, count in sorted(result.missing_topic.items()):
-        print(f"skipped {count}: original topic {missing} does not exist")
+        print(f"skipped {count}: original topic {printable(missing)} does not exist")
+    for reason, count in sorted(result.refused.items()):
+        print(f"refused {count}: {reason}")
     if result.unmatched_trace_ids:
-        print(f"no dead letter for trace id(s): {' '.join(result.unmatched_trace_ids)}")
+        print(f"no dead letter for trace id(s): {printable(' '.join(result.unmatched_trace_ids))}")
     return 0
 
 

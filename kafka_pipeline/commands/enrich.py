@@ -9,7 +9,8 @@ from kafka_pipeline.config import load_settings
 from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "enrich"
-HELP = (
+HELP = "Run the enrichment worker: events -> API -> entity rows."
+DESCRIPTION = (
     "Consume ClaimX events, fetch what each needs from the ClaimX API (project verification through the "
     "project cache), produce one entity-rows message per event keyed by project_id; transient API failures "
     "go to the retry topic, malformed messages and permanent failures to the DLQ, unknown event types are "

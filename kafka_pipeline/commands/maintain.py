@@ -12,7 +12,8 @@ from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 from kafka_pipeline.errors import UsageError
 
 NAME = "maintain"
-HELP = (
+HELP = "Compact, checkpoint and vacuum the Delta tables."
+DESCRIPTION = (
     "Compact small files (or --sort-by-key: rewrite sorted by the merge key), write a checkpoint and vacuum "
     "files older than --retention-hours, for each table and its merge-clock table. Vacuum is a dry run "
     "(lists what it would delete) unless --apply / --no-dry-run."

@@ -10,7 +10,8 @@ from kafka_pipeline.retry.scheduler import RetryScheduler
 from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "retry-scheduler"
-HELP = (
+HELP = "Run the retry scheduler: due retries back to their topic."
+DESCRIPTION = (
     "Consume the retry topic and send each message back to its retry-target-topic no earlier than its "
     "retry-due-at header; retry headers are kept so the worker knows the attempt. Bad headers go to the DLQ. "
     "SIGTERM/SIGINT: commit what was sent and exit 0."

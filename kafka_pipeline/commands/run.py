@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import table_row_counts
@@ -25,7 +26,8 @@ from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.errors import UsageError
 
 NAME = "run"
-HELP = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
+HELP = "Run the whole pipeline on this machine, no Docker."
+DESCRIPTION = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(stack.create_topics())
         stack.start_workers()
         if not args.no_replay:
-            summary = asyncio.run(replay(settings.kafka, [events], progress=sys.stderr.isatty()))
-            print(f"replayed    {summary.sent} events from {events}", flush=True)
+            summary = asyncio.run(replay(settings.kafka, FileSource([events]), progress=sys.stderr.isatty()))
+            print(f"replayed    {summary.total_sent} events from {events}", flush=True)
         if args.until_drained:
             asyncio.run(stack.wait_until_drained(timeout_s=args.timeout_s))
             dead = asyncio.run(stack.dead_letter_count())

@@ -8,7 +8,8 @@ from kafka_pipeline.errors import UsageError
 from kafka_pipeline.simulator import server
 
 NAME = "simulate-api"
-HELP = (
+HELP = "Serve a simulated ClaimX REST API."
+DESCRIPTION = (
     "Serve a simulated ClaimX REST API (realistic data from --seed, Basic auth, configurable latency "
     "and faults) and print CLAIMX_API_URL once ready (Ctrl-C stops it)."
 )

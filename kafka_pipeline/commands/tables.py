@@ -13,7 +13,8 @@ from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 from kafka_pipeline.errors import UsageError
 
 NAME = "tables"
-HELP = "Show each Delta table: version, row count, files, size, last commit (time, operation) and a few sample rows."
+HELP = "Describe the Delta tables (version, rows, last commit)."
+DESCRIPTION = "Show each Delta table: version, row count, files, size, last commit (time, operation) and a few sample rows."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.runtime.signals import run_worker
 
 NAME = "write"
-HELP = (
+HELP = "Run the entity writer: entity rows -> Delta tables."
+DESCRIPTION = (
     "Merge the entity-rows topic into the eight Delta tables: batches of up to --max-rows rows or "
     "--max-latency-s seconds, one MERGE per table per batch by the newest-non-null merge rule, per-partition "
     "progress recorded in every Delta commit so crashes and replays never write twice; Kafka offsets are "

@@ -154,10 +154,6 @@ class Resolution:
     clock_rows: pa.Table
     source: pa.Table
 
-    @property
-    def changed(self) -> int:
-        return self.source.num_rows
-
 
 def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, now: datetime) -> Resolution:
     """Decide per key and column which of `combined`'s values win over the stored `clocks`.

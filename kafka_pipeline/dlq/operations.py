@@ -10,12 +10,17 @@ delivering before the end is reached (`idle_timeout_s` without a record), the re
 and the snapshot says it is incomplete.
 
 Replay once. `replay` sends each selected envelope's original key, value and headers, minus
-the retry headers (the attempt count starts again), to its `original_topic`; once the broker
+the retry headers (the attempt count starts again), to its `original_topic`, but only to a
+configured topic that can have made it (`replay_target`): the events topic, or the entity-rows
+topic for a letter the entity writer made (`made_by: write`); anything else, and a truncated
+letter, is refused and reported, never sent. Once the broker
 acknowledged them it writes one *replay marker* per envelope onto the DLQ topic itself, in the
 envelope's partition: header ``dlq-marker: replayed``, value
 ``{"dlq_marker": "replayed", "partition": P, "offset": O, "replayed_to": T, "replayed_at": ...}``.
 Every read collects the markers and flags the envelopes they name, so a second `replay --all`
-skips what was replayed. Markers work for a selective `--trace-ids` replay too, which a
+skips what was replayed. Both markers and de-duplication go by the letter's own DLQ position
+(and, for one original dead-lettered twice, its identical content), never by the coordinates
+an envelope claims for its original. Markers work for a selective `--trace-ids` replay too, which a
 consumer-group offset could not express. A crash between the replay sends and the markers
 means those envelopes are replayed again next time (at-least-once; the merges make it
 harmless). Anything else reading the DLQ topic should skip records with the `dlq-marker` header.
@@ -45,6 +50,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.dlq.terminal import printable
 from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
@@ -240,9 +246,9 @@ def summarize(snapshot: DlqSnapshot) -> DlqSummary:
 
 def format_summary(summary: DlqSummary) -> str:
     if not summary.exists:
-        return f"DLQ topic {summary.topic} does not exist: nothing was dead-lettered"
+        return f"DLQ topic {printable(summary.topic)} does not exist: nothing was dead-lettered"
     lines = [
-        f"DLQ {summary.topic}: {summary.total} dead letters ({summary.pending} not replayed, "
+        f"DLQ {printable(summary.topic)}: {summary.total} dead letters ({summary.pending} not replayed, "
         f"{summary.replayed} replayed), {summary.unreadable} unreadable records; "
         f"{summary.originals} distinct original messages not replayed"
     ]
@@ -250,7 +256,7 @@ def format_summary(summary: DlqSummary) -> str:
         lines.append("warning: the topic stopped delivering before its end; counts are partial")
     if summary.groups:
         header = ("original topic", "category", "error type", "count")
-        rows = [(t, c, e, str(n)) for t, c, e, n in summary.groups]
+        rows = [(printable(t), printable(c), printable(e), str(n)) for t, c, e, n in summary.groups]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
         lines.append("not replayed:")
         for row in [header, *rows]:
@@ -309,6 +315,7 @@ class ReplayResult:
     replayed: Counter[str] = field(default_factory=Counter)  # target topic -> count
     already_replayed: int = 0
     missing_topic: Counter[str] = field(default_factory=Counter)  # topic that does not exist -> count
+    refused: Counter[str] = field(default_factory=Counter)  # why a letter may not be replayed -> count
     unmatched_trace_ids: list[str] = field(default_factory=list)
     dry_run: bool = False
 
@@ -359,7 +366,10 @@ async def replay(
     sendable = []
     for entry in chosen:
         assert entry.letter is not None
-        if entry.letter.original_topic in existing:
+        refusal = replay_refusal(entry.letter, kafka)
+        if refusal is not None:
+            result.refused[refusal] += 1
+        elif entry.letter.original_topic in existing:
             sendable.append(entry)
         else:
             result.missing_topic[entry.letter.original_topic] += 1
@@ -370,7 +380,7 @@ async def replay(
     await _start(producer, kafka)
     try:
         sends = []
-        for entry in {original_of(e): e for e in sendable}.values():  # each original once
+        for entry in {_identity(e): e for e in sendable}.values():  # a twice dead-lettered original once
             letter = entry.letter
             assert letter is not None
             sends.append(await producer.send(
@@ -393,6 +403,29 @@ async def replay(
     finally:
         await producer.stop()
     return result
+
+
+def replay_refusal(letter: DeadLetter, kafka: KafkaSettings) -> str | None:
+    """Why `letter` may not be replayed, or None: its target must be a configured topic that can
+    have made it (the envelope's topic may come from a forged message), and it must be whole."""
+    if letter.truncated:
+        return "truncated: only a prefix of the original is kept"
+    if letter.original_topic == kafka.events_topic:
+        return None
+    if letter.original_topic == kafka.entity_rows_topic:
+        if letter.made_by == "write":
+            return None
+        return f"names {kafka.entity_rows_topic} but was not made by the entity writer"
+    return "original topic is not a configured replay target"
+
+
+def _identity(entry: DlqEntry) -> tuple[Any, ...]:
+    """What makes two dead letters the same original: the claimed coordinates and the content,
+    so a forged envelope naming a genuine letter's coordinates cannot stand in for it."""
+    letter = entry.letter
+    assert letter is not None
+    raw = (letter.key.raw() if letter.key else None, letter.value.raw() if letter.value else None)
+    return (*original_of(entry), *raw, tuple(letter.original_headers()))
 
 
 async def _existing_topics(kafka: KafkaSettings) -> set[str]:

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,10 +113,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def embedded_broker(**kwargs: object) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(**kwargs)  # type: ignore[arg-type]
-    with broker:
-        yield broker

@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiokafka.client import AIOKafkaClient
+
 from kafka_pipeline.embedded.broker import BrokerError, die_with_parent, free_port, wait_for_port
 from kafka_pipeline.runtime.processes import stop_process
 
@@ -239,8 +241,6 @@ class KafkaBroker:
 
     def _wait_for_metadata(self, deadline: float) -> None:
         """Until a metadata response lists this broker (the port opens before the broker is unfenced)."""
-        from aiokafka.client import AIOKafkaClient
-
         async def broker_listed() -> bool:
             client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000)
             try:

@@ -32,6 +32,19 @@ the target topic reads its attempt number with `attempt_of(record.headers)`:
 - ``retry-original-partition`` / ``retry-original-offset``: where the first failure was consumed
 
 The original headers are preserved; retry headers from an earlier hop are replaced.
+
+Headers are not trusted. Anyone who can produce to the events topic can set them, so:
+
+- the target of a retry (and the `original_topic` of a dead letter) is always the topic the
+  failed message was consumed from, a configured topic; `retry-target-topic` is only written;
+- the attempt number and the first failure's coordinates are taken from the headers only when
+  they read as a message the retry scheduler sent back (`trusted_retry`): every retry header
+  present and valid, the target header naming the topic the message was consumed from, an
+  attempt within the configured delays and an original position before this one. Otherwise
+  the message counts as fresh (attempt 0, its own coordinates). A forger who builds a complete,
+  consistent set can only change the retries of its own message; the DLQ tools de-duplicate by
+  DLQ position, never by these coordinates;
+- the retry scheduler forwards only to `allowed_retry_targets` (the events topic).
 """
 
 from __future__ import annotations
@@ -42,7 +55,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka_pipeline.errors import Category, PipelineError
-from kafka_pipeline.runtime.dead_letter import DeadLetter, RecordView, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import (
+    MAX_DLQ_MESSAGE_BYTES,
+    DeadLetter,
+    Maker,
+    RecordView,
+    dead_letter_for,
+)
 
 RETRY_ATTEMPT = "retry-attempt"
 RETRY_DUE_AT = "retry-due-at"
@@ -66,6 +85,9 @@ RETRY_HEADERS: frozenset[str] = frozenset(
 
 # The `retry-error` header holds at most this many UTF-8 bytes.
 MAX_ERROR_HEADER_BYTES = 1024
+# A message bigger than this (key, value, headers) cannot take the retry topic: with the retry
+# headers it would exceed the producer's limit, so a transient failure of it is dead-lettered.
+MAX_RETRY_MESSAGE_BYTES = MAX_DLQ_MESSAGE_BYTES - 4 * MAX_ERROR_HEADER_BYTES
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -151,6 +173,26 @@ def attempt_of(headers: Iterable[tuple[str, bytes]] | None) -> int:
     return attempt if attempt is not None and attempt > 0 else 0
 
 
+def allowed_retry_targets(kafka: Any) -> frozenset[str]:
+    """The topics a retry may go back to: only the enrichment worker's input, the events topic."""
+    return frozenset({kafka.events_topic})
+
+
+def trusted_retry(headers: Headers, record: Any, delays_s: Sequence[float]) -> RetryInfo | None:
+    """The retry headers of `record` when they read as the scheduler's (module docstring), else None."""
+    try:
+        info = parse_retry_headers(headers)
+    except InvalidRetryHeaders:
+        return None
+    if info.target_topic != record.topic or info.attempt > len(delays_s):
+        return None
+    if info.original_partition is None or info.original_offset is None or info.original_offset < 0:
+        return None
+    if info.original_partition == record.partition and info.original_offset >= record.offset:
+        return None
+    return info
+
+
 def parse_retry_headers(headers: Iterable[tuple[str, bytes]] | None) -> RetryInfo:
     """Read the retry headers the retry scheduler needs; InvalidRetryHeaders names what is wrong."""
     headers = list(headers or ())
@@ -209,6 +251,7 @@ def next_hop(
     worker: str,
     now: int | None = None,
     trace_id: str | None = None,
+    made_by: Maker | None = None,
 ) -> RetryMessage | DeadLetter:
     """Where a failed record goes next: the retry topic, or the dead-letter topic.
 
@@ -216,7 +259,8 @@ def next_hop(
     `offset`, `key`, `value`, `headers`, `timestamp`). `now` is epoch milliseconds (default: the
     clock). A transient failure on attempt `n` (0 = fresh) schedules attempt `n + 1`, due
     `now + delays_s[n]`, while a delay is left; otherwise, and for a permanent failure, the
-    answer is the dead letter with `attempts = n + 1` and `original_topic` = the target topic.
+    answer is the dead letter with `attempts = n + 1` and `original_topic` = the topic the record
+    was consumed from. `n` and the first failure's coordinates come from `trusted_retry`.
     An exception is described with `Failure.of` (a non-pipeline exception counts as permanent).
     """
     if isinstance(failure, BaseException):
@@ -226,10 +270,17 @@ def next_hop(
     if not delays_s:
         raise ValueError("delays_s must hold at least one delay")
     headers = list(record.headers or ())
-    failed_attempt = attempt_of(headers)
-    target_topic = _target_topic(headers) or record.topic
-    original_partition, original_offset = _original_coordinates(headers, record)
-    if failure.category == "transient" and failed_attempt < len(delays_s):
+    target_topic = record.topic  # never a header: see the module docstring
+    retry = trusted_retry(headers, record, delays_s)
+    failed_attempt = retry.attempt if retry is not None else 0
+    if retry is not None and retry.original_partition is not None and retry.original_offset is not None:
+        original_partition, original_offset = retry.original_partition, retry.original_offset
+    else:
+        original_partition, original_offset = record.partition, record.offset
+    size = len(record.key or b"") + len(record.value or b"") + sum(len(n.encode()) + len(v or b"") for n, v in headers)
+    if failure.category == "transient" and failed_attempt < len(delays_s) and size > MAX_RETRY_MESSAGE_BYTES:
+        failure = Failure(failure.error_type, f"{failure.message} (not retried: {size} bytes do not fit the retry topic)", "transient")
+    elif failure.category == "transient" and failed_attempt < len(delays_s):
         current = now_ms() if now is None else now
         attempt = failed_attempt + 1
         due_at = current + round(delays_s[failed_attempt] * 1000)
@@ -269,25 +320,5 @@ def next_hop(
         attempts=failed_attempt + 1,
         trace_id=trace_id,
         original_topic=target_topic,
+        made_by=made_by,
     )
-
-
-def _target_topic(headers: Headers) -> str | None:
-    raw = _header(headers, RETRY_TARGET_TOPIC)
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8").strip() or None
-    except UnicodeDecodeError:
-        return None
-
-
-def _original_coordinates(headers: Headers, record: Any) -> tuple[int, int]:
-    try:
-        partition = _int_header(headers, RETRY_ORIGINAL_PARTITION)
-        offset = _int_header(headers, RETRY_ORIGINAL_OFFSET)
-    except InvalidRetryHeaders:
-        partition = offset = None
-    if partition is None or offset is None:
-        return record.partition, record.offset
-    return partition, offset

@@ -36,7 +36,7 @@ import heapq
 import itertools
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.dead_letter_sink import Letter
 from kafka_pipeline.runtime.kafka import connection_kwargs
@@ -130,6 +130,7 @@ class RetryScheduler:
                 max_poll_records=settings.retry.max_poll_records,
                 stats_interval_s=stats_interval_s or settings.retry.stats_interval_s,
                 registry=self.registry,
+                made_by="retry-scheduler",
             ),
         )
         self.joined = self.runtime.joined  # set once the consumer group gave this scheduler its partitions
@@ -162,13 +163,13 @@ class RetryScheduler:
         """A consumed retry message waits for its due time; one with bad headers is dead-lettered."""
         try:
             info = parse_retry_headers(record.headers)
-            if info.target_topic == self.kafka.retry_topic:
-                raise InvalidRetryHeaders(f"retry-target-topic is the retry topic {self.kafka.retry_topic} itself")
+            if info.target_topic not in allowed_retry_targets(self.kafka):
+                raise InvalidRetryHeaders(f"retry-target-topic {info.target_topic!r} is not a configured retry target")
             if not await self._topic_exists(info.target_topic):
                 raise InvalidRetryHeaders(f"retry-target-topic {info.target_topic!r} does not exist")
         except InvalidRetryHeaders as exc:
-            target = _header_text(record.headers, "retry-target-topic") or record.topic
-            letter = Letter(record, "InvalidRetryHeaders", str(exc), attempts=max(1, attempt_of(record.headers)), original_topic=target)
+            # only the enrichment worker retries: its input is the origin, whatever the headers claim
+            letter = Letter(record, "InvalidRetryHeaders", str(exc), attempts=max(1, attempt_of(record.headers)), original_topic=self.kafka.events_topic)
             await self.runtime.require_dead_letters().send([letter], group=self.settings.retry.group_id)
             self.stats.dead_lettered += 1
             self.metrics.dead_lettered.inc()
@@ -287,10 +288,3 @@ class RetryScheduler:
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.failure is None, {"waiting": len(self._heap), "forwarded": self.stats.forwarded}
 
-
-def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name and value:
-            with contextlib.suppress(UnicodeDecodeError):
-                return value.decode("utf-8").strip() or None
-    return None

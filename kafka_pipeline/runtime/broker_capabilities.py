@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.connection import connection_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ async def resolve_capabilities(kafka: KafkaSettings, *, timeout_s: float = 10.0)
     Raises what connecting raises (unreachable broker, failed authentication)."""
     if kafka.broker_kind != "auto" or kafka.bootstrap_servers in _detected:
         return known_capabilities(kafka)
-    from kafka_pipeline.runtime.kafka import connection_kwargs
-
     client = AIOKafkaClient(**connection_kwargs(kafka))
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)

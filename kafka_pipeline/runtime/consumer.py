@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +38,8 @@ from starlette.routing import BaseRoute
 
 from kafka_pipeline.config import KafkaSettings, WorkerSettings
 from kafka_pipeline.runtime.app import ConsumerApp
+from kafka_pipeline.runtime.consumer_lag import ConsumerLag
+from kafka_pipeline.runtime.dead_letter import Maker
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
@@ -63,7 +65,9 @@ class ConsumerSpec:
     max_poll_records: int
     stats_interval_s: float
     registry: CollectorRegistry
+    made_by: Maker  # which worker's dead letters these are (dlq replay targets depend on it)
     routes: Sequence[BaseRoute] = ()  # extra ops routes (the cache admin)
+    before_scrape: Sequence[Callable[[], Awaitable[None]]] = ()  # refreshed before /metrics renders (table freshness)
 
 
 class ConsumerRuntime:
@@ -117,7 +121,9 @@ class ConsumerRuntime:
         await ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
         try:
             self.producer = make_producer(self.kafka)
-            self.dead_letters = DeadLetterSink(self.producer, self.kafka.dlq_topic, worker=self.worker.name, registry=spec.registry)
+            self.dead_letters = DeadLetterSink(
+                self.producer, self.kafka.dlq_topic, worker=self.worker.name, made_by=spec.made_by, registry=spec.registry
+            )
             self.consumer = make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)
             self.consumer.subscribe(list(spec.topics), listener=_Listener(self))
             await self.producer.start()
@@ -130,6 +136,8 @@ class ConsumerRuntime:
                     readiness={"consumer": self._consumer_ready, **app.readiness()},
                     routes=spec.routes,
                     registry=spec.registry,
+                    # lag per partition, read from the consumer when /metrics is scraped
+                    before_scrape=[ConsumerLag(self.consumer, spec.group_id, spec.registry).refresh, *spec.before_scrape],
                 )
                 await self.ops.start()
             self.running = True
@@ -166,12 +174,17 @@ class ConsumerRuntime:
         while not stop.is_set() and app.failure is None:
             self._last_turn = time.monotonic()
             timeout_s = max(0.0, min(app.poll_timeout_s(), self.worker.poll_timeout_ms / 1000))
-            if self._apply_room(app):
-                records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=self.spec.max_poll_records)
-            else:  # no room anywhere: wait for some, polling paused meanwhile
+            if self._most_room(app) <= 0:
+                # No room anywhere: wait for some before pausing anything (a resumed partition
+                # has lost its prefetched records, so pausing for a moment costs a fetch).
                 self._room_changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room_changed.wait(), timeout_s)
+            room = self._apply_room(app)
+            if room > 0:
+                # never more than there is room for: records handed back by a seek are fetched again
+                records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
+            else:  # still none: poll with every partition paused, so the group keeps this member
                 records = await self.consumer.getmany(timeout_ms=0)
             await self._admit(app, records)
             finished = await self.while_polling(app.flush())
@@ -179,19 +192,27 @@ class ConsumerRuntime:
                 await self.commit()
                 next_commit = time.monotonic() + self.worker.commit_interval_s
 
-    def _apply_room(self, app: ConsumerApp) -> bool:
-        """Pause the partitions without room, resume the others; True if any is open."""
+    def _most_room(self, app: ConsumerApp) -> int:
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        return max((app.room(tp) for tp in assignment), default=self.spec.max_poll_records)
+
+    def _apply_room(self, app: ConsumerApp) -> int:
+        """Pause the partitions without room, resume the others; the most room of any partition
+        (a full poll's worth while nothing is assigned yet)."""
         assert self.consumer is not None
         paused = self.consumer.paused()
-        open_any = False
-        for tp in self.consumer.assignment():
-            if app.room(tp) > 0:
-                open_any = True
+        assignment = self.consumer.assignment()
+        most = 0 if assignment else self.spec.max_poll_records
+        for tp in assignment:
+            room = app.room(tp)
+            most = max(most, room)
+            if room > 0:
                 if tp in paused:
                     self.consumer.resume(tp)
             elif tp not in paused:
                 self.consumer.pause(tp)
-        return open_any or not self.consumer.assignment()
+        return most
 
     async def _admit(self, app: ConsumerApp, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         """Hand fetched records to the app while it has room; seek back to the first it had none for."""

@@ -1,11 +1,13 @@
 """Cycle-stats log lines: every `interval_s` one line with what happened since the last one.
 
     Cycle 5: processed=150 (succeeded=148, failed=2, skipped=0) | 48.3 events/s |
-    project_cache_size=89 hit_rate=93.1% api_calls=412
+    project_cache_size=89 fetches_avoided=93.1% api_calls=412
 
 The same numbers go out as structured fields (`cycle`, `processed`, `succeeded`, `failed`,
-`skipped`, `events_per_s`, ...), so a JSON log is as easy to chart as the console line is to read.
-Counts are per cycle; `*_total` fields are since start; `hit_rate` is the cache's since start.
+`skipped`, `events_per_s`, ...), so a JSON log is as easy to chart as the console line is to read;
+the console renderer shows the line alone (`runtime.logging`: the fields are in it already).
+Counts are per cycle; `*_total` fields are since start; ratios (`fetches_avoided`, `*_rate`) are
+the cache's since start.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 
 log = get_logger(__name__)
 
@@ -36,8 +38,11 @@ class CycleSnapshot:
         return self.succeeded + self.failed + self.skipped
 
 
+RATIO_SUFFIXES = ("rate", "avoided")  # gauges shown as a percentage
+
+
 def format_gauge(name: str, value: Any) -> str:
-    if isinstance(value, float) and name.endswith("rate"):
+    if isinstance(value, float) and name.endswith(RATIO_SUFFIXES):
         return f"{name}={value:.1%}"
     if isinstance(value, float):
         return f"{name}={value:.2f}"
@@ -86,7 +91,7 @@ class CycleStats:
             f"failed={fields['failed']}, skipped={fields['skipped']}) | {fields['events_per_s']:.1f} events/s"
             f" | {gauges + ' ' if gauges else ''}api_calls={fields['api_calls']}"
         )
-        self._log.info(line, **fields)
+        self._log.info(line, **fields, **{IN_MESSAGE: tuple(fields)})
         self._last, self._last_at = current, now
         return fields
 

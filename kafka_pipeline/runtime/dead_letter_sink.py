@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry, Counter
 
 from kafka_pipeline.errors import Category, WorkerFailed
-from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
 
@@ -51,10 +51,11 @@ def letter_for_exception(record: Any, exc: BaseException, *, trace_id: str | Non
 
 
 class DeadLetterSink:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, *, worker: str, registry: CollectorRegistry) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, *, worker: str, made_by: Maker, registry: CollectorRegistry) -> None:
         self.producer = producer
         self.topic = topic
         self.worker = worker
+        self.made_by: Maker = made_by
         self.sent = 0
         self._counter = metric(
             registry, Counter, "kafka_pipeline_dead_letters", "Messages sent to the dead-letter topic, by worker group and error type", ["group", "error_type"]
@@ -70,6 +71,7 @@ class DeadLetterSink:
             attempts=letter.attempts,
             trace_id=letter.trace_id,
             original_topic=letter.original_topic,
+            made_by=self.made_by,
         )
 
     async def send(self, letters: list[Letter], *, group: str) -> None:

@@ -19,11 +19,11 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
 )
-from aiokafka.helpers import create_ssl_context
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.runtime.broker_capabilities import producer_idempotence, resolve_capabilities
+from kafka_pipeline.runtime.connection import connection_kwargs
 
 # What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
 CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)
@@ -45,22 +45,6 @@ def first_contact_error(kafka: KafkaSettings, exc: BaseException) -> BrokerUnrea
     if isinstance(exc, ssl.SSLError):
         return BrokerUnreachable(f"TLS handshake with the Kafka broker at {where} failed ({exc.reason or type(exc).__name__})")
     return BrokerUnreachable(f"Kafka broker unreachable at {where} ({type(exc).__name__})")
-
-
-def connection_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """Security and timeout options shared by producer, consumer and admin client."""
-    kwargs: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "security_protocol": kafka.security_protocol,
-        "request_timeout_ms": kafka.request_timeout_ms,
-    }
-    if kafka.sasl_mechanism:
-        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
-        kwargs["sasl_plain_username"] = kafka.sasl_username
-        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
-    return kwargs
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -133,6 +117,16 @@ class _CauseCatcher(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.args, tuple):
             self.causes.extend(arg for arg in record.args if isinstance(arg, BaseException))
+
+
+@contextlib.contextmanager
+def quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -85,6 +85,3 @@ class OffsetTracker(Generic[P]):
         """Forget partitions (revoked): late `done` calls for them are ignored."""
         for partition in partitions:
             self._partitions.pop(partition, None)
-
-    def partitions(self) -> list[P]:
-        return list(self._partitions)

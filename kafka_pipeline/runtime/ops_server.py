@@ -1,15 +1,18 @@
 """The worker's ops HTTP port: `/metrics`, `/health/live`, `/health/ready`, plus extra routes
-(the cache admin mounts `/cache/*` here). Runs inside the worker's event loop."""
+(the cache admin mounts `/cache/*` here). Runs inside the worker's event loop.
+
+`before_scrape` coroutines run before `/metrics` renders: values that need the broker (consumer
+lag) are read when someone asks for them, not on a timer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,6 +20,18 @@ from starlette.routing import BaseRoute, Route
 
 # A readiness check answers (ready, details); the worker is ready when every check is.
 ReadinessCheck = Callable[[], tuple[bool, dict[str, Any]]]
+BEFORE_SCRAPE_TIMEOUT_S = 2.0  # a slow broker must not make the scrape itself time out
+
+_READY: dict[int, Gauge] = {}  # per registry
+
+
+def _ready_gauge(registry: CollectorRegistry) -> Gauge:
+    gauge = _READY.get(id(registry))
+    if gauge is None:
+        gauge = _READY[id(registry)] = Gauge(
+            "kafka_pipeline_ready", "1 while the readiness check passes (what /health/ready answers), per check.", ["check"], registry=registry
+        )
+    return gauge
 
 
 class OpsServer:
@@ -28,8 +43,11 @@ class OpsServer:
         readiness: dict[str, ReadinessCheck] | None = None,
         routes: Sequence[BaseRoute] = (),
         registry: CollectorRegistry = REGISTRY,
+        before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.host, self.port = host, port
+        self.before_scrape = [*before_scrape, self._export_readiness]
+        self._ready_metric = _ready_gauge(registry)
         self.readiness = dict(readiness or {})
         self.registry = registry
         self.app = Starlette(
@@ -52,7 +70,14 @@ class OpsServer:
             details[name] = {"ready": check_ok, **check_details}
         return ok, details
 
+    async def _export_readiness(self) -> None:
+        for name, check in self.readiness.items():
+            self._ready_metric.labels(name).set(1 if check()[0] else 0)
+
     async def _metrics(self, request: Request) -> Response:
+        for refresh in self.before_scrape:
+            with contextlib.suppress(Exception):  # a failed refresh leaves the last values; the scrape still answers
+                await asyncio.wait_for(refresh(), BEFORE_SCRAPE_TIMEOUT_S)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _live(self, request: Request) -> Response:

@@ -132,11 +132,6 @@ def write_events(path: str | Path, lines: Iterable[str]) -> int:
     return count
 
 
-def load_sample_events() -> list[str]:
-    """The bundled sample stream (300 events over 20 projects, seed 7, no malformed lines)."""
-    return SAMPLE_EVENTS_PATH.read_text(encoding="utf-8").splitlines()
-
-
 def _child_types(rng: random.Random, count: int) -> list[str]:
     names, weights = list(CHILD_WEIGHTS), list(CHILD_WEIGHTS.values())
     chosen = names[:count] if count < len(names) else list(names)

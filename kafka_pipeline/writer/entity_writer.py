@@ -45,9 +45,10 @@ from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
 
@@ -76,11 +77,6 @@ def read_table(root: str, name: str, storage_options: Mapping[str, str] | None =
     """A whole entity table sorted by its merge key (empty with the contract's schema if absent)."""
     spec = TABLES[name]
     return read_delta_table(table_uri(root, name), list(spec.merge_keys), storage_options, schema=spec.schema)
-
-
-def read_rows(root: str, name: str, storage_options: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """`read_table` as a list of dicts."""
-    return read_table(root, name, storage_options).to_pylist()
 
 
 @dataclass
@@ -162,7 +158,7 @@ class _Metrics:
 
     @classmethod
     def on(cls, registry: CollectorRegistry) -> _Metrics:
-        return cls(
+        metrics = cls(
             rows_written=metric(registry, Counter, "claimx_writer_rows_written", "Entity rows merged into a Delta table", ["table"]),
             rows_skipped=metric(registry, Counter, "claimx_writer_rows_skipped", "Entity rows skipped: the table already held their offsets", ["table"]),
             commits=metric(registry, Counter, "claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"]),
@@ -176,6 +172,11 @@ class _Metrics:
             dead_letters=metric(registry, Counter, "claimx_writer_dead_letters", "Messages sent to the dead-letter topic", ["error_type"]),
             lag=metric(registry, Gauge, "claimx_writer_lag_messages", "Messages behind the high watermark, all assigned partitions"),
         )
+        for outcome in ("ok", "error"):  # both series exist from the start: rate() and alerts see a 0, not nothing
+            metrics.flushes.labels(outcome)
+        for error_type in ("InvalidMessage", "SchemaMismatch"):  # a 0 first, so increase() sees the first
+            metrics.dead_letters.labels(error_type)
+        return metrics
 
 
 def should_flush(batch: _Batch, *, max_rows: int, max_latency_s: float, now: float) -> bool:
@@ -197,6 +198,7 @@ class EntityWriter:
         self.group_id = settings.writer.group_id
         self.registry = registry or CollectorRegistry()
         self.metrics = _Metrics.on(self.registry)
+        self.freshness = TableFreshness(self.registry, settings.delta.tables_root, TABLES, settings.delta.storage_options)
         self.runtime = ConsumerRuntime(
             settings.kafka,
             settings.worker,
@@ -207,6 +209,8 @@ class EntityWriter:
                 max_poll_records=settings.writer.max_poll_records,
                 stats_interval_s=settings.writer.stats_interval_s,
                 registry=self.registry,
+                made_by="write",
+                before_scrape=[self.freshness.load_from_tables],
             ),
         )
         self.writers = {
@@ -244,8 +248,6 @@ class EntityWriter:
             await self.runtime.run(self, stop)
         finally:
             self._pool.shutdown(wait=True)
-        # not after a failed start: the command's one-line error is all the user sees then
-        log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
@@ -319,7 +321,8 @@ class EntityWriter:
             self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
 
     async def close(self) -> None:
-        return None  # the merge pool is shut down by run, after the runtime stopped
+        # the merge pool is shut down by run, after the runtime stopped
+        log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     def readiness(self) -> Mapping[str, ReadinessCheck]:
         return {"flush": self._flush_ready}
@@ -395,6 +398,7 @@ class EntityWriter:
         self.dead_lettered += len(result.dead)
         self.metrics.flushes.labels("ok").inc()
         self.metrics.flush_seconds.observe(result.seconds)
+        self.freshness.committed(name for name, table in result.tables.items() if table.commits)
         for letter in result.dead:
             self.metrics.dead_letters.labels(letter.error_type).inc()
         for name, table in result.tables.items():
@@ -454,6 +458,7 @@ class EntityWriter:
             dlq=totals.dlq,
             lag=lag,
             pending_rows=self._batch.rows,
+            **{IN_MESSAGE: ("cycle", "rows", "rows_per_s", "flushes", "dlq", "lag")},
         )
 
 

@@ -26,10 +26,11 @@ import pyarrow as pa
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings, load_settings
 from kafka_pipeline.dlq.operations import DlqSnapshot, read_dlq
-from kafka_pipeline.embedded.stack import WORKER_COMMANDS, EmbeddedStack
+from kafka_pipeline.embedded.stack import WORKER_COMMANDS, DrainStatus, EmbeddedStack
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
@@ -179,6 +180,7 @@ class PipelineRun:
     kafka: KafkaSettings  # the run's own topic names
     topic_messages: dict[str, int]  # messages on each topic at the end (events includes forwarded retries)
     seconds: float
+    drained: DrainStatus | None = None  # every group's lag once the run drained (all zero)
     _tables: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     def table(self, name: str) -> pa.Table:
@@ -248,6 +250,7 @@ async def run_pipeline(
     kills: Iterable[Kill] = (),
     replay_rate: float | None = None,
     before_drain: Callable[[EmbeddedStack], Awaitable[None]] | None = None,
+    during_replay: Callable[[Settings], Awaitable[None]] | None = None,
     drain_timeout_s: float = 180.0,
     partitions: int = 6,
 ) -> PipelineRun:
@@ -259,6 +262,7 @@ async def run_pipeline(
     worker and start it again at once, timed from the start of the replay, which sends
     `replay_rate` lines per second (None: as fast as the broker takes them). `before_drain(stack)`
     runs once the stream is replayed and the kills are done, before the wait for the drain.
+    `during_replay(settings)` runs alongside the replay (to mix other messages into the stream).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     log_dir = workdir / "logs"
@@ -286,11 +290,17 @@ async def run_pipeline(
                 stack.workers[kill.worker].restart()  # SIGKILL, then a fresh process
                 kills_done.append((round(time.monotonic() - replay_started, 2), kill.worker))
 
-        summary, _ = await asyncio.gather(replay(settings.kafka, [events_file], rate=replay_rate, progress=False), chaos())
-        assert summary.sent == len(stream.lines)
+        async def alongside() -> None:
+            if during_replay is not None:
+                await during_replay(settings)
+
+        summary, _, _ = await asyncio.gather(
+            replay(settings.kafka, FileSource([events_file]), rate=replay_rate, progress=False), chaos(), alongside()
+        )
+        assert summary.total_sent == len(stream.lines)
         if before_drain is not None:
             await before_drain(stack)
-        await stack.wait_until_drained(timeout_s=drain_timeout_s)
+        drained = await stack.wait_until_drained(timeout_s=drain_timeout_s)
         for worker_name, worker in stack.workers.items():  # SIGTERM: drain, commit, exit
             exit_codes[worker_name] = worker.stop(settings.worker.shutdown_grace_s)
         dlq = await read_dlq(settings.kafka, settings.kafka.dlq_topic)
@@ -317,6 +327,7 @@ async def run_pipeline(
         kafka=settings.kafka,
         topic_messages=topic_messages,
         seconds=time.monotonic() - started,
+        drained=drained,
     )
 
 

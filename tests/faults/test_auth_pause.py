@@ -25,8 +25,8 @@ import pytest
 
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.simulator.app import make_token
-from tests.fixtures.broker import RunningBroker
 from tests.faults.harness import make_stream, reconciliation, run_pipeline, worker_env
+from tests.fixtures.broker import RunningBroker
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,6 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.dead_letter import EncodedBytes
-from tests.fixtures.broker import RunningBroker
 from tests.faults.harness import (
     PipelineRun,
     Stream,
@@ -54,6 +53,7 @@ from tests.faults.harness import (
     table_differences,
     worker_env,
 )
+from tests.fixtures.broker import RunningBroker
 
 pytestmark = pytest.mark.slow
 

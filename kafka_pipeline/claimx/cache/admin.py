@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache
-from kafka_pipeline.claimx.cache.warm import warm_from_delta
+from kafka_pipeline.claimx.cache.warm import Warmer
 from kafka_pipeline.runtime.logging import get_logger
 
 log = get_logger(__name__)
@@ -26,8 +26,9 @@ log = get_logger(__name__)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def cache_routes(cache: ProjectCache, *, admin_token: SecretStr | str | None = None) -> list[Route]:
-    """The `/cache/*` routes. `admin_token` defaults to `cache.settings.admin_token`."""
+def cache_routes(cache: ProjectCache, *, warm_from: Warmer | None = None, admin_token: SecretStr | str | None = None) -> list[Route]:
+    """The `/cache/*` routes. `admin_token` defaults to `cache.settings.admin_token`; `warm_from`
+    (the Delta tables) enables `POST /cache/warm`."""
     token = admin_token if admin_token is not None else cache.settings.admin_token
     secret = token.get_secret_value() if isinstance(token, SecretStr) else token
 
@@ -64,7 +65,7 @@ def cache_routes(cache: ProjectCache, *, admin_token: SecretStr | str | None = N
         return JSONResponse({"dropped": dropped, "shared_dropped": shared, "broadcast": tier is not None})
 
     async def warm(request: Request) -> Response:
-        if cache.delta is None:
+        if warm_from is None:
             return JSONResponse({"error": "no Delta tables configured for this cache"}, status_code=409)
         body = await _json_body(request, allow_empty=True)
         if body is None:
@@ -72,7 +73,7 @@ def cache_routes(cache: ProjectCache, *, admin_token: SecretStr | str | None = N
         window = body.get("window_s", cache.settings.warm_window_s)
         if not isinstance(window, int | float) or isinstance(window, bool) or window <= 0:
             return JSONResponse({"error": "window_s must be a positive number"}, status_code=400)
-        warmed = await warm_from_delta(cache, cache.delta.tables_root, cache.delta.storage_options, float(window))
+        warmed = await warm_from(float(window))
         return JSONResponse({"warmed": warmed, "window_s": float(window), "size": len(cache)})
 
     return [

@@ -33,16 +33,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from kafka_pipeline.claimx.cache import metrics as cache_metrics
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.logging import get_logger
-
-if TYPE_CHECKING:
-    from kafka_pipeline.claimx.cache.redis_tier import RedisTier
-    from kafka_pipeline.config import DeltaSettings
 
 log = get_logger(__name__)
 
@@ -55,6 +50,62 @@ class ProjectSnapshot:
 
     project_id: str
     rows: dict[str, list[dict[str, Any]]]  # {"claimx_projects": [...], "claimx_contacts": [...]}
+
+
+# --- the shared tier (L2), as this module needs it; RedisTier implements it -------------------
+
+@dataclass(slots=True, frozen=True)
+class SharedAnswer:
+    """What the shared tier says before an in-process load."""
+
+    verified_age: float | None = None  # another worker verified the project this long ago: a hit
+    absent_remaining: float | None = None  # the project is known absent (404) for this much longer
+    token: str | None = None  # this worker holds the load lock: load, then confirm/abandon
+    busy: bool = False  # another worker holds the lock (a background refresh then skips)
+
+
+LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
+
+
+@dataclass
+class TierCounters:
+    """The Redis tier's own counts (the cache reports them beside its own)."""
+
+    misses: int = 0  # flights the shared tier had no answer for
+    errors: int = 0  # calls that failed (Redis down or slow)
+    lock_waits: int = 0  # waits for another worker's load of the same project
+
+
+class SharedTier(Protocol):
+    counters: TierCounters
+    reconnects: int
+
+    @property
+    def is_up(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def on_remote_invalidation(self, callback: Callable[[list[str] | None], object]) -> None: ...
+
+    async def before_load(self, project_id: str, *, refresh: bool) -> SharedAnswer: ...
+
+    async def before_refresh(self, project_id: str, refresh_after_s: float) -> SharedAnswer: ...
+
+    def confirm(self, project_id: str, token: str | None, *, notify: bool) -> None: ...
+
+    def store_absent(self, project_id: str, token: str | None, ttl_s: float) -> None: ...
+
+    def release(self, project_id: str, token: str) -> None: ...
+
+    def invalidate(self, project_ids: list[str] | None) -> None: ...
+
+    async def invalidate_now(self, project_ids: Iterable[str] | None) -> int: ...
+
+
+# The cache reports each load's duration and result here (metrics wire it; the API client does the same).
+LoadObserver = Callable[[str, float, bool], None]  # (cache name, seconds, ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +136,8 @@ class CacheStats:
     background_refreshes: int = 0  # stale entries reloaded in the background
     background_refresh_failures: int = 0
     redis_state: str = "off"  # off | up | down
+    l2_misses: int = 0  # flights the shared tier had no answer for
+    l2_errors: int = 0  # shared-tier calls that failed (Redis down or slow)
 
     @property
     def lookups(self) -> int:
@@ -93,6 +146,13 @@ class CacheStats:
     @property
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def fetches_avoided(self) -> float:
+        """1 - project fetches / events that needed their project. Unlike `hit_rate` it credits
+        coalescing: concurrent events of one project share one fetch without any of them being
+        a hit. The dashboard computes the same from `claimx_project_cache_requests_total`."""
+        return 1.0 - self.misses / self.lookups if self.lookups else 0.0
 
     @property
     def l1_hit_rate(self) -> float:
@@ -147,11 +207,8 @@ class _Counters:
     loads_ok: int = 0
     loads_failed: int = 0
     evictions: int = 0
-    lock_waits: int = 0
     background_refreshes: int = 0
     background_refresh_failures: int = 0
-    l2_misses: int = 0  # flights the shared tier had no answer for
-    l2_errors: int = 0  # shared-tier calls that failed (Redis down or slow)
 
 
 class ProjectCache:
@@ -162,14 +219,14 @@ class ProjectCache:
         settings: CacheSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
-        shared_tier: RedisTier | None = None,
+        shared_tier: SharedTier | None = None,
         on_background_refresh: RefreshCallback | None = None,
         name: str = "project",
-        delta: DeltaSettings | None = None,
+        observer: LoadObserver | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
-        self.delta = delta
+        self._observer = observer
         self._clock = clock
         self._ttl = settings.ttl_s
         self._refresh_after = settings.refresh_after_s
@@ -188,47 +245,15 @@ class ProjectCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters = _Counters()
         if shared_tier is not None:
-            shared_tier.attach(self)
-        cache_metrics.track(self)
+            shared_tier.on_remote_invalidation(lambda ids: self.invalidate(ids, broadcast=False))
 
     # ------------------------------------------------------------------ construction / lifecycle
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: CacheSettings,
-        *,
-        on_background_refresh: RefreshCallback | None = None,
-        delta: DeltaSettings | None = None,
-        name: str = "project",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> ProjectCache:
-        """The cache the settings describe: with the Redis tier when `redis_url` is set.
-
-        `delta` (the Delta settings) enables warm start (`settings.warm_from_delta`) in `start()`
-        and `POST /cache/warm`.
-        """
-        shared = None
-        if settings.redis_url:
-            from kafka_pipeline.claimx.cache.redis_tier import RedisTier  # noqa: PLC0415
-
-            shared = RedisTier(settings)
-        return cls(settings, clock=clock, shared_tier=shared, on_background_refresh=on_background_refresh, name=name, delta=delta)
-
     async def start(self) -> None:
-        """Start the shared tier's listener and warm from Delta when configured.
-
-        Never fails because Redis or the Delta table is unavailable: the cache then starts cold
-        on its in-process tier."""
+        """Start the shared tier's listener (never fails because Redis is down: the cache then
+        runs on its in-process tier)."""
         if self._shared is not None:
             await self._shared.start()
-        if self.settings.warm_from_delta and self.delta is not None:
-            from kafka_pipeline.claimx.cache.warm import warm_from_delta  # noqa: PLC0415
-
-            try:
-                await warm_from_delta(self, self.delta.tables_root, self.delta.storage_options, self.settings.warm_window_s)
-            except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
-                log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         """Stop background refreshes and the shared tier (its last writes get one timeout to land)."""
@@ -240,7 +265,7 @@ class ProjectCache:
             await self._shared.close()
 
     @property
-    def shared_tier(self) -> RedisTier | None:
+    def shared_tier(self) -> SharedTier | None:
         return self._shared
 
     # ------------------------------------------------------------------ the hot path
@@ -378,10 +403,12 @@ class ProjectCache:
             l2_hits=c.l2_hits,
             absent_hits=c.absent_hits,
             pending=len(self._pending),
-            lock_waits=c.lock_waits,
+            lock_waits=shared.counters.lock_waits if shared is not None else 0,
             background_refreshes=c.background_refreshes,
             background_refresh_failures=c.background_refresh_failures,
             redis_state="off" if shared is None else ("up" if shared.is_up else "down"),
+            l2_misses=shared.counters.misses if shared is not None else 0,
+            l2_errors=shared.counters.errors if shared is not None else 0,
         )
 
     def stats_line(self) -> str:
@@ -480,6 +507,10 @@ class ProjectCache:
             if self._inflight.get(project_id) is not None and self._inflight[project_id].task is asyncio.current_task():
                 del self._inflight[project_id]
 
+    def _observe_load(self, seconds: float, *, ok: bool) -> None:
+        if self._observer is not None:
+            self._observer(self.name, seconds, ok)
+
     async def _timed_load(self, project_id: str, load: Loader, token: str | None) -> ProjectSnapshot:
         c = self.counters
         started = time.perf_counter()
@@ -487,7 +518,7 @@ class ProjectCache:
             snapshot = await load()
         except PermanentError as exc:
             c.loads_failed += 1
-            cache_metrics.observe_load(self, time.perf_counter() - started, ok=False)
+            self._observe_load(time.perf_counter() - started, ok=False)
             if exc.error_type == NOT_FOUND and self._absent_ttl > 0:
                 self.prime_absent(project_id, self._absent_ttl)
                 if self._shared is not None:
@@ -498,12 +529,12 @@ class ProjectCache:
             raise
         except BaseException:
             c.loads_failed += 1
-            cache_metrics.observe_load(self, time.perf_counter() - started, ok=False)
+            self._observe_load(time.perf_counter() - started, ok=False)
             if token is not None and self._shared is not None:
                 self._shared.release(project_id, token)
             raise
         c.loads_ok += 1
-        cache_metrics.observe_load(self, time.perf_counter() - started, ok=True)
+        self._observe_load(time.perf_counter() - started, ok=True)
         return snapshot
 
     # ------------------------------------------------------------------ freshness
@@ -578,10 +609,6 @@ class NoCache:
     def __init__(self, settings: CacheSettings | None = None, *, clock: Callable[[], float] = time.monotonic, shared_tier: object = None) -> None:
         self.settings = settings
         self.counters = _Counters()
-
-    @classmethod
-    def from_settings(cls, settings: CacheSettings, **_: Any) -> NoCache:
-        return cls(settings)
 
     async def start(self) -> None:
         return None

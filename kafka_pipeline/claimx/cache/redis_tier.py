@@ -30,20 +30,17 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from kafka_pipeline.claimx.cache.project_cache import LOCAL, SharedAnswer, TierCounters
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.runtime.logging import get_logger
-
-if TYPE_CHECKING:
-    from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 
 log = get_logger(__name__)
 
@@ -94,19 +91,6 @@ class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or the breaker is open: use the in-process tier."""
 
 
-@dataclass(slots=True, frozen=True)
-class SharedAnswer:
-    """What the shared tier says before an in-process load."""
-
-    verified_age: float | None = None  # another worker verified the project this long ago: a hit
-    absent_remaining: float | None = None  # the project is known absent (404) for this much longer
-    token: str | None = None  # this worker holds the load lock: load, then confirm/abandon
-    busy: bool = False  # another worker holds the lock (a background refresh then skips)
-
-
-LOCAL = SharedAnswer()  # no answer from Redis: load in-process without a lock
-
-
 def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.BlockingConnectionPool:
     """Short timeouts, no client retries, and a bounded pool where a burst waits for a free
     connection (within the call's timeout) instead of failing."""
@@ -124,26 +108,33 @@ def make_pool(settings: CacheSettings, max_connections: int = 16) -> aioredis.Bl
 
 
 class RedisTier:
+    """The shared tier of the ProjectCache (it implements `project_cache.SharedTier`)."""
+
     def __init__(
         self,
         settings: CacheSettings,
         *,
         client: aioredis.Redis | None = None,
         wall_clock: Callable[[], float] = time.time,
-        breaker_failure_threshold: int = 3,
-        breaker_cooldown_s: float = 2.0,
-        max_connections: int = 16,
+        breaker_failure_threshold: int | None = None,
+        breaker_cooldown_s: float | None = None,
+        max_connections: int | None = None,
     ) -> None:
+        """The keyword arguments override the settings (tests use small ones)."""
         if client is None and not settings.redis_url:
             raise ValueError("RedisTier needs settings.redis_url or a client")
         self.settings = settings
         self._timeout = settings.socket_timeout_s
+        max_connections = max_connections or settings.redis_max_connections
         # Commands use at most `max_connections` at once (the pool has room for the pub/sub one too).
         self._client = client or aioredis.Redis(connection_pool=make_pool(settings, max_connections + 2))
         self._slots = asyncio.Semaphore(max_connections)
         self._wall = wall_clock
         self._breaker = CircuitBreaker(
-            "redis", failure_threshold=breaker_failure_threshold, cooldown_s=breaker_cooldown_s, on_change=self._on_breaker_change
+            "redis",
+            failure_threshold=breaker_failure_threshold or settings.redis_breaker_failure_threshold,
+            cooldown_s=breaker_cooldown_s or settings.redis_breaker_cooldown_s,
+            on_change=self._on_breaker_change,
         )
         self._origin = uuid.uuid4().hex
         prefix = settings.key_prefix
@@ -154,7 +145,9 @@ class RedisTier:
         self._unlock = self._client.register_script(UNLOCK_LUA)
         self._get_or_lock_script = self._client.register_script(GET_OR_LOCK_LUA)
         self._confirm_script = self._client.register_script(CONFIRM_LUA)
-        self._cache: ProjectCache | None = None
+        self.counters = TierCounters()
+        # Told of invalidations that came from other workers (and of a reconnect: None = all).
+        self._on_remote_invalidation: Callable[[list[str] | None], object] | None = None
         self._ready_events: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -163,8 +156,9 @@ class RedisTier:
         self.reconnects = 0
         self.invalidations_received = 0
 
-    def attach(self, cache: ProjectCache) -> None:
-        self._cache = cache
+    def on_remote_invalidation(self, callback: Callable[[list[str] | None], object]) -> None:
+        """`callback(ids)` runs for every invalidation another worker broadcast (None: all)."""
+        self._on_remote_invalidation = callback
 
     def key(self, project_id: str) -> str:
         return self._key_prefix + project_id
@@ -229,8 +223,7 @@ class RedisTier:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
                 self._breaker.record_failure()
-                if self._cache is not None:
-                    self._cache.counters.l2_errors += 1
+                self.counters.errors += 1
                 raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
             self._breaker.record_success()
             return result
@@ -315,8 +308,7 @@ class RedisTier:
         Never raises for Redis trouble (answers LOCAL). Waits for another worker's load at
         most `lock_wait_s`, then loads itself.
         """
-        assert self._cache is not None
-        counters = self._cache.counters
+        counters = self.counters
         try:
             if refresh:  # a refresh loads regardless; the lock only spares the others a load
                 token = await self._try_lock(project_id)
@@ -329,7 +321,7 @@ class RedisTier:
                     return found
                 if token is not None:
                     if not waited:
-                        counters.l2_misses += 1
+                        counters.misses += 1
                     return SharedAnswer(token=token)
                 if not waited:
                     counters.lock_waits += 1
@@ -499,8 +491,8 @@ class RedisTier:
 
     def _on_reconnected(self) -> None:
         self.reconnects += 1
-        if self._cache is not None:
-            dropped = self._cache.invalidate(None, broadcast=False)
+        if self._on_remote_invalidation is not None:
+            dropped = self._on_remote_invalidation(None)
             log.info("project_cache_redis_reconnected", dropped_entries=dropped, detail="in-process entries treated as stale")
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -509,7 +501,7 @@ class RedisTier:
             event = self._ready_events.get(data)  # type: ignore[arg-type]
             if event is not None:
                 event.set()
-        elif channel == self.invalidate_channel and self._cache is not None:
+        elif channel == self.invalidate_channel and self._on_remote_invalidation is not None:
             try:
                 body = json.loads(data)  # type: ignore[arg-type]
             except (TypeError, ValueError):
@@ -518,4 +510,4 @@ class RedisTier:
                 return
             self.invalidations_received += 1
             ids = body.get("ids")
-            self._cache.invalidate(None if ids is None else [str(i) for i in ids], broadcast=False)
+            self._on_remote_invalidation(None if ids is None else [str(i) for i in ids])

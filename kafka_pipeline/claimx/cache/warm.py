@@ -10,6 +10,7 @@ one refresh window, which the background refresh then catches up.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,12 +19,16 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from kafka_pipeline.claimx.schemas import PROJECTS
+from kafka_pipeline.config import DeltaSettings
 from kafka_pipeline.runtime.logging import get_logger
 
 if TYPE_CHECKING:
     from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 
 log = get_logger(__name__)
+
+# Prime a cache from the projects table for a window (seconds); returns the entries added.
+Warmer = Callable[[float], Awaitable[int]]
 
 
 def recent_project_ids(
@@ -72,3 +77,12 @@ async def warm_from_delta(
     primed = sum(1 for project_id, age in ages.items() if cache.prime(project_id, age))
     log.info("project_cache_warmed", entries=primed, candidates=len(ages), window_s=window_s)
     return primed
+
+
+def delta_warmer(cache: ProjectCache, delta: DeltaSettings) -> Warmer:
+    """Warm `cache` from the projects table under `delta.tables_root`."""
+
+    async def warm(window_s: float) -> int:
+        return await warm_from_delta(cache, delta.tables_root, delta.storage_options, window_s)
+
+    return warm

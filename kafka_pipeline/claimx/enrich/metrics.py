@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ class EnrichMetrics:
     api_latency: LabelCache
     in_flight: Any
     awaiting_ack: Any
+    breaker_open: Any
+    credentials_rejected: Any
 
     @classmethod
     def on(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
@@ -35,7 +37,18 @@ class EnrichMetrics:
             ),
             in_flight=metric(registry, Gauge, "claimx_enrich_in_flight", "Events being processed (holding an in-flight slot).", ["worker"]),
             awaiting_ack=metric(registry, Gauge, "claimx_enrich_awaiting_ack", "Events whose message waits for the broker's acknowledgement.", ["worker"]),
+            breaker_open=metric(registry, Gauge, "claimx_api_breaker_open", "1 while the ClaimX API circuit breaker is open.", ["worker"]),
+            credentials_rejected=metric(
+                registry, Gauge, "claimx_api_credentials_rejected", "1 while the ClaimX API rejects our credentials (401).", ["worker"]
+            ),
         )
+
+    def start_at_zero(self, outcomes: Iterable[str], event_types: Iterable[str]) -> None:
+        """Every (outcome, type) series from the start: increase() misses a series' first value."""
+        types = list(event_types)
+        for outcome in outcomes:
+            for event_type in types:
+                self.events(outcome, event_type)
 
     def event(self, outcome: str, event_type: str) -> None:
         self.events(outcome, event_type).inc()
@@ -45,12 +58,22 @@ class EnrichMetrics:
         if outcome != "circuit_open":
             self.api_latency(kind).observe(seconds)
 
-    def watch(self, worker: str, *, in_flight: Callable[[], float], awaiting_ack: Callable[[], float]) -> None:
+    def watch(
+        self,
+        worker: str,
+        *,
+        in_flight: Callable[[], float],
+        awaiting_ack: Callable[[], float],
+        breaker_open: Callable[[], float],
+        credentials_rejected: Callable[[], float],
+    ) -> None:
         """Gauges read at scrape time."""
         self.in_flight.labels(worker).set_function(in_flight)
         self.awaiting_ack.labels(worker).set_function(awaiting_ack)
+        self.breaker_open.labels(worker).set_function(breaker_open)
+        self.credentials_rejected.labels(worker).set_function(credentials_rejected)
 
     def forget(self, worker: str) -> None:
-        for gauge in (self.in_flight, self.awaiting_ack):
+        for gauge in (self.in_flight, self.awaiting_ack, self.breaker_open, self.credentials_rejected):
             with contextlib.suppress(KeyError):
                 gauge.remove(worker)

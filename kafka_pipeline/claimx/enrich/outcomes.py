@@ -45,6 +45,7 @@ def route_failure(record: Any, error: PipelineError, *, settings: Settings, trac
         retry_topic=settings.kafka.retry_topic,
         worker=settings.worker.name,
         trace_id=trace_id,
+        made_by="enrich",
     )
     if isinstance(hop, RetryMessage):
         return FailureRoute("retried", hop.topic, hop.key, hop.value, hop.headers)

@@ -49,15 +49,17 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.cache.admin import cache_routes
+from kafka_pipeline.claimx.cache.factory import build_project_cache
 from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache, ProjectSnapshot
+from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
 from kafka_pipeline.claimx.enrich.credentials import CredentialsGate
 from kafka_pipeline.claimx.enrich.lanes import ProjectLanes, Slot, Slots, Turn
 from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
-from kafka_pipeline.claimx.enrich.outcomes import Outcome, WorkerCounts, route_failure, type_label
+from kafka_pipeline.claimx.enrich.outcomes import OUTCOMES, Outcome, WorkerCounts, route_failure, type_label
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier
+from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, refresh_requested
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
@@ -89,7 +91,7 @@ class WorkerCache(ProjectVerifier, Protocol):
 class EnrichmentWorker:
     """`await EnrichmentWorker(settings).run(stop_event)` runs until `stop_event` is set.
 
-    `cache` defaults to `ProjectCache.from_settings(settings.cache)`; pass `NoCache()` for the
+    `cache` defaults to `build_project_cache(settings.cache)`; pass `NoCache()` for the
     naive baseline. `api_transport` is handed to httpx (tests only).
     """
 
@@ -107,9 +109,11 @@ class EnrichmentWorker:
         self.failure: BaseException | None = None
         self.metrics = EnrichMetrics.on(registry, worker=self.name)
         self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self.metrics.observe_api_call)
-        self.cache: WorkerCache = cache if cache is not None else ProjectCache.from_settings(
-            settings.cache, delta=settings.delta, on_background_refresh=self._emit_refreshed_project
+        self.cache: WorkerCache = cache if cache is not None else build_project_cache(
+            settings.cache, registry=registry, on_background_refresh=self._emit_refreshed_project
         )
+        # warm start and POST /cache/warm read the projects table (a real cache only)
+        self._warm: Warmer | None = delta_warmer(self.cache, settings.delta) if isinstance(self.cache, ProjectCache) else None
         self.media = MediaBatcher(self.api, window_s=settings.enrich.media_window_s)
         self.context = HandlerContext(api=self.api, cache=self.cache, media=self.media)
         self.credentials = CredentialsGate(self.api, probe_interval_s=settings.api.auth_probe_interval_s)
@@ -125,7 +129,8 @@ class EnrichmentWorker:
                 max_poll_records=settings.enrich.max_in_flight,
                 stats_interval_s=settings.enrich.stats_interval_s,
                 registry=registry,
-                routes=cache_routes(self.cache) if isinstance(self.cache, ProjectCache) else (),
+                made_by="enrich",
+                routes=cache_routes(self.cache, warm_from=self._warm) if isinstance(self.cache, ProjectCache) else (),
             ),
         )
         self.slots = Slots(on_free=self.runtime.wake)
@@ -175,7 +180,19 @@ class EnrichmentWorker:
 
     async def start(self, runtime: ConsumerRuntime) -> None:
         await self.cache.start()
-        self.metrics.watch(self.name, in_flight=lambda: self.counts.in_flight, awaiting_ack=lambda: self.counts.awaiting_ack)
+        if self.settings.cache.warm_from_delta and self._warm is not None:
+            try:
+                await self._warm(self.settings.cache.warm_window_s)
+            except Exception as exc:  # noqa: BLE001 - a cold cache is slower, not wrong
+                log.warning("project_cache_warm_failed", error=f"{type(exc).__name__}: {exc}")
+        self.metrics.start_at_zero(OUTCOMES, (*HANDLERS, "other", "malformed"))
+        self.metrics.watch(
+            self.name,
+            in_flight=lambda: self.counts.in_flight,
+            awaiting_ack=lambda: self.counts.awaiting_ack,
+            breaker_open=lambda: float(self.api.breaker.state == "open"),
+            credentials_rejected=lambda: float(self.credentials.rejected),
+        )
         log.info(
             "enrichment worker started",
             topic=self.settings.kafka.events_topic,
@@ -200,7 +217,7 @@ class EnrichmentWorker:
         event: ClaimXEvent | None = None
         error: PermanentError | None = None
         try:
-            event = parse_event(record.value)
+            event = parse_event(record.value, max_future_skew_s=self.settings.enrich.max_future_skew_s)
         except PermanentError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - any bytes at all are a malformed event at worst
@@ -304,8 +321,9 @@ class EnrichmentWorker:
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
+            refresh = refresh_requested(record.headers)  # `replay --refresh-projects`: refetch, not the cache
             result: HandlerResult = await self.credentials.call(
-                lambda: handler.handle(event, self.context), project_id=event.project_id, trace_id=event.trace_id
+                lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=event.trace_id
             )
         except PipelineError as exc:
             await turn.wait_previous()
@@ -429,7 +447,7 @@ class EnrichmentWorker:
         gauges: dict[str, Any] = {"in_flight": self.counts.in_flight, "awaiting_ack": self.counts.awaiting_ack}
         stats = self.cache.stats()
         gauges["project_cache_size"] = stats.size
-        gauges["hit_rate"] = float(stats.hit_rate)
+        gauges["fetches_avoided"] = float(stats.fetches_avoided)
         gauges["l1_hit_rate"] = float(stats.l1_hit_rate)  # per tier: in-process, then Redis
         gauges["l2_hit_rate"] = float(stats.l2_hit_rate)
         gauges["redis"] = stats.redis_state

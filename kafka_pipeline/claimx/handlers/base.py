@@ -17,6 +17,11 @@ project's snapshot rows. The caller confirms (after the broker ack) or abandons 
 when `HandlerResult.carries_project` is true.
 
 `handler_for(event_type)` is None for types no handler knows: those events are skipped.
+
+Refetch on request: an event carrying the `refresh-project` header (set by `kafka-pipeline
+replay --refresh-projects`) is handled with `refresh=True`: its project is loaded from the API
+whatever the cache holds, as PROJECT_CREATED always is, so a backfill writes current values.
+The header only costs an export call; it never chooses where a message goes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -33,6 +38,8 @@ from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.cache.project_cache import ProjectSnapshot, Verification
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.transforms import Rows
+
+REFRESH_PROJECT_HEADER = "refresh-project"
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -137,10 +144,12 @@ class EventHandler(ABC):
     async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
         """The event's own rows (without the project snapshot and the events row)."""
 
-    async def handle(self, event: ClaimXEvent, ctx: HandlerContext) -> HandlerResult:
+    async def handle(self, event: ClaimXEvent, ctx: HandlerContext, *, refresh: bool = False) -> HandlerResult:
+        """`refresh`: load the project even when the cache holds it (the event asked for it)."""
         if not self.ensure_project:
             return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event)))
-        if not self.refresh_project and ctx.is_confirmed(event.project_id):
+        refresh = refresh or self.refresh_project
+        if not refresh and ctx.is_confirmed(event.project_id):
             # verify() answers at once (and counts the hit): no need to run it beside the fetch.
             verification = await ctx.verify_project(event.project_id)
             try:
@@ -150,7 +159,7 @@ class EventHandler(ABC):
                     ctx.cache.abandon(event.project_id)
                 raise
             return self._result(event, verification, own)
-        verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=self.refresh_project))
+        verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=refresh))
         try:
             own = await self.child_rows(event, ctx)
             child_error: BaseException | None = None
@@ -192,3 +201,8 @@ def register(handler_class: H) -> H:
 
 def handler_for(event_type: str) -> EventHandler | None:
     return HANDLERS.get(event_type)
+
+
+def refresh_requested(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    """Does a consumed message ask for its project to be refetched (`refresh-project: 1`)?"""
+    return any(name == REFRESH_PROJECT_HEADER and value == b"1" for name, value in headers or ())

@@ -1,0 +1,1 @@
+"""Operating the pipeline: the status view."""

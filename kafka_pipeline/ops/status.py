@@ -1,0 +1,353 @@
+"""`kafka-pipeline status`: the one view an operator looks at first.
+
+Everything is read, nothing is joined or committed, and the parts are read concurrently:
+
+- per consumer group (enrich, writer, retry scheduler): its members, and per partition of the
+  topic it consumes the committed offset, the end offset (high watermark) and the lag;
+- the DLQ since its purge point, by error category (`kafka_pipeline.dlq.operations`);
+- the retry backlog: the messages after the retry group's committed offsets, and when the
+  first of them is due;
+- per Delta table: version, last commit, freshness, and the row count from the add actions'
+  `numRecords` statistics (the log is read, no data file);
+- given ops URLs, each worker's `/health/ready`.
+
+`problems` lists what needs a person: a group with lag and no member, dead letters, a retry
+overdue by more than `OVERDUE_S` (the scheduler is not forwarding), a worker not ready or not
+answering. The command exits 1 when there is any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.config import KafkaSettings, Settings
+from kafka_pipeline.delta.maintenance import describe
+from kafka_pipeline.delta.table_writer import table_uri
+from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, parse_retry_headers
+from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
+from kafka_pipeline.runtime.topic_offsets import high_watermarks
+
+CONNECT_TIMEOUT_S = 3.0
+READY_TIMEOUT_S = 1.0
+OVERDUE_S = 60.0  # a retry this late means the scheduler does not forward
+MAX_RETRY_SCAN = 100_000  # retry messages read to find the next due time (the count is exact anyway)
+
+
+@dataclass
+class PartitionStatus:
+    partition: int
+    committed: int | None  # None: the group committed nothing on this partition
+    end: int
+    lag: int
+
+
+@dataclass
+class GroupStatus:
+    group: str
+    topic: str
+    state: str
+    members: list[str]  # client id @ host (the member id where the broker gives neither)
+    partitions: list[PartitionStatus]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+@dataclass
+class DlqStatus:
+    topic: str
+    not_replayed: int
+    by_category: dict[str, int]
+    complete: bool
+
+
+@dataclass
+class RetryStatus:
+    topic: str
+    waiting: int
+    next_due_at: datetime | None
+    scanned: int  # messages read for next_due_at (all of them unless MAX_RETRY_SCAN was reached)
+
+
+@dataclass
+class TableStatus:
+    table: str
+    exists: bool
+    version: int | None = None
+    last_commit_at: datetime | None = None
+    freshness_s: float | None = None
+    rows: int | None = None
+
+
+@dataclass
+class WorkerStatus:
+    url: str
+    ready: bool
+    failing: list[str] = field(default_factory=list)  # readiness checks that fail, or why it did not answer
+
+
+@dataclass
+class Status:
+    at: datetime
+    bootstrap_servers: str
+    tables_root: str
+    groups: list[GroupStatus]
+    dlq: DlqStatus
+    retry: RetryStatus
+    tables: list[TableStatus]
+    workers: list[WorkerStatus]
+    problems: list[str]
+    seconds: float = 0.0  # how long collecting took
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for group, raw in zip(self.groups, data["groups"], strict=True):
+            raw["lag"] = group.lag
+        return _iso(data)
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _iso(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_iso(v) for v in value]
+    return value
+
+
+async def collect(settings: Settings, ops_urls: list[str] | tuple[str, ...] = ()) -> Status:
+    """Read everything concurrently; BrokerUnreachable (one line) when the broker does not answer."""
+    started = time.monotonic()
+    kafka = settings.kafka
+    admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
+    try:
+        with quiet(logging.getLogger("aiokafka")):
+            await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
+    except (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError) as exc:
+        await _close(admin)
+        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
+    try:
+        pairs = [
+            (settings.enrich.group_id, kafka.events_topic),
+            (settings.writer.group_id, kafka.entity_rows_topic),
+            (settings.retry.group_id, kafka.retry_topic),
+        ]
+        ends = dict(zip([t for _, t in pairs], await asyncio.gather(*(high_watermarks(kafka, t) for _, t in pairs)), strict=True))
+        groups, dlq, tables, workers = await asyncio.gather(
+            asyncio.gather(*(_group(admin, group, topic, ends[topic]) for group, topic in pairs)),
+            _dlq(kafka),
+            asyncio.get_running_loop().run_in_executor(None, _tables, settings),
+            asyncio.gather(*(_worker(url) for url in ops_urls)),
+        )
+    finally:
+        await _close(admin)
+    retry_group = groups[2]
+    retry = await _retry(kafka, retry_group)
+    status = Status(
+        at=datetime.now(UTC),
+        bootstrap_servers=kafka.bootstrap_servers,
+        tables_root=settings.delta.tables_root,
+        groups=list(groups),
+        dlq=dlq,
+        retry=retry,
+        tables=tables,
+        workers=list(workers),
+        problems=[],
+    )
+    status.problems = problems(status)
+    status.seconds = round(time.monotonic() - started, 2)
+    return status
+
+
+async def _close(admin: AIOKafkaAdminClient) -> None:
+    try:
+        await admin.close()
+    except Exception:  # noqa: BLE001 - closing a client that never connected
+        pass
+
+
+async def _group(admin: AIOKafkaAdminClient, group: str, topic: str, ends: dict[int, int]) -> GroupStatus:
+    described, offsets = await asyncio.gather(
+        admin.describe_consumer_groups([group]),
+        admin.list_consumer_group_offsets(group, partitions=[TopicPartition(topic, p) for p in sorted(ends)]),
+    )
+    state, members = "Unknown", []
+    for response in described:
+        for entry in response.groups:
+            # (error_code, group_id, state, protocol_type, protocol, members[, authorized_operations])
+            state = entry[2] or "Empty"
+            # (member_id, client_id, client_host, ...): tansu leaves client id and host empty
+            members = sorted(f"{m[1]}@{m[2].lstrip('/')}" if m[1] else _short(m[0]) for m in entry[5])
+    partitions = []
+    for partition, end in sorted(ends.items()):
+        found = offsets.get(TopicPartition(topic, partition))
+        committed = found.offset if found is not None and found.offset >= 0 else None
+        partitions.append(PartitionStatus(partition, committed, end, max(0, end - (committed or 0))))
+    return GroupStatus(group, topic, state, members, partitions)
+
+
+def _short(member_id: str) -> str:
+    """`client-<uuid>` as `client-<first 8 of the uuid>`: enough to tell members apart."""
+    return re.sub(r"(-[0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", r"\1", member_id)
+
+
+async def _dlq(kafka: KafkaSettings) -> DlqStatus:
+    snapshot = await dlq_ops.read_dlq(kafka, kafka.dlq_topic, idle_timeout_s=1.0)
+    by_category = Counter(e.letter.error_category for e in snapshot.pending if e.letter is not None)
+    return DlqStatus(kafka.dlq_topic, sum(by_category.values()), dict(sorted(by_category.items())), snapshot.complete)
+
+
+async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
+    """The retry group's backlog, read from its committed offsets to the end for the next due time."""
+    waiting = group.lag
+    if not waiting:
+        return RetryStatus(group.topic, 0, None, 0)
+    consumer = make_consumer(kafka, group_id=None)
+    await consumer.start()
+    due: int | None = None
+    scanned = 0
+    try:
+        todo = {TopicPartition(group.topic, p.partition): p for p in group.partitions if p.lag}
+        consumer.assign(list(todo))
+        for tp, part in todo.items():
+            consumer.seek(tp, part.committed or 0)
+        deadline = time.monotonic() + 2.0
+        while todo and scanned < MAX_RETRY_SCAN and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(*todo, timeout_ms=200)).items():
+                for record in records:
+                    if record.offset >= todo[tp].end:
+                        break
+                    scanned += 1
+                    try:
+                        at = parse_retry_headers(record.headers).due_at_ms
+                    except InvalidRetryHeaders:
+                        continue  # the scheduler dead-letters it as soon as it reads it
+                    due = at if due is None else min(due, at)
+                if records and records[-1].offset + 1 >= todo[tp].end:
+                    consumer.pause(tp)
+                    del todo[tp]
+    finally:
+        await consumer.stop()
+    next_due = datetime.fromtimestamp(due / 1000, tz=UTC) if due is not None else None
+    return RetryStatus(group.topic, waiting, next_due, scanned)
+
+
+def _tables(settings: Settings) -> list[TableStatus]:
+    now = datetime.now(UTC)
+    found = []
+    for name in TABLES:
+        description = describe(table_uri(settings.delta.tables_root, name), storage_options=settings.delta.storage_options)
+        if description is None:
+            found.append(TableStatus(name, exists=False))
+            continue
+        at = description.last_commit_at
+        found.append(TableStatus(
+            name, True, description.version, at, round((now - at).total_seconds(), 1) if at else None, description.rows
+        ))
+    return found
+
+
+async def _worker(url: str) -> WorkerStatus:
+    target = url.rstrip("/") + "/health/ready"
+    try:
+        async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
+            response = await client.get(target)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"])
+    checks = body.get("checks", {}) if isinstance(body, dict) else {}
+    failing = sorted(name for name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
+    return WorkerStatus(url, response.status_code == 200 and bool(body.get("ready")), failing)
+
+
+def problems(status: Status) -> list[str]:
+    found = []
+    for group in status.groups:
+        if group.lag and not group.members:
+            found.append(f"group {group.group} has no member and {group.lag} messages of {group.topic} wait")
+    if status.dlq.not_replayed:
+        found.append(f"{status.dlq.not_replayed} dead letters on {status.dlq.topic} (kafka-pipeline dlq list)")
+    if status.retry.next_due_at is not None and (status.at - status.retry.next_due_at).total_seconds() > OVERDUE_S:
+        found.append(f"retries overdue since {status.retry.next_due_at:%H:%M:%S}: is the retry scheduler running?")
+    for worker in status.workers:
+        if not worker.ready:
+            found.append(f"worker {worker.url} not ready: {', '.join(worker.failing) or 'unknown'}")
+    return found
+
+
+# -- the readable form ------------------------------------------------------------------------
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+            for r in [header, *rows]]
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_status(status: Status) -> str:
+    lines = [f"kafka-pipeline status at {status.at:%Y-%m-%d %H:%M:%S} UTC (broker {status.bootstrap_servers}, {status.seconds:.2f}s)", ""]
+    lines.append("consumer groups")
+    rows: list[tuple[str, ...]] = []
+    for g in status.groups:
+        members = ", ".join(g.members) if g.members else "none"
+        for i, p in enumerate(g.partitions):
+            first = i == 0
+            rows.append((g.group if first else "", g.topic if first else "", f"{g.state}: {members}" if first else "",
+                         str(p.partition), "-" if p.committed is None else str(p.committed), str(p.end), str(p.lag)))
+        rows.append(("", "", "", "total", "", "", str(g.lag)))
+    lines += _table(("group", "topic", "members", "partition", "committed", "end", "lag"), rows, {3, 4, 5, 6})
+    lines.append("")
+    by_category = ", ".join(f"{c} {n}" for c, n in status.dlq.by_category.items())
+    lines.append(f"dead letters  {status.dlq.topic}: {status.dlq.not_replayed} since the purge point, not replayed"
+                 + (f" ({by_category})" if by_category else "") + ("" if status.dlq.complete else " (partial read)"))
+    retry = status.retry
+    due = "-"
+    if retry.next_due_at is not None:
+        delta = (retry.next_due_at - status.at).total_seconds()
+        due = f"{retry.next_due_at:%H:%M:%S} UTC (" + (f"in {_ago(delta)}" if delta >= 0 else f"{_ago(-delta)} overdue") + ")"
+    lines.append(f"retry backlog {retry.topic}: {retry.waiting} waiting, next due {due}")
+    lines.append("")
+    lines.append(f"tables ({status.tables_root})")
+    rows = [(t.table, "-" if t.version is None else str(t.version),
+             f"{t.last_commit_at:%Y-%m-%d %H:%M:%S}" if t.last_commit_at else "-", _ago(t.freshness_s),
+             "-" if t.rows is None else str(t.rows)) for t in status.tables]
+    lines += _table(("table", "version", "last commit (UTC)", "freshness", "rows"), rows, {1, 3, 4})
+    if status.workers:
+        lines.append("")
+        lines.append("workers")
+        rows = [(w.url, "ready" if w.ready else "NOT READY", ", ".join(w.failing)) for w in status.workers]
+        lines += _table(("ops url", "readiness", "failing"), rows, set())
+    lines.append("")
+    if status.problems:
+        lines.append(f"{len(status.problems)} problem(s):")
+        lines += [f"  - {p}" for p in status.problems]
+    else:
+        lines.append("no problems")
+    return "\n".join(lines)
