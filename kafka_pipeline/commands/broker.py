@@ -11,7 +11,7 @@ from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 
 NAME = "broker"
-HELP = "Run an embedded Kafka broker on loopback: tansu, or Apache Kafka with --kafka."
+HELP = "Run an embedded broker (tansu; --kafka: Apache Kafka)."
 DESCRIPTION = ("Start an embedded Kafka broker on loopback and print its address (Ctrl-C stops it): tansu in memory, "
                "or Apache Kafka with --kafka (Java 17+ and its jars: scripts/fetch-kafka-jars.sh).")
 

@@ -27,7 +27,8 @@ from kafka_pipeline.errors import UsageError
 
 NAME = "run"
 HELP = "Run the whole pipeline on this machine, no Docker."
-DESCRIPTION = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
+DESCRIPTION = ("Run the embedded all-in-one pipeline: broker (tansu in memory, or --broker kafka: Apache Kafka "
+               "on disk) + API simulator + workers + replay of sample events.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
