@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.kafka_broker import SCRAM_MECHANISM, KafkaBroker, make_certificates
@@ -100,7 +101,7 @@ async def test_enrich_write_and_dlq_list_over_sasl_ssl(kafka_broker: KafkaBroker
         "LOG_FORMAT": "json",
     }
     await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic])
-    summary = await replay(kafka, [events_file], progress=False)
+    summary = await replay(kafka, FileSource([events_file]), progress=False)
     assert summary.sent == len(lines)
 
     workers = [WorkerProcess(command, env, log_path=tmp_path / f"{command}.log").start() for command in ("enrich", "write")]
