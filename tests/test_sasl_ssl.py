@@ -102,7 +102,7 @@ async def test_enrich_write_and_dlq_list_over_sasl_ssl(kafka_broker: KafkaBroker
     }
     await ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic])
     summary = await replay(kafka, FileSource([events_file]), progress=False)
-    assert summary.sent == len(lines)
+    assert summary.total_sent == len(lines)
 
     workers = [WorkerProcess(command, env, log_path=tmp_path / f"{command}.log").start() for command in ("enrich", "write")]
     try:
