@@ -32,6 +32,8 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
     "KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
     "KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "KAFKA_BROKER_KIND": ("kafka", "broker_kind"),
     "KAFKA_EVENTS_TOPIC": ("kafka", "events_topic"),
     "KAFKA_ENTITY_ROWS_TOPIC": ("kafka", "entity_rows_topic"),
     "KAFKA_RETRY_TOPIC": ("kafka", "retry_topic"),
@@ -58,15 +60,17 @@ class KafkaSettings(Section):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    ssl_cafile: str | None = None
+    ssl_cafile: str | None = None  # PEM bundle the broker's certificate must chain to (None: system CAs)
+    # what the broker supports (runtime/broker_capabilities.py): auto asks it once per process
+    broker_kind: Literal["auto", "kafka", "tansu"] = "auto"
     events_topic: str = "claimx.events"
     entity_rows_topic: str = "claimx.entity_rows"
     retry_topic: str = "claimx.retry"
     dlq_topic: str = "claimx.dlq"
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
-    # tansu rejects InitProducerId, so idempotence stays off unless the cluster supports it.
-    enable_idempotence: bool = False
+    # None: on where the broker supports it (Apache Kafka), off where not (tansu)
+    enable_idempotence: bool | None = None
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     request_timeout_ms: int = Field(30_000, ge=1_000)
     session_timeout_ms: int = Field(30_000, ge=6_000)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Fresh machine -> the whole test suite against the real parts (tansu broker, redis-server,
-# API simulator over HTTP, Delta tables in a temp folder). Extra arguments go to pytest.
+# Fresh machine -> the whole test suite against the real parts (the Apache Kafka broker from its
+# Maven jars for the broker-facing tests, tansu for `kafka-pipeline run`, redis-server, the API
+# simulator over HTTP, Delta tables in a temp folder). Extra arguments go to pytest.
+# KP_TEST_BROKER=tansu runs the broker-facing tests on tansu instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Debian packages the tests run for real: redis-server (shared cache), prometheus (promtool for the
@@ -18,6 +20,9 @@ apt_install() {  # <command> <package>
 }
 apt_install redis-server redis-server
 apt_install promtool prometheus
+apt_install java openjdk-17-jdk-headless  # the Apache Kafka broker of the broker-facing tests
+apt_install mvn maven  # fetches its jars (pom.xml)
+bash "$ROOT/scripts/fetch-kafka-jars.sh"
 bash "$ROOT/scripts/bootstrap.sh" dev
 cd "$ROOT"
 # the checks that keep the code as it is meant to be: lint (with import order) and types

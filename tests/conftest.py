@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.broker",
+    "tests.fixtures.kafka_broker",
     "tests.fixtures.time_lookups",
     "tests.fixtures.simulator",
     "tests.fixtures.redis",

@@ -43,7 +43,7 @@ def test_unknown_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
         load_settings()
 
 
-async def test_produce_and_consume_through_tansu(kafka_settings) -> None:
+async def test_produce_and_consume_through_the_broker(kafka_settings) -> None:
     await ensure_topics(kafka_settings, [kafka_settings.events_topic])
     producer = make_producer(kafka_settings)
     await producer.start()

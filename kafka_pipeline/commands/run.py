@@ -1,7 +1,8 @@
 """`kafka-pipeline run`: the whole pipeline on one machine, no Docker.
 
-Starts the tansu broker, the ClaimX API simulator, the enrichment worker, the entity writer
-and the retry scheduler; replays the bundled sample events (or `--events FILE`); with
+Starts a broker (tansu, in memory, by default; `--broker kafka`: Apache Kafka from its jars
+with the log directory on disk), the ClaimX API simulator, the enrichment worker, the entity
+writer and the retry scheduler; replays the bundled sample events (or `--events FILE`); with
 `--until-drained` waits until every event is written and prints a row count per table.
 """
 
@@ -28,7 +29,8 @@ from kafka_pipeline.errors import UsageError
 
 NAME = "run"
 HELP = "Run the whole pipeline on this machine, no Docker."
-DESCRIPTION = "Run the embedded all-in-one pipeline: broker + API simulator + workers + replay of sample events."
+DESCRIPTION = ("Run the embedded all-in-one pipeline: broker (tansu in memory, or --broker kafka: Apache Kafka "
+               "on disk) + API simulator + workers + replay of sample events.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_storage_arguments(parser)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated ClaimX API latency (default 20)")
     parser.add_argument("--log-dir", type=Path, help="write each component's log to a file here instead of the terminal")
+    parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                        help="tansu (default): in memory, what the workers had not consumed is lost when run stops; "
+                             "kafka: Apache Kafka (needs Java 17+ and its jars: scripts/fetch-kafka-jars.sh), "
+                             "topics and offsets kept in --kafka-data-dir")
+    parser.add_argument("--kafka-data-dir", type=Path, default=Path("data/kafka"),
+                        help="with --broker kafka: the broker's log directory, reused by the next run (default: ./data/kafka)")
 
 
 def bundled_sample() -> Path:
@@ -58,13 +66,16 @@ def run(args: argparse.Namespace) -> int:
     check_commit_safety(settings.delta.storage_options, single_writer_acknowledged=settings.delta.single_writer_acknowledged)
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
-    stack = EmbeddedStack(settings, log_dir=args.log_dir, simulator_options={"latency_ms": args.latency_ms})
+    stack = EmbeddedStack(settings, log_dir=args.log_dir, simulator_options={"latency_ms": args.latency_ms},
+                          broker_kind=args.broker, kafka_data_dir=args.kafka_data_dir.resolve())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stack.start_services()
         assert stack.broker is not None and stack.simulator is not None
-        print(f"broker      KAFKA_BOOTSTRAP_SERVERS={stack.broker.bootstrap_servers}", flush=True)
+        print(f"broker      KAFKA_BOOTSTRAP_SERVERS={stack.broker.bootstrap_servers} ({args.broker})", flush=True)
+        if args.broker == "kafka":
+            print(f"kafka data  {args.kafka_data_dir.resolve()}", flush=True)
         print(f"simulator   CLAIMX_API_URL={stack.simulator.url}", flush=True)
         print(f"tables      DELTA_TABLES_ROOT={root.display()}", flush=True)
         asyncio.run(stack.create_topics())

@@ -2,10 +2,10 @@
 
 Reading. The DLQ is read with a consumer that joins no group (partitions assigned by hand),
 from each partition's purge point up to its high watermark taken when the read starts, so a
-command sees a stable snapshot while workers keep dead-lettering. tansu's `end_offsets()` may
-answer with the last batch's base offset, so the end comes from
-`kafka_pipeline.runtime.topic_offsets.high_watermarks`, which fetches that last batch and uses
-the high watermark from the fetch response (exact on tansu and Kafka). If the partitions stop
+command sees a stable snapshot while workers keep dead-lettering. The end comes from
+`kafka_pipeline.runtime.topic_offsets.high_watermarks` (the broker's end offsets on Apache Kafka;
+on tansu, whose `end_offsets()` may answer the last batch's base offset, the high watermark of a
+fetch response: see runtime/broker_capabilities.py). If the partitions stop
 delivering before the end is reached (`idle_timeout_s` without a record), the read ends there
 and the snapshot says it is incomplete.
 
@@ -36,6 +36,7 @@ it only holds those offsets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -46,7 +47,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.config import KafkaSettings
@@ -54,7 +55,7 @@ from kafka_pipeline.dlq.terminal import printable
 from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import connection_kwargs, make_consumer, make_producer
+from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 MARKER_HEADER = "dlq-marker"
@@ -103,10 +104,8 @@ class DlqSnapshot:
 
 async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 5.0) -> DlqSnapshot:
     """Everything on the DLQ topic after the purge point, up to its current end."""
-    try:
+    with first_contact(kafka):
         ends = await high_watermarks(kafka, topic)
-    except (KafkaConnectionError, OSError) as exc:
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
     if not ends:
         return DlqSnapshot(topic=topic, exists=False)
     snapshot = DlqSnapshot(topic=topic, exists=True, end=dict(ends))
@@ -185,10 +184,12 @@ def _entry(record: Any) -> DlqEntry:
 
 async def _start(client: Any, kafka: KafkaSettings) -> None:
     try:
-        await client.start()
-    except (KafkaConnectionError, OSError) as exc:
-        await client.stop()  # else "Unclosed AIOKafkaConsumer" after the one-line error
-        raise BrokerUnreachable(f"Kafka broker unreachable at {kafka.bootstrap_servers} ({type(exc).__name__})") from None
+        with first_contact(kafka):
+            await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.stop()  # else "Unclosed AIOKafkaConsumer" after the one-line error
+        raise
 
 
 # -- list -----------------------------------------------------------------------------------

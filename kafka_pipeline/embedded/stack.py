@@ -1,5 +1,7 @@
-"""The embedded stack: tansu broker + ClaimX API simulator + the three workers, one machine.
+"""The embedded stack: a broker + ClaimX API simulator + the three workers, one machine.
 
+The broker is tansu (in memory, the default), Apache Kafka from its jars (`broker_kind="kafka"`,
+log directory on disk), or one already running (`bootstrap_servers`: the tests' session broker).
 `kafka-pipeline run` uses it; so do the end-to-end and fault-injection tests, which kill and
 restart its workers. Workers run as child processes exactly as they would in production.
 """
@@ -11,15 +13,25 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 from kafka_pipeline.config import Settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.runtime.kafka import ensure_topics
 from kafka_pipeline.runtime.topic_offsets import group_lag, high_watermarks
 from kafka_pipeline.simulator.server import SimulatorProcess
 
 WORKER_COMMANDS = ("enrich", "write", "retry-scheduler")
+BrokerKind = Literal["tansu", "kafka"]
+
+
+class StackBroker(Protocol):
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -38,20 +50,32 @@ class EmbeddedStack:
     settings: Settings
     log_dir: Path | None = None  # None: workers log to this process's stderr
     simulator_options: dict[str, object] = field(default_factory=dict)
-    broker: EmbeddedBroker | None = field(default=None, init=False)
+    broker_kind: BrokerKind = "tansu"
+    kafka_data_dir: Path | None = None  # broker_kind="kafka": the log directory (None: a temporary one)
+    bootstrap_servers: str | None = None  # a broker already running: start none
+    broker: StackBroker | None = field(default=None, init=False)
     simulator: SimulatorProcess | None = field(default=None, init=False)
     workers: dict[str, WorkerProcess] = field(default_factory=dict, init=False)
 
     def start_services(self) -> None:
         """Broker and simulator; points the settings at them."""
-        broker_log = self.log_dir / "tansu.log" if self.log_dir else None
-        self.broker = EmbeddedBroker(log_path=broker_log).start()
+        update: dict[str, object] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.bootstrap_servers is None:  # our own broker: we know its kind, nothing to detect
+            update = {"bootstrap_servers": self._start_broker().bootstrap_servers, "broker_kind": self.broker_kind}
         sim_log = self.log_dir / "simulator.log" if self.log_dir else None
         self.simulator = SimulatorProcess(log_path=sim_log, **self.simulator_options).start()  # type: ignore[arg-type]
-        self.settings.kafka = self.settings.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap_servers})
+        self.settings.kafka = self.settings.kafka.model_copy(update=update)
         self.settings.api = self.simulator.api_settings(
             **self.settings.api.model_dump(exclude={"url", "token", "token_file"})
         )
+
+    def _start_broker(self) -> StackBroker:
+        log = self.log_dir / f"{self.broker_kind}.log" if self.log_dir else None
+        if self.broker_kind == "kafka":
+            self.broker = KafkaBroker(log_path=log, data_dir=self.kafka_data_dir).start()
+        else:
+            self.broker = EmbeddedBroker(log_path=log).start()
+        return self.broker
 
     def worker_env(self) -> dict[str, str]:
         """Environment that points a worker process at this stack (same names as production)."""
@@ -60,11 +84,15 @@ class EmbeddedStack:
         env = {
             "KP_ENV": self.settings.env,
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KAFKA_BROKER_KIND": kafka.broker_kind,
             "KAFKA_EVENTS_TOPIC": kafka.events_topic,
             "KAFKA_ENTITY_ROWS_TOPIC": kafka.entity_rows_topic,
             "KAFKA_RETRY_TOPIC": kafka.retry_topic,
             "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
             "KP_KAFKA__PARTITIONS": str(kafka.partitions),
+            "KP_ENRICH__GROUP_ID": self.settings.enrich.group_id,
+            "KP_WRITER__GROUP_ID": self.settings.writer.group_id,
+            "KP_RETRY__GROUP_ID": self.settings.retry.group_id,
             "CLAIMX_API_URL": api.url,
             "CLAIMX_API_TOKEN": token.get_secret_value() if token else "",
             "DELTA_TABLES_ROOT": self.settings.delta.tables_root,

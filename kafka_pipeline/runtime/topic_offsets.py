@@ -1,8 +1,9 @@
 """Where a topic ends and how far a consumer group got: the numbers behind lag and "drained".
 
-tansu's `end_offsets()` can answer with the base offset of the last record batch instead of
-the high watermark, so the high watermark is read by fetching that last batch: exact on tansu
-and on Kafka alike, and cheap (one batch per partition).
+On Apache Kafka the end is the broker's own end offset (ListOffsets, `end_offsets()`). Where
+`end_offsets()` can answer the base offset of the last record batch instead (tansu, see
+runtime/broker_capabilities.py), the high watermark is read by fetching that last batch: one
+batch per partition, exact.
 """
 
 from __future__ import annotations
@@ -10,14 +11,26 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.runtime.broker_capabilities import resolve_capabilities
 from kafka_pipeline.runtime.kafka import make_consumer
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """The topic's partitions, asking the broker when this client has no metadata for it yet
+    (on Apache Kafka a fresh consumer that subscribed to nothing may know no topics yet)."""
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka offers no public refresh
+        partitions = consumer.partitions_for_topic(topic)
+    return sorted(partitions or ())
 
 
 async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float = 5.0) -> dict[int, int]:
     """Partition -> offset after the last record (0 for an empty partition)."""
+    capabilities = await resolve_capabilities(kafka)
     consumer = make_consumer(kafka, group_id=None, client_id=f"hw-{uuid.uuid4().hex[:6]}")
     try:
         await consumer.start()
@@ -25,16 +38,14 @@ async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float 
         await consumer.stop()  # a consumer that failed to start still holds a client to close
         raise
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka offers no public refresh
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
         if not tps:
             return {}
         consumer.assign(tps)
         reported = await consumer.end_offsets(tps)
         marks = {tp.partition: reported[tp] for tp in tps}
+        if capabilities.end_offsets_are_high_watermarks:
+            return marks
         pending = set()
         for tp in tps:
             if reported[tp] > 0:
@@ -64,9 +75,8 @@ async def committed_offsets(kafka: KafkaSettings, group_id: str, topic: str) -> 
     consumer = make_consumer(kafka, group_id=group_id, client_id=f"lag-{uuid.uuid4().hex[:6]}")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
         result: dict[int, int] = {}
-        for partition in sorted(partitions):
+        for partition in await topic_partitions(consumer, topic):
             committed = await consumer.committed(TopicPartition(topic, partition))
             result[partition] = committed or 0
         return result

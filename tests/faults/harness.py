@@ -1,8 +1,9 @@
-"""Drive the whole pipeline (EmbeddedStack: tansu, simulator, three worker processes) through one
-run of a generated stream, optionally with API faults and SIGKILLs, and collect what it left.
+"""Drive the whole pipeline (EmbeddedStack: the session's broker, a simulator, three worker
+processes) through one run of a generated stream, optionally with API faults and SIGKILLs, and
+collect what it left.
 
-`run_pipeline` is the one entry point: it starts a fresh stack (its own broker, simulator and
-tables folder), replays the stream, kills and restarts workers on a schedule, runs an optional
+`run_pipeline` is the one entry point: it starts a fresh stack on the given broker (topics and
+consumer groups of its own, its own simulator and tables folder), replays the stream, kills and restarts workers on a schedule, runs an optional
 `before_drain` step (look at the stack mid-run, then repair what the run broke), waits until the
 pipeline drained, stops the workers gracefully and returns a `PipelineRun` with the tables, the
 dead letters, the simulator's request counts and how often each worker was started.
@@ -27,7 +28,7 @@ from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.replay import replay
 from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.config import KafkaSettings, Settings, load_settings
 from kafka_pipeline.dlq.operations import DlqSnapshot, read_dlq
 from kafka_pipeline.embedded.stack import WORKER_COMMANDS, DrainStatus, EmbeddedStack
 from kafka_pipeline.errors import PermanentError
@@ -35,6 +36,7 @@ from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.events import MALFORMED_KINDS, generate_events, write_events
 from kafka_pipeline.writer.entity_writer import read_table
+from tests.fixtures.broker import unique_topics
 
 # Columns that record when the writer wrote a row, not what the stream said: the only ones
 # allowed to differ between two runs of the same stream.
@@ -52,8 +54,9 @@ API_RETRIES = 2  # in-process retries of one API call: 3 attempts in all
 def worker_env(**overrides: str) -> dict[str, str]:
     """Settings for every worker process of a test run (KP_<SECTION>__<FIELD> names).
 
-    - Session timeout 6 s: tansu holds a group join for about half of it, and a SIGKILLed
-      member is only evicted when it expires, so restarts cost seconds, not half a minute.
+    - Session timeout 6 s (the brokers' minimum): tansu holds a group join for about half of
+      it, and on either broker a SIGKILLed member is only evicted when it expires, so restarts
+      cost seconds, not half a minute.
     - Client timeout 1 s (the simulator's timeout fault hangs 2 s), short in-process backoff,
       delayed retries after 1, 2, 4, 8, 16 s.
     - Small, frequent writer flushes so a writer kill lands between Delta commits.
@@ -174,6 +177,7 @@ class PipelineRun:
     starts: dict[str, int]
     kills_done: list[tuple[float, str]]  # (seconds after replay start, worker) as they happened
     exit_codes: dict[str, int | None]
+    kafka: KafkaSettings  # the run's own topic names
     topic_messages: dict[str, int]  # messages on each topic at the end (events includes forwarded retries)
     seconds: float
     drained: DrainStatus | None = None  # every group's lag once the run drained (all zero)
@@ -222,10 +226,15 @@ class PipelineRun:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def stack_settings(tables_root: Path, partitions: int) -> Settings:
+def stack_settings(tables_root: Path, partitions: int, bootstrap_servers: str) -> Settings:
+    """Topics and group ids unique to one run: runs share the session's broker."""
     settings = load_settings()
     settings.delta = settings.delta.model_copy(update={"tables_root": str(tables_root)})
-    settings.kafka = settings.kafka.model_copy(update={"partitions": partitions})
+    settings.kafka = unique_topics(bootstrap_servers, partitions)
+    suffix = settings.kafka.events_topic.rsplit(".", 1)[-1]
+    settings.enrich = settings.enrich.model_copy(update={"group_id": f"{settings.enrich.group_id}.{suffix}"})
+    settings.writer = settings.writer.model_copy(update={"group_id": f"{settings.writer.group_id}.{suffix}"})
+    settings.retry = settings.retry.model_copy(update={"group_id": f"{settings.retry.group_id}.{suffix}"})
     return settings
 
 
@@ -234,6 +243,7 @@ async def run_pipeline(
     stream: Stream,
     workdir: Path,
     *,
+    bootstrap_servers: str,
     env: Mapping[str, str],
     worker_envs: Mapping[str, Mapping[str, str]] | None = None,
     simulator_faults: Mapping[str, object] | None = None,
@@ -244,7 +254,8 @@ async def run_pipeline(
     drain_timeout_s: float = 180.0,
     partitions: int = 6,
 ) -> PipelineRun:
-    """One full run of `stream` on a fresh stack; see the module docstring.
+    """One full run of `stream` on a fresh stack on the broker at `bootstrap_servers`; see the
+    module docstring.
 
     `env` goes to every worker, `worker_envs[command]` on top for one worker. `simulator_faults`
     are `SimulatorProcess` fault options (on top of BASE_SIMULATOR_OPTIONS). `kills` SIGKILL a
@@ -258,8 +269,11 @@ async def run_pipeline(
     log_dir.mkdir(exist_ok=True)
     events_file = workdir / "events.jsonl"
     write_events(events_file, stream.lines)
-    settings = stack_settings(workdir / "delta", partitions)
-    stack = EmbeddedStack(settings, log_dir=log_dir, simulator_options={**BASE_SIMULATOR_OPTIONS, **(simulator_faults or {})})
+    settings = stack_settings(workdir / "delta", partitions, bootstrap_servers)
+    stack = EmbeddedStack(
+        settings, log_dir=log_dir, simulator_options={**BASE_SIMULATOR_OPTIONS, **(simulator_faults or {})},
+        bootstrap_servers=bootstrap_servers,
+    )
     started = time.monotonic()
     kills_done: list[tuple[float, str]] = []
     exit_codes: dict[str, int | None] = {}
@@ -310,6 +324,7 @@ async def run_pipeline(
         starts=starts,
         kills_done=kills_done,
         exit_codes=exit_codes,
+        kafka=settings.kafka,
         topic_messages=topic_messages,
         seconds=time.monotonic() - started,
         drained=drained,

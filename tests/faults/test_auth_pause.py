@@ -1,7 +1,7 @@
 """A rejected API token through the whole pipeline: the enrichment worker pauses, never
 dead-letters, and resumes once the operator fixes the token file, without a restart.
 
-One run (EmbeddedStack: tansu, the simulator, the three workers as child processes) of 1,000
+One run (EmbeddedStack: the session's broker, the simulator, the three workers as child processes) of 1,000
 events over 40 projects plus 30 malformed lines. The enrichment worker starts with
 CLAIMX_API_TOKEN_FILE naming a file that holds a wrong token. While it is rejected: the
 simulator answers 401s, /health/ready is 503 with `auth_failed`, the events' lag stays above 0
@@ -26,6 +26,7 @@ import pytest
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.simulator.app import make_token
 from tests.faults.harness import make_stream, reconciliation, run_pipeline, worker_env
+from tests.fixtures.broker import RunningBroker
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(120)
-def test_a_rejected_token_pauses_the_pipeline_until_the_token_file_is_fixed(tmp_path: Path) -> None:
+def test_a_rejected_token_pauses_the_pipeline_until_the_token_file_is_fixed(tmp_path: Path, broker: RunningBroker) -> None:
     stream = make_stream(EVENTS, PROJECTS, STREAM_SEED, MALFORMED)
     token_file = tmp_path / "claimx-token"
     token_file.write_text(make_token("claimx", "an-expired-password"))
@@ -74,6 +75,7 @@ def test_a_rejected_token_pauses_the_pipeline_until_the_token_file_is_fixed(tmp_
             "auth-pause",
             stream,
             tmp_path / "run",
+            bootstrap_servers=broker.bootstrap_servers,
             env=worker_env(KP_API__AUTH_PROBE_INTERVAL_S=str(PROBE_INTERVAL_S)),
             worker_envs={
                 "enrich": {

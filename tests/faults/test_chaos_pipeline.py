@@ -1,8 +1,9 @@
 """Failures are routine: the whole pipeline under API faults, worker crashes and malformed input.
 
 Two runs of one generated stream (2,000 events over 60 projects plus 200 malformed lines), each
-on its own EmbeddedStack (tansu broker, ClaimX API simulator, enrichment worker, entity writer
-and retry scheduler as child processes, Delta tables in a temp folder):
+on its own EmbeddedStack (the session's broker with topics of the run's own, ClaimX API
+simulator, enrichment worker, entity writer and retry scheduler as child processes, Delta tables
+in a temp folder):
 
 - the *baseline*: no faults, no kills;
 - the *chaos* run: the simulator fails about a quarter of the requests (500/503, 429 with
@@ -52,6 +53,7 @@ from tests.faults.harness import (
     table_differences,
     worker_env,
 )
+from tests.fixtures.broker import RunningBroker
 
 pytestmark = pytest.mark.slow
 
@@ -89,20 +91,23 @@ def stream() -> Stream:
 
 
 @pytest.fixture(scope="module")
-def baseline(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    run = asyncio.run(run_pipeline("baseline", stream, tmp_path_factory.mktemp("baseline"), env=worker_env()))
+def baseline(stream: Stream, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    run = asyncio.run(
+        run_pipeline("baseline", stream, tmp_path_factory.mktemp("baseline"), bootstrap_servers=broker.bootstrap_servers, env=worker_env())
+    )
     print(f"\nbaseline run: {run.seconds:.0f}s, {run.simulator_stats.get('total')} API requests, logs in {run.log_dir}")
     return run
 
 
 @pytest.fixture(scope="module")
-def chaos(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
+def chaos(stream: Stream, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
     kills = kill_schedule(random.Random(CHAOS_SEED), KILLED_WORKERS, KILLS_PER_WORKER, *KILL_WINDOW_S)
     run = asyncio.run(
         run_pipeline(
             "chaos",
             stream,
             tmp_path_factory.mktemp("chaos"),
+            bootstrap_servers=broker.bootstrap_servers,
             env=worker_env(),
             simulator_faults=FAULTS,
             kills=kills,
@@ -137,7 +142,7 @@ def test_faults_and_kills_really_happened(chaos: PipelineRun) -> None:
     assert [worker for _, worker in chaos.kills_done].count("write") == KILLS_PER_WORKER
     assert chaos.starts == {"enrich": 1 + KILLS_PER_WORKER, "write": 1 + KILLS_PER_WORKER, "retry-scheduler": 1}
     # Transient failures that outlived the in-process retries took the delayed-retry path.
-    assert chaos.topic_messages["claimx.retry"] > 0, chaos.topic_messages
+    assert chaos.topic_messages[chaos.kafka.retry_topic] > 0, chaos.topic_messages
     # After all that, the last incarnations stop cleanly on SIGTERM.
     assert chaos.exit_codes == {"enrich": 0, "write": 0, "retry-scheduler": 0}, chaos.exit_codes
 
@@ -164,7 +169,7 @@ def test_every_malformed_message_is_dead_lettered_with_its_reason(chaos: Pipelin
         assert value in injected, f"a message that is not one of the malformed lines was dead-lettered: {letters[0]}"
         found[value] += 1
         for letter in letters:
-            assert letter.original_topic == "claimx.events"
+            assert letter.original_topic == chaos.kafka.events_topic
             assert letter.error_category == "permanent", letter
             assert letter.error_type == "MalformedEvent", letter
             assert letter.attempts == 1, letter
