@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from kafka_pipeline.claimx.replay import replay
+from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import KafkaSettings, Settings
@@ -107,7 +108,7 @@ def running(broker: EmbeddedBroker, simulator: SimulatorProcess, redis_server: R
             stack.start_worker(component, env={**env, "KP_WORKER__HTTP_PORT": str(ports[component])})
         prometheus_url = f"http://127.0.0.1:{prometheus[1]}"
         _wait_until_scraped(prometheus_url)  # counters seen at 0 first, so increase() sees the dead letters below
-        asyncio.run(replay(settings.kafka, [bundled_sample()], progress=False))
+        asyncio.run(replay(settings.kafka, FileSource([bundled_sample()]), progress=False))
         _produce(settings.kafka, settings.kafka.events_topic, [b"{not json"])  # dead-lettered by the enrichment worker
         _produce(settings.kafka, settings.kafka.entity_rows_topic, [b'{"rows": 1}'])  # dead-lettered by the writer
         replayed = time.monotonic()

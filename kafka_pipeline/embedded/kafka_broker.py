@@ -207,6 +207,9 @@ class KafkaBroker:
             "share.coordinator.state.topic.min.isr=1",
             # the first member of a group gets its partitions at once
             "group.initial.rebalance.delay.ms=0",
+            # records up to 8 MiB, as clusters that raised the 1 MiB default take (the hostile-input
+            # suite sends multi-megabyte events; the workers' own messages stay under 1 MB)
+            "message.max.bytes=8388608",
         ]
         if self.sasl_ssl:
             assert self.tls is not None

@@ -26,6 +26,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -106,7 +107,7 @@ def stream() -> Stream:
 
 
 @pytest.fixture(scope="module")
-def runs(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineRun, PipelineRun, list[Sent]]:
+def runs(stream: Stream, tmp_path_factory: pytest.TempPathFactory, broker: Any) -> tuple[PipelineRun, PipelineRun, list[Sent]]:
     """The clean and the hostile run, side by side (each has its own broker, simulator and
     workers; both spend most of their time waiting on group joins and polls)."""
     sent: list[Sent] = []
@@ -118,7 +119,7 @@ def runs(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipe
     workdirs = {name: tmp_path_factory.mktemp(name) for name in ("clean", "hostile")}  # not thread-safe: made here
 
     def one(name: str, during_replay=None) -> PipelineRun:  # noqa: ANN001
-        return asyncio.run(run_pipeline(name, stream, workdirs[name], env=worker_env(), simulator_faults=SIMULATOR,
+        return asyncio.run(run_pipeline(name, stream, workdirs[name], bootstrap_servers=broker.bootstrap_servers, env=worker_env(), simulator_faults=SIMULATOR,
                                         replay_rate=REPLAY_RATE, partitions=3, during_replay=during_replay))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
