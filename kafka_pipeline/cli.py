@@ -20,19 +20,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def command_modules() -> list[ModuleType]:
-    found = [importlib.import_module(f"{commands.__name__}.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+def command_modules(name: str | None = None) -> list[ModuleType]:
+    """Every command module, or only the one for command `name` when it has its own module
+    (`retry-scheduler` -> commands/retry_scheduler.py): running one command imports only what it needs."""
+    available = {m.name for m in pkgutil.iter_modules(commands.__path__)}
+    chosen = sorted(available)
+    if name is not None and name.replace("-", "_") in available:
+        chosen = [name.replace("-", "_")]
+    found = [importlib.import_module(f"{commands.__name__}.{module}") for module in chosen]
     return sorted((m for m in found if hasattr(m, "NAME")), key=lambda m: m.NAME)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[ModuleType]) -> argparse.ArgumentParser:
     parser = _Parser(prog="kafka-pipeline", description="ClaimX events enrichment pipeline: Kafka -> ClaimX API -> Delta Lake.",
                      epilog="'kafka-pipeline COMMAND --help' tells more about a command.",
                      formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=26, width=88))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in command_modules():  # one short HELP line per command here; DESCRIPTION in the command's --help
+    for module in modules:  # one short HELP line per command here; DESCRIPTION in the command's --help
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.DESCRIPTION)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
@@ -40,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the first argument names the command: only its module is imported (`--help` and typos get all)
+    named = argv[0] if argv and not argv[0].startswith("-") else None
+    modules = command_modules(named)
+    if named is None or [m.NAME for m in modules] != [named]:
+        modules = command_modules()
+    args = build_parser(modules).parse_args(argv)
     # aiokafka logs every failed connection attempt; a command reports the outcome in one line.
     # Long-running workers turn its warnings back on in configure_logging.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

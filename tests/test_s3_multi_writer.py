@@ -93,7 +93,7 @@ async def test_writers_killed_at_random_on_s3_equal_one_clean_writer(
     stream = build_stream(seed=40 + writers, events=40)
     group = f"multi-{uuid.uuid4().hex[:8]}"
     env = _writer_env(kafka_settings, s3_root.uri, group, KP_DELTA__STORAGE_OPTIONS=json.dumps(dict(s3_root.storage_options)),
-                      KP_WRITER__MAX_ROWS="20", KP_WRITER__MAX_LATENCY_S="0.2")
+                      KP_WRITER__MAX_ROWS="40", KP_WRITER__MAX_LATENCY_S="0.3")
     procs = [_Writer(f"writer-{i}", env, tmp_path / f"writer-{i}.log") for i in range(writers)]
     rng = random.Random(20261201 + writers)
     try:

@@ -361,7 +361,7 @@ class EntityWriter:
             self._last_flush_ok = False
             self._last_flush_error = f"{type(exc).__name__}: {_one_line(exc)}"
             self._retry_at = time.monotonic() + backoff_delay(
-                self._flush_failures, self.settings.writer.flush_retry_base_s, self.settings.writer.flush_retry_max_s
+                self._flush_failures, self.settings.writer.flush_retry_base_s, self.settings.writer.flush_retry_max_s, floor=0.5
             )
             self.metrics.flushes.labels("error").inc()
             log.error("flush failed; batch kept for retry", error=self._last_flush_error, messages=len(batch), failures=self._flush_failures)
