@@ -25,6 +25,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import FIELD_ALIASES, parse_event
 from kafka_pipeline.config import Settings, WorkerSettings
 from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.retry.routing import trusted_retry
 from kafka_pipeline.runtime.dead_letter import (
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
@@ -57,7 +58,9 @@ def dead_letter(record: RecordView, error: PermanentError, trace_id: str | None)
     assert route.outcome == "dead_lettered" and route.topic == SETTINGS.kafka.dlq_topic
     assert route.value is not None and len(route.value) + len(route.key or b"") <= MAX_DLQ_MESSAGE_BYTES
     letter = DeadLetter.from_bytes(route.value)
-    assert letter.original_topic == "claimx.events" and letter.attempts == 1
+    # headers that read as the scheduler's own (consistent target, attempt and earlier position) count
+    trusted = trusted_retry(record.headers, record, SETTINGS.retry.delays_s)
+    assert letter.original_topic == "claimx.events" and letter.attempts == (1 if trusted is None else trusted.attempt + 1)
     if letter.truncated:
         assert record.value is not None and letter.value_sha256 == hashlib.sha256(record.value).hexdigest()
     else:

@@ -265,7 +265,7 @@ async def test_redis_outage_is_routine(redis_server: RedisServer, outage_workers
     redis_server.stop()
     durations = await asyncio.gather(*(timed(cache, pid) for cache in workers for pid in during for _ in range(3)))
     # No call waits on Redis longer than about one socket timeout (plus the 10 ms load).
-    assert max(durations) < SOCKET_TIMEOUT_S + 0.25, max(durations)
+    assert max(durations) < SOCKET_TIMEOUT_S + 0.5, max(durations)  # one timeout (plus a loaded machine's slack), never several
     # At most one load per worker per project while the tiers are apart.
     assert all(api.calls[pid] <= 3 for pid in during)
     # Projects verified before the outage are still in-process hits.
@@ -305,7 +305,7 @@ async def test_a_hung_redis_costs_at_most_one_socket_timeout(redis_server: Redis
     os.kill(pid, signal.SIGSTOP)  # accepts connections (kernel backlog) but never answers
     try:
         durations = await asyncio.gather(*(timed(cache, f"h{i}") for cache in workers for i in range(40)))
-        assert max(durations) < SOCKET_TIMEOUT_S + 0.25, max(durations)
+        assert max(durations) < SOCKET_TIMEOUT_S + 0.5, max(durations)  # one timeout (plus a loaded machine's slack), never several
         assert all(count <= 3 for count in api.calls.values())
         await eventually(lambda: all(c.stats().redis_state == "down" for c in workers), timeout_s=3.0)
         # With the circuit open nothing waits on Redis at all.
