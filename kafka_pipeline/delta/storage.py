@@ -8,7 +8,7 @@ table exists, so nothing assumes a folder where a URI is allowed.
 Safe commits. delta-rs commits version N of a table on S3 by a conditional PUT of
 `_delta_log/N.json` (`If-None-Match: *`): of two writers committing the same version, exactly
 one succeeds and the other sees a conflict and retries on the new version. AWS S3, MinIO and
-Cloudflare R2 support it. `AWS_S3_ALLOW_UNSAFE_RENAME=true` switches that off for a plain
+Cloudflare R2 support it. Setting `AWS_S3_ALLOW_UNSAFE_RENAME` switches that off for a plain
 overwrite-prone write, where two writers can both "commit" version N and one's rows are lost
 without an error. `check_commit_safety` refuses it unless the operator acknowledged that only
 one writer ever runs (`delta.single_writer_acknowledged`).

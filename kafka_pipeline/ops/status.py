@@ -224,15 +224,15 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
     due: int | None = None
     scanned = 0
     try:
-        todo = {TopicPartition(group.topic, p.partition): p for p in group.partitions if p.lag}
-        consumer.assign(list(todo))
-        for tp, part in todo.items():
+        lagging = {TopicPartition(group.topic, p.partition): p for p in group.partitions if p.lag}
+        consumer.assign(list(lagging))
+        for tp, part in lagging.items():
             consumer.seek(tp, part.committed or 0)
         deadline = time.monotonic() + 2.0
-        while todo and scanned < MAX_RETRY_SCAN and time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(*todo, timeout_ms=200)).items():
+        while lagging and scanned < MAX_RETRY_SCAN and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(*lagging, timeout_ms=200)).items():
                 for record in records:
-                    if record.offset >= todo[tp].end:
+                    if record.offset >= lagging[tp].end:
                         break
                     scanned += 1
                     try:
@@ -240,9 +240,9 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
                     except InvalidRetryHeaders:
                         continue  # the scheduler dead-letters it as soon as it reads it
                     due = at if due is None else min(due, at)
-                if records and records[-1].offset + 1 >= todo[tp].end:
+                if records and records[-1].offset + 1 >= lagging[tp].end:
                     consumer.pause(tp)
-                    del todo[tp]
+                    del lagging[tp]
     finally:
         await consumer.stop()
     next_due = datetime.fromtimestamp(due / 1000, tz=UTC) if due is not None else None
