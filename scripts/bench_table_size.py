@@ -133,6 +133,7 @@ def merge(name: str, root: str, size: int, flushes: int, batch_rows: int, us_per
         args = argparse.Namespace(existing_rows=size, rows=flushes * batch_rows, batch_rows=batch_rows, update_fraction=updates,
                                   hot_fraction=0.05, minimal_fraction=0.2)
         batches = bench_writer.stream(args)
+    writer.ensure()  # a long-running writer opens its tables once, not per flush
     seconds = []
     for batch in batches:
         started = time.perf_counter()

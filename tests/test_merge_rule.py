@@ -211,6 +211,34 @@ def test_combine_folds_a_batch_per_key() -> None:
     assert (m2["file_name"], m2["latitude"], m2["trace_id"]) == ("c.jpg", None, "t3")
 
 
+def test_a_batch_of_new_keys_resolves_as_the_general_rule_does() -> None:
+    """No stored clocks takes a shorter path; it must agree with the general rule (forced here
+    by a stored clock row of an unrelated key)."""
+    spec = TABLES["claimx_media"]
+    schema = merge_rule.input_schema(spec)
+    data = {name: [None] * 4 for name in schema.names}
+    data.update(
+        media_id=["m1", "m1", "m2", "m3"],
+        file_name=["a.jpg", None, "c.jpg", None],
+        latitude=[1.0, None, None, None],
+        trace_id=["t1", "t2", "t3", "t4"],
+        event_time=[T0 + timedelta(hours=h) for h in (1, 3, 1, 2)],
+        **{merge_rule.SEQ: [0, 1, 2, 3], merge_rule.APP: [APP] * 4, merge_rule.OFFSET: [0, 1, 2, 3]},
+    )
+    combined = merge_rule.combine(spec, pa.table(data, schema=schema))
+    unrelated = merge_rule.resolve(spec, combined.filter(pa.array([False, False, True])), None, T0).clock_rows
+    unrelated = unrelated.set_column(0, "media_id", pa.array(["elsewhere"]))
+    short = merge_rule.resolve(spec, combined, None, T0)
+    general = merge_rule.resolve(spec, combined, unrelated, T0)
+    assert short.clock_rows.to_pylist() == general.clock_rows.to_pylist()
+    assert short.source.to_pylist() == general.source.to_pylist()
+    m1 = next(row for row in short.clock_rows.to_pylist() if row["media_id"] == "m1")
+    assert m1["latitude"] == T0 + timedelta(hours=1)  # older than the row's newest event: kept
+    assert m1["file_name"] == T0 + timedelta(hours=1)
+    m3 = next(row for row in short.clock_rows.to_pylist() if row["media_id"] == "m3")
+    assert m3["file_name"] == merge_rule.NO_VALUE  # the column holds null
+
+
 # -- the property: order, duplication and batching do not matter ------------------------------
 
 COLUMN_VALUES: dict[str, st.SearchStrategy[Any]] = {

@@ -169,32 +169,46 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
     so replaying rows the tables already hold older values for is a no-op.
     """
     keys = list(spec.merge_keys)
-    stored = aligned_clocks(spec, combined, clocks)  # row i: the stored clocks of combined's key i
-
     null_us = _typed_null(pa.int64())
     src_row_us = combined["event_time"]
-    old_row_us = pc.cast(stored["event_time"], pa.int64())  # null: a new key
-    newest = pc.or_kleene(pc.is_null(old_row_us), pc.greater_equal(src_row_us, old_row_us))
-    new_row_us = pc.max_element_wise(src_row_us, old_row_us)  # skips the null of a new key
-    any_taken = newest
-
     clock_columns: dict[str, pa.ChunkedArray] = {}
     source_columns: dict[str, pa.ChunkedArray] = {}
-    for name in spec.value_columns:
-        cell = pc.cast(stored[name], pa.int64())
-        # The stored value's event time: null when the key is new or the column holds null.
-        old_us = pc.if_else(pc.is_null(cell), old_row_us, pc.if_else(pc.equal(cell, _NO_VALUE_SCALAR), null_us, cell))
-        src_us = combined[_CLOCK + name]
-        # never null: a null source is False, a null stored value is True
-        taken = pc.and_kleene(pc.is_valid(src_us), pc.or_kleene(pc.is_null(old_us), pc.greater_equal(src_us, old_us)))
-        any_taken = pc.or_(any_taken, taken)
-        new_us = pc.if_else(taken, src_us, old_us)
-        clock_columns[name] = pc.if_else(
-            pc.is_null(new_us), _NO_VALUE_SCALAR, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
-        )
-        source_columns[name] = pc.if_else(taken, combined[name], _typed_null(combined.schema.field(name).type))
+    all_new = clocks is None or clocks.num_rows == 0
+    if all_new:
+        # No key has a history: every non-null value wins and every key changes (the same
+        # result as the general rule below with all stored clocks null, in a third of the work).
+        newest = pa.chunked_array([pa.repeat(pa.scalar(True), combined.num_rows)])
+        new_row_us = src_row_us
+        any_taken = newest
+        for name in spec.value_columns:
+            src_us = combined[_CLOCK + name]
+            clock_columns[name] = pc.if_else(
+                pc.is_null(src_us), _NO_VALUE_SCALAR, pc.if_else(pc.equal(src_us, new_row_us), null_us, src_us)
+            )
+            source_columns[name] = combined[name]
+    else:
+        stored = aligned_clocks(spec, combined, clocks)  # row i: the stored clocks of combined's key i
+        old_row_us = pc.cast(stored["event_time"], pa.int64())  # null: a new key
+        newest = pc.or_kleene(pc.is_null(old_row_us), pc.greater_equal(src_row_us, old_row_us))
+        new_row_us = pc.max_element_wise(src_row_us, old_row_us)  # skips the null of a new key
+        any_taken = newest
+        for name in spec.value_columns:
+            cell = pc.cast(stored[name], pa.int64())
+            # The stored value's event time: null when the key is new or the column holds null.
+            old_us = pc.if_else(pc.is_null(cell), old_row_us, pc.if_else(pc.equal(cell, _NO_VALUE_SCALAR), null_us, cell))
+            src_us = combined[_CLOCK + name]
+            # never null: a null source is False, a null stored value is True
+            taken = pc.and_kleene(pc.is_valid(src_us), pc.or_kleene(pc.is_null(old_us), pc.greater_equal(src_us, old_us)))
+            any_taken = pc.or_(any_taken, taken)
+            new_us = pc.if_else(taken, src_us, old_us)
+            clock_columns[name] = pc.if_else(
+                pc.is_null(new_us), _NO_VALUE_SCALAR, pc.if_else(pc.equal(new_us, new_row_us), null_us, new_us)
+            )
+            source_columns[name] = pc.if_else(taken, combined[name], _typed_null(combined.schema.field(name).type))
 
-    keep = lambda column: pc.filter(column, any_taken)  # noqa: E731 - local shorthand
+    def keep(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        return column if all_new else pc.filter(column, any_taken)
+
     changed_keys = {key: keep(combined[key]) for key in keys}
     clock_rows = pa.table(
         {
