@@ -17,7 +17,7 @@ runs (`TableMaintainer.run_once`, the deployment's settings) runs in its own thr
 Printed: flush-time percentiles of the first and the last thousand flushes (or tenth, for
 short runs), data files and log files per table, checkpoints, bytes written per row against the
 rows' own (Arrow) size, and a full read of `claimx_events` and `claimx_projects` (deltalake, and
-DuckDB's `delta_scan` when duckdb and its delta extension load) before and after a manual full
+DuckDB's `delta_scan` when duckdb and its delta extension load: `bash scripts/bootstrap.sh dev,bench`) before and after a manual full
 compaction. Goals (issue 13): p99 of the last thousand <= 1.5x the first thousand; a few hundred
 data files per table at most; checkpoints exist and old log files are gone; bytes per row <= 10x
 the row size; the analyst's read within 2x of the compacted read.
@@ -203,11 +203,18 @@ def analyst_reads(root: str) -> dict[str, float]:
 
 
 def duckdb_connection() -> Any:
+    """DuckDB with its Delta extension: from PyPI (`bootstrap.sh dev,bench`), else downloaded."""
     try:
         import duckdb  # noqa: PLC0415 - optional: only the benchmark reads through DuckDB
 
         connection = duckdb.connect()
-        connection.execute("INSTALL delta; LOAD delta;")
+        try:
+            import duckdb_extension_delta  # noqa: PLC0415 - the extension binary, as a wheel
+
+            folder = Path(duckdb_extension_delta.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+            connection.execute(f"LOAD '{folder / 'delta.duckdb_extension'}'")
+        except ImportError:
+            connection.execute("INSTALL delta; LOAD delta;")
         return connection
     except Exception as exc:  # noqa: BLE001 - no duckdb or no delta extension: report and go on
         print(f"(duckdb's delta reader unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
