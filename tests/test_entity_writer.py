@@ -38,6 +38,7 @@ from kafka_pipeline.delta import table_uri
 from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.writer.entity_writer import EntityWriter, app_id, read_table
+from tests.test_enrich_worker import until
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 SESSION_TIMEOUT_MS = 6_000
@@ -352,10 +353,7 @@ async def test_a_failing_table_keeps_the_batch_and_commits_nothing_until_it_heal
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        deadline = time.monotonic() + 30
-        while writer._flush_failures < 2:
-            assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.05)
+        await until(lambda: writer._flush_failures >= 2, task, 30)
         ready, details = writer._flush_ready()
         assert not ready and "claimx_media" in details["error"] and details["pending_rows"] > 0
         assert set((await committed(kafka_settings, group, ends)).values()) == {-1}  # nothing committed

@@ -43,6 +43,7 @@ from kafka_pipeline.delta.storage import (
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
 from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
 from tests.fixtures.s3 import S3Server
+from tests.test_enrich_worker import until
 from tests.test_entity_writer import (
     build_stream,
     committed,
@@ -328,10 +329,7 @@ async def test_rejected_credentials_one_clear_line_not_ready_no_tight_loop(
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        deadline = time.monotonic() + 30
-        while writer._flush_failures < 1:
-            assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.05)
+        await until(lambda: writer._flush_failures >= 1, task, 30)
         first_failure = time.monotonic()
         await asyncio.sleep(6)
         failures = writer._flush_failures
@@ -388,9 +386,7 @@ async def test_s3_outage_mid_run_retries_keeps_offsets_not_ready_then_recovers(
         more = await produce(kafka_settings, encoded(stream[half:]))
         ends = {p: max(first_ends.get(p, 0), more.get(p, 0)) for p in {*first_ends, *more}}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            while writer._flush_failures < 2:
-                assert time.monotonic() - outage_started < 30 and not task.done()
-                await asyncio.sleep(0.1)
+            await until(lambda: writer._flush_failures >= 2, task, 30)
             ready = await http.get("/health/ready")
             await asyncio.sleep(max(0.0, 6 - (time.monotonic() - outage_started)))
             observed["failures_during_outage"] = writer._flush_failures

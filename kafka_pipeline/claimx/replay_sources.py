@@ -191,26 +191,26 @@ class TopicSource:
     async def records(self) -> AsyncIterator[ReplayRecord]:
         consumer = self._consumer
         assert consumer is not None, "open() first"
-        todo = {TopicPartition(self.spec.topic, p): r for p, r in self.ranges.items() if r[0] < r[1]}
-        consumer.assign(list(todo))
-        for tp, (start, _) in todo.items():
+        unread = {TopicPartition(self.spec.topic, p): r for p, r in self.ranges.items() if r[0] < r[1]}
+        consumer.assign(list(unread))
+        for tp, (start, _) in unread.items():
             consumer.seek(tp, start)
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=500)
+        while unread:
+            batch = await consumer.getmany(*unread, timeout_ms=500)
             for tp, records in batch.items():
-                if tp not in todo:
+                if tp not in unread:
                     continue
-                stop = todo[tp][1]
+                stop = unread[tp][1]
                 for record in records:
                     if record.offset >= stop:
                         break
                     if record.value is not None:
                         yield record_of(record.value, record.key)
-            for tp in list(todo):
+            for tp in list(unread):
                 # the position, not the last record: offsets without a record (transaction
                 # markers, compacted away) still move it to the end
-                if await consumer.position(tp) >= todo[tp][1]:
-                    del todo[tp]
+                if await consumer.position(tp) >= unread[tp][1]:
+                    del unread[tp]
                     consumer.pause(tp)
 
     async def close(self) -> None:
