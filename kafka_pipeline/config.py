@@ -191,6 +191,11 @@ class WriterSettings(Section):
     # a failed flush is retried after an exponential backoff between these bounds
     flush_retry_base_s: float = Field(0.5, gt=0)
     flush_retry_max_s: float = Field(30.0, gt=0)
+    # A partition whose stored progress came from another log (a recreated topic, a new cluster,
+    # a fresh embedded broker) is refused unless this is set: then the new log is adopted and
+    # written from its first record (`kafka-pipeline write --adopt-new-log`; `run` sets it for
+    # the broker it starts itself).
+    adopt_new_log: bool = False
 
 
 class MaintenanceSettings(Section):

@@ -17,6 +17,8 @@ from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.simulator.events import generate_events, write_events
+from tests.test_entity_writer import table_contents
 
 
 def test_run_until_drained_writes_every_table(tmp_path: Path) -> None:
@@ -39,6 +41,46 @@ def test_run_until_drained_writes_every_table(tmp_path: Path) -> None:
     assert counts["claimx_events"] == len(handled)
     assert counts["claimx_projects"] == len({e.project_id for e in events})
     assert ["dead", "letters", "0"] in [line.split() for line in result.stdout.splitlines()]
+
+
+def run_embedded(tmp_path: Path, tables: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    logs = tmp_path / f"logs-{len(list(tmp_path.glob('logs-*')))}"
+    result = subprocess.run(
+        [sys.executable, "-m", "kafka_pipeline", "run", "--until-drained", "--timeout-s", "240",
+         "--tables-root", str(tables), "--log-dir", str(logs), *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + "".join(p.read_text()[-2000:] for p in logs.glob("*.log"))
+    return result
+
+
+def handled_events(path: Path) -> tuple[int, set[str]]:
+    """Events a handler takes (one claimx_events row each) and their project ids."""
+    events = [parse_event(line.encode()) for line in path.read_text().splitlines()]
+    handled = [e for e in events if handler_for(e.event_type) is not None]
+    return len({e.trace_id for e in handled}), {e.project_id for e in events}
+
+
+def test_a_second_run_on_the_same_tables_writes_every_row_of_both(tmp_path: Path) -> None:
+    """Each run's tansu log starts at offset 0 again: the writer adopts it knowingly instead of
+    skipping what the tables' progress of the first run covers. The same events again change nothing."""
+    tables = tmp_path / "delta"
+    run_embedded(tmp_path, tables)
+    second = tmp_path / "second.jsonl"
+    write_events(second, generate_events(300, 20, 11, first_project_id=6000001))
+    result = run_embedded(tmp_path, tables, "--events", str(second))
+    events_1, projects_1 = handled_events(bundled_sample())
+    events_2, projects_2 = handled_events(second)
+    counts = table_row_counts(str(tables), list(TABLES))
+    assert counts["claimx_events"] == events_1 + events_2
+    assert counts["claimx_projects"] == len(projects_1 | projects_2) == len(projects_1) + len(projects_2)
+    logs = sorted(tmp_path.glob("logs-*"))[-1]
+    assert "adopted a new log" in (logs / "write.log").read_text()
+    assert ["dead", "letters", "0"] in [line.split() for line in result.stdout.splitlines()]
+
+    before = table_contents(str(tables))
+    run_embedded(tmp_path, tables, "--events", str(second))
+    assert table_contents(str(tables)) == before
 
 
 def test_run_on_apache_kafka_keeps_the_topics_on_disk(tmp_path: Path) -> None:

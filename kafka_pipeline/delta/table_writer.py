@@ -88,6 +88,26 @@ class TableWriteResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _ProgressRecord:
+    """What every commit of one write records besides its data."""
+
+    offsets: Mapping[str, int]  # app id -> last offset of the flush
+    companions: Mapping[str, Mapping[str, int]]  # app id -> app transactions recorded with it
+    metadata: Mapping[str, str]  # custom commitInfo fields
+
+    def commit_properties(self, versions: Mapping[str, int | None]) -> CommitProperties:
+        """Every partition of the flush (with its companions), but never moving a table's
+        recorded offset backwards."""
+        transactions = []
+        for app, offset in self.offsets.items():
+            held = versions.get(app)
+            if held is None or offset > held:
+                transactions.append(Transaction(app, offset))
+                transactions.extend(Transaction(other, version) for other, version in self.companions.get(app, {}).items())
+        return CommitProperties(app_transactions=transactions, custom_metadata=dict(self.metadata) or None)
+
+
 @dataclass
 class _Snapshot:
     table: DeltaTable
@@ -173,16 +193,57 @@ class DeltaTableWriter:
             result[app] = None if None in versions else min(v for v in versions if v is not None)
         return result
 
+    def stored_transactions(self, app_ids: list[str]) -> dict[str, dict[str, int | None]]:
+        """Per existing table (entity table, clock table) the version of each app id. Creates nothing."""
+        found: dict[str, dict[str, int | None]] = {}
+        for uri in (self.uri, self.clock_uri):
+            table = open_table(uri, self.storage_options)
+            if table is not None:
+                found[uri] = {app: table.transaction_version(app) for app in app_ids}
+        return found
+
+    def record_transactions(self, uris: list[str], transactions: Mapping[str, int], metadata: Mapping[str, str]) -> int:
+        """Commit `transactions` (app id -> version) to the tables at `uris` (this writer's entity
+        and/or clock table) in a commit that changes no data. Returns the commits made."""
+        commits = 0
+        for uri in uris:
+            table = open_table(uri, self.storage_options)
+            if table is None:
+                continue
+            table.create_write_transaction(
+                [],
+                mode="append",
+                schema=table.schema(),
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app, version) for app, version in transactions.items()],
+                    custom_metadata=dict(metadata),
+                ),
+            )
+            commits += 1
+        self._table = self._clocks = None  # open again on the next write, at the new version
+        return commits
+
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, rows: pa.Table, progress: Mapping[str, int], now: datetime | None = None) -> TableWriteResult:
+    def write(
+        self,
+        rows: pa.Table,
+        progress: Mapping[str, int],
+        now: datetime | None = None,
+        *,
+        companions: Mapping[str, Mapping[str, int]] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> TableWriteResult:
         """Merge `rows` (columns of `merge_rule.input_schema`) and record `progress`
-        (app id -> last offset of the flush) in both tables' commits."""
+        (app id -> last offset of the flush) in both tables' commits. `companions[app]`: more app
+        transactions recorded exactly when `app`'s offset is (the log it was read from, a
+        fingerprint of its record); `metadata`: custom commit metadata (Delta commitInfo)."""
         started = time.monotonic()
         now = now or datetime.now(UTC)
         result = TableWriteResult(self.spec.name, rows=rows.num_rows)
+        record = _ProgressRecord(progress, companions or {}, dict(metadata or {}))
         try:
-            self._write_retrying(rows, progress, now, result)
+            self._write_retrying(rows, record, now, result)
         except (OSError, DeltaError) as exc:
             # The store is down or refuses the credentials: one clear line instead of delta-rs's
             # multi-line chain (the caller keeps the batch and retries).
@@ -195,7 +256,7 @@ class DeltaTableWriter:
         result.seconds = time.monotonic() - started
         return result
 
-    def _write_retrying(self, rows: pa.Table, progress: Mapping[str, int], now: datetime, result: TableWriteResult) -> None:
+    def _write_retrying(self, rows: pa.Table, progress: _ProgressRecord, now: datetime, result: TableWriteResult) -> None:
         self.ensure()
         assert self._table is not None and self._clocks is not None
         attempt = 0
@@ -210,9 +271,9 @@ class DeltaTableWriter:
                     raise CommitConflict(f"{self.spec.name}: gave up after {attempt} conflicting commits: {exc}") from exc
                 time.sleep(backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s))
 
-    def _write_once(self, rows: pa.Table, progress: Mapping[str, int], now: datetime, result: TableWriteResult) -> None:
+    def _write_once(self, rows: pa.Table, progress: _ProgressRecord, now: datetime, result: TableWriteResult) -> None:
         assert self._table is not None and self._clocks is not None
-        apps = list(progress)
+        apps = list(progress.offsets)
         # Entity snapshot before clock snapshot: a concurrent writer commits clocks first, so any
         # entity change we can see has its clocks visible to the read below.
         main = self._snapshot(self._table, apps)
@@ -261,7 +322,7 @@ class DeltaTableWriter:
         result.commits += 1
         result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))  # type: ignore[call-overload]
 
-    def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: Mapping[str, int]) -> dict[str, object]:
+    def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
         return (
             clocks.table.merge(
                 rows,
@@ -270,14 +331,14 @@ class DeltaTableWriter:
                 target_alias=merge_rule.TARGET_ALIAS,
                 streamed_exec=self.streamed_exec,
                 writer_properties=self.writer_properties,
-                commit_properties=self._commit_properties(progress, clocks.versions),
+                commit_properties=progress.commit_properties(clocks.versions),
             )
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
         )
 
-    def _merge_entities(self, main: _Snapshot, source: pa.Table, progress: Mapping[str, int]) -> dict[str, object]:
+    def _merge_entities(self, main: _Snapshot, source: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
         expressions = self._expressions
         return (
             main.table.merge(
@@ -287,7 +348,7 @@ class DeltaTableWriter:
                 target_alias=merge_rule.TARGET_ALIAS,
                 streamed_exec=self.streamed_exec,
                 writer_properties=self.writer_properties,
-                commit_properties=self._commit_properties(progress, main.versions),
+                commit_properties=progress.commit_properties(main.versions),
             )
             .when_matched_update(expressions.updates)
             .when_not_matched_insert(expressions.inserts)
@@ -297,15 +358,6 @@ class DeltaTableWriter:
     def _snapshot(self, table: DeltaTable, apps: list[str]) -> _Snapshot:
         table.update_incremental()
         return _Snapshot(table, {app: table.transaction_version(app) for app in apps})
-
-    def _commit_properties(self, progress: Mapping[str, int], versions: Mapping[str, int | None]) -> CommitProperties:
-        """Every partition of the flush, but never moving a table's recorded offset backwards."""
-        transactions = [
-            Transaction(app, offset)
-            for app, offset in progress.items()
-            if versions.get(app) is None or offset > versions[app]  # type: ignore[operator]
-        ]
-        return CommitProperties(app_transactions=transactions)
 
     def _read_clocks(self, clocks: DeltaTable, keys: pa.Table) -> pa.Table:
         """The clock rows of `keys` (`merge_rule.key_table`: merge-key columns, event time range).

@@ -117,9 +117,16 @@ class EmbeddedStack:
         self.workers[name] = worker
         return worker
 
+    @property
+    def log_is_new(self) -> bool:
+        """The stack started its own broker on an empty log (tansu keeps topics in memory; Apache
+        Kafka without a data folder gets a temporary one): the tables' progress of an earlier run
+        came from another log, and this run's writer adopts the new one knowingly."""
+        return self.broker is not None and (self.broker_kind == "tansu" or self.kafka_data_dir is None)
+
     def start_workers(self) -> None:
         for command in WORKER_COMMANDS:
-            self.start_worker(command)
+            self.start_worker(command, env={"KP_WRITER__ADOPT_NEW_LOG": "true"} if command == "write" and self.log_is_new else None)
 
     async def drain_status(self) -> DrainStatus:
         kafka, s = self.settings.kafka, self.settings

@@ -46,6 +46,7 @@ from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.offset_tracker import OffsetTracker
 from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
 log = get_logger(__name__)
 
@@ -88,6 +89,7 @@ class ConsumerRuntime:
         self._last_turn = time.monotonic()  # the loop (or a poll while busy) last ran
         self._commit_lock = asyncio.Lock()
         self._app: ConsumerApp | None = None
+        self._settling: set[TopicPartition] = set()  # assigned, their callback still running
         commits = metric(spec.registry, Counter, "kafka_pipeline_offset_commits", "Offset commits by consumer group and result", ["group", "result"])
         self._commits_ok = commits.labels(spec.group_id, "ok")
         self._commits_failed = commits.labels(spec.group_id, "failed")
@@ -101,6 +103,11 @@ class ConsumerRuntime:
     def wake(self) -> None:
         """The app has room again (a slot freed, a flush went through)."""
         self._room_changed.set()
+
+    def rewind(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` again from `offset` (nothing of it may be in flight: the app gave it no room)."""
+        assert self.consumer is not None, "the runtime is not started"
+        self.consumer.seek(tp, offset)
 
     def require_producer(self) -> AIOKafkaProducer:
         assert self.producer is not None, "the runtime is not started"
@@ -220,6 +227,10 @@ class ConsumerRuntime:
         for tp, records in batches.items():
             if tp not in self.assigned:  # fetched just before a revoke: the next owner reads it
                 continue
+            if tp in self._settling:  # fetched while being assigned: read again once settled
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+                continue
             for record in records:
                 if tp not in self.assigned:  # revoked while admitting (a dead letter awaited)
                     break
@@ -311,7 +322,49 @@ class ConsumerRuntime:
         self.assigned |= assigned
         self.joined.set()
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-        await self._app.assigned(assigned)
+        # nothing of these partitions reaches the app before their position is checked and the
+        # app has taken them in (a fetch may return records while this callback awaits)
+        self._settling |= assigned
+        try:
+            await self._check_committed(assigned)
+            await self._app.assigned(assigned)
+        finally:
+            self._settling -= assigned
+
+    async def _check_committed(self, assigned: set[TopicPartition]) -> None:
+        """A committed offset outside the log (the log was truncated, recreated or went backwards)
+        is said once, with both offsets, and the partition is read from the log's start: what
+        Apache Kafka's reset would do silently, and what tansu would never do (it answers an
+        offset past the end with nothing, forever)."""
+        assert self.consumer is not None
+        committed: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            try:
+                offset = await self.consumer.committed(tp)
+            except KafkaError:
+                continue  # nothing to compare with: the fetch position stays the broker's
+            if offset is not None:
+                committed[tp] = offset
+        if not committed:
+            return
+        try:
+            starts = await self.consumer.beginning_offsets(list(committed))
+            ends: dict[str, dict[int, int]] = {}
+            for topic in {tp.topic for tp in committed}:
+                ends[topic] = await high_watermarks(self.kafka, topic)
+        except KafkaError as exc:
+            log.warning("partition bounds unknown; committed offsets not checked", error=f"{type(exc).__name__}: {exc}")
+            return
+        for tp, offset in committed.items():
+            start, end = starts[tp], ends[tp.topic].get(tp.partition, 0)
+            if start <= offset <= end:
+                continue
+            log.warning(
+                "committed offset out of range: the log " + ("went backwards" if offset > end else "no longer holds it")
+                + "; reading the partition from its start",
+                group=self.spec.group_id, partition=f"{tp.topic}[{tp.partition}]", committed=offset, log_start=start, log_end=end,
+            )
+            self.consumer.seek(tp, start)
 
     # --- observability -----------------------------------------------------------------------
 

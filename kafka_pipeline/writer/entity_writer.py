@@ -43,12 +43,14 @@ from kafka_pipeline.config import Settings
 from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, storage_error
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
+from kafka_pipeline.offsets.log_identity import record_fingerprint
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
 from kafka_pipeline.writer.maintenance import WriterMaintenance
 from kafka_pipeline.writer.table_freshness import TableFreshness
 
@@ -70,9 +72,18 @@ def table_properties(name: str) -> tuple[dict[str, str], dict[str, str]]:
     return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
 
 
-def app_id(group_id: str, topic: str, partition: int) -> str:
-    """The Delta app transaction id of one source partition of one consumer group."""
-    return f"{group_id}:{topic}:{partition}"
+def table_writers(settings: Settings) -> dict[str, DeltaTableWriter]:
+    """One writer per table of the contract, creating tables with the writer's properties."""
+    return {
+        name: DeltaTableWriter(
+            spec,
+            settings.delta.tables_root,
+            storage_options=settings.delta.storage_options,
+            configuration=table_properties(name)[0],
+            clock_configuration=table_properties(name)[1],
+        )
+        for name, spec in TABLES.items()
+    }
 
 
 def read_table(root: str, name: str, storage_options: Mapping[str, str] | None = None) -> pa.Table:
@@ -88,6 +99,7 @@ class _Batch:
     messages: list[tuple[Any, EntityRowsMessage]] = field(default_factory=list)
     undecodable: list[Letter] = field(default_factory=list)
     offsets: dict[TopicPartition, list[int]] = field(default_factory=dict)  # every offset of the batch
+    last: dict[TopicPartition, Any] = field(default_factory=dict)  # the last record of each partition
     rows: int = 0
     started: float | None = None  # monotonic time the oldest pending record arrived
 
@@ -102,6 +114,7 @@ class _Batch:
             self.started = time.monotonic()
         tp = TopicPartition(record.topic, record.partition)
         self.offsets.setdefault(tp, []).append(record.offset)
+        self.last[tp] = record
         try:
             if record.value is None:
                 raise ValueError("message has no value")
@@ -126,6 +139,7 @@ class _Batch:
                 kept.rows += message.row_count()
         kept.undecodable = [d for d in self.undecodable if TopicPartition(d.record.topic, d.record.partition) not in partitions]
         kept.offsets = {tp: o for tp, o in self.offsets.items() if tp not in partitions}
+        kept.last = {tp: r for tp, r in self.last.items() if tp not in partitions}
         return kept
 
 
@@ -150,6 +164,7 @@ def _one_line(exc: BaseException) -> str:
 class _Metrics:
     rows_written: Any
     rows_skipped: Any
+    records_skipped: Any
     commits: Any
     conflicts: Any
     flushes: Any
@@ -163,6 +178,10 @@ class _Metrics:
         metrics = cls(
             rows_written=metric(registry, Counter, "claimx_writer_rows_written", "Entity rows merged into a Delta table", ["table"]),
             rows_skipped=metric(registry, Counter, "claimx_writer_rows_skipped", "Entity rows skipped: the table already held their offsets", ["table"]),
+            records_skipped=metric(
+                registry, Counter, "claimx_writer_records_skipped",
+                "Entity-rows messages at or below the offset the tables already hold for their partition (a replayed range): skipped",
+            ),
             commits=metric(registry, Counter, "claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"]),
             conflicts=metric(registry, Counter, "claimx_writer_commit_conflicts", "Delta commits redone after a concurrent commit", ["table"]),
             flushes=metric(registry, Counter, "claimx_writer_flushes", "Flushes (batches) by outcome", ["outcome"]),
@@ -216,16 +235,14 @@ class EntityWriter:
                 before_scrape=[self.freshness.load_from_tables],
             ),
         )
-        self.writers = {
-            name: DeltaTableWriter(
-                spec,
-                settings.delta.tables_root,
-                storage_options=settings.delta.storage_options,
-                configuration=table_properties(name)[0],
-                clock_configuration=table_properties(name)[1],
-            )
-            for name, spec in TABLES.items()
-        }
+        self.writers = table_writers(settings)
+        self.progress = LogProgress(settings.kafka, self.group_id, self.topic, self.writers)
+        self._unverified: set[TopicPartition] = set()  # assigned, progress not checked against the log yet
+        self._refused: set[TopicPartition] = set()  # progress from another log: never consumed
+        self._stored: dict[TopicPartition, int] = {}  # the highest offset the tables hold, per trusted partition
+        self._verify_at = 0.0  # monotonic time an unverified partition is checked again
+        self._verify_failures = 0
+        self._verify_lock = asyncio.Lock()
         self.failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
@@ -241,6 +258,7 @@ class EntityWriter:
         self.rows_written = 0
         self.dead_lettered = 0
         self.messages_consumed = 0
+        self.records_skipped = 0
         self._cycle = _CycleTotals()
 
     @property
@@ -261,18 +279,24 @@ class EntityWriter:
         log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
 
     def room(self, tp: TopicPartition) -> int:
-        """Nothing new while a failed batch waits for its retry, or once the batch is full."""
-        if not self._last_flush_ok:
+        """Nothing new while a failed batch waits for its retry, or once the batch is full; nothing
+        of a partition whose stored progress is not (yet) known to come from the log it serves."""
+        if not self._last_flush_ok or tp in self._unverified or tp in self._refused:
             return 0
         return max(0, self.settings.writer.max_rows - self._batch.rows)
 
     async def add(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         self._consumed[tp] = record.offset + 1
+        if record.offset <= self._stored.get(tp, -1):  # a replayed range: the tables skip its rows
+            self.records_skipped += 1
+            self.metrics.records_skipped.inc()
         self._batch.add(record)
         self.messages_consumed += 1
         self.metrics.messages.inc()
 
     def poll_timeout_s(self) -> float:
+        if self._unverified:
+            return max(0.0, self._verify_at - time.monotonic())
         if not self._last_flush_ok:
             return max(0.0, self._retry_at - time.monotonic())
         if self._batch.started is None:
@@ -282,6 +306,8 @@ class EntityWriter:
     async def flush(self) -> bool:
         """Write the pending batch when the policy says so (or a failed one once its backoff passed)."""
         now = time.monotonic()
+        if self._unverified and now >= self._verify_at:
+            await self._verify()
         if self._last_flush_ok:
             writer = self.settings.writer
             if not should_flush(self._batch, max_rows=writer.max_rows, max_latency_s=writer.max_latency_s, now=now):
@@ -301,22 +327,69 @@ class EntityWriter:
                     self._batch = self._batch.without(partitions)
         for tp in partitions:
             self._consumed.pop(tp, None)
+        self._unverified -= partitions
+        self._refused -= partitions
+        for tp in partitions:
+            self._stored.pop(tp, None)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
-        if not partitions:
+        """Nothing of a new partition is consumed before its stored progress is checked against
+        the log the broker serves (`writer.log_progress`)."""
+        self._unverified |= partitions
+        self._verify_at = 0.0
+        if partitions:
+            await self._verify()
+
+    async def _verify(self) -> None:
+        """Check the unverified partitions: resume the trusted ones, adopt or refuse the others.
+        A broker or store that cannot answer now is asked again after a backoff. One check at a
+        time (the rebalance listener and the loop both call it)."""
+        if self._verify_lock.locked():
             return
-        apps = [app_id(self.group_id, tp.topic, tp.partition) for tp in partitions]
+        async with self._verify_lock:
+            await self._verify_locked()
+
+    async def _verify_locked(self) -> None:
+        pending = sorted(self._unverified, key=lambda tp: tp.partition)
+        if not pending:
+            return
+        adopt = self.settings.writer.adopt_new_log
+        loop = asyncio.get_running_loop()
         try:
-            progress = await asyncio.get_running_loop().run_in_executor(None, self._table_progress, apps)
-        except Exception as exc:  # noqa: BLE001 - informational only: every flush reads the tables again
+            verdicts = await self.progress.check([tp.partition for tp in pending])
+            refused = [v for v in verdicts if not v.trusted]
+            # the log the tables came from, as their commits name it: read before an adoption names the new one
+            previous = await loop.run_in_executor(None, lambda: [self.progress.stored_log(v) for v in refused])
+            if refused and adopt:
+                identity = self.progress.identity
+                assert identity is not None
+                await loop.run_in_executor(None, self.progress.adopt, refused, identity)
+        except Exception as exc:  # noqa: BLE001 - the partitions stay paused and are checked again
+            self._verify_failures += 1
+            self._verify_at = time.monotonic() + backoff_delay(self._verify_failures, 0.5, 15.0)
             plain = storage_error(exc, self.settings.delta.tables_root)
-            log.warning("tables unreadable at assignment", error=f"{type(plain or exc).__name__}: {_one_line(plain or exc)}")
+            log.warning("stored progress not checked yet; partitions wait", partitions=[tp.partition for tp in pending],
+                        error=f"{type(plain or exc).__name__}: {_one_line(plain or exc)}")
             return
-        log.info(
-            "tables hold",
-            partitions=sorted(tp.partition for tp in partitions),
-            tables_hold={app.rsplit(":", 1)[-1]: offsets for app, offsets in sorted(progress.items())},
-        )
+        self._verify_failures = 0
+        self._unverified -= set(pending)
+        for verdict, stored_log in zip(refused, previous, strict=True):
+            if adopt:
+                # from the log's first record, whatever the group committed on the log it replaced
+                self.runtime.rewind(TopicPartition(self.topic, verdict.partition), verdict.log.start)
+                log.warning(f"adopted a new log (--adopt-new-log): {self.progress.mismatch(verdict, stored_log)}; its records are written "
+                            "from the first", partition=verdict.partition)
+                continue
+            line = self.progress.refusal_line(verdict, stored_log)
+            self._refused.add(TopicPartition(self.topic, verdict.partition))
+            log.error(line)
+            if self.failure is None:
+                self.failure = LogChanged(line)
+        for verdict in verdicts:
+            if verdict.trusted and verdict.stored_offset is not None:
+                self._stored[TopicPartition(self.topic, verdict.partition)] = verdict.stored_offset
+        _log_resumed([v for v in verdicts if v.trusted], self.topic)
+        self.runtime.wake()
 
     async def drain(self, grace_s: float) -> None:
         """On stop: flush what is pending (retrying a failed batch a few times)."""
@@ -337,7 +410,16 @@ class EntityWriter:
         log.info("entity writer stopped", flushes=self.flushes, rows=self.rows_written, dlq=self.dead_lettered)
 
     def readiness(self) -> Mapping[str, ReadinessCheck]:
-        return {"flush": self._flush_ready}
+        return {"flush": self._flush_ready, "progress": self._progress_ready}
+
+    def _progress_ready(self) -> tuple[bool, dict[str, Any]]:
+        """Every assigned partition resumes on the log its stored progress came from."""
+        details = {
+            "refused_partitions": sorted(tp.partition for tp in self._refused),
+            "unchecked_partitions": sorted(tp.partition for tp in self._unverified),
+            "records_skipped": self.records_skipped,
+        }
+        return not self._refused and not self._unverified, details
 
     def _flush_ready(self) -> tuple[bool, dict[str, Any]]:
         return self._last_flush_ok, {"failures": self._flush_failures, "error": self._last_flush_error, "pending_rows": self._batch.rows}
@@ -390,8 +472,12 @@ class EntityWriter:
             except Exception as exc:  # noqa: BLE001 - one message's rows never fail the batch: it is dead-lettered
                 dead.append(Letter(record, type(exc).__name__, f"{type(exc).__name__}: {_one_line(exc)}", trace_id=message.trace_id))
         progress = {app_id(self.group_id, tp.topic, tp.partition): offset for tp, offset in batch.last_offsets().items()}
+        companions, metadata = self._log_record(batch)
         now = datetime.now(UTC)
-        futures = {name: self._pool.submit(self.writers[name].write, rows, progress, now) for name, rows in builder.tables().items()}
+        futures = {
+            name: self._pool.submit(self.writers[name].write, rows, progress, now, companions=companions, metadata=metadata)
+            for name, rows in builder.tables().items()
+        }
         results: dict[str, TableWriteResult] = {}
         errors: list[BaseException] = []
         for name, future in futures.items():
@@ -404,6 +490,18 @@ class EntityWriter:
         if errors:
             raise errors[0]
         return FlushResult(tables=results, dead=dead, messages=len(batch))
+
+    def _log_record(self, batch: _Batch) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+        """What each commit records with a partition's offset: the offset again under the log's
+        identity, and the fingerprint of the record at it (`writer.log_progress`)."""
+        identity = self.progress.identity
+        if identity is None:  # no partition was checked: nothing of the batch can be from a known log
+            return {}, {}
+        companions = {}
+        for tp, record in batch.last.items():
+            ids = progress_ids(self.group_id, tp.topic, tp.partition)
+            companions[ids.offset] = {ids.log(identity): record.offset, ids.record: record_fingerprint(record.timestamp, record.key, record.value)}
+        return companions, {LOG_METADATA_KEY: log_description(self.topic, identity)}
 
     def _record(self, result: FlushResult) -> None:
         self.flushes += 1
@@ -427,16 +525,6 @@ class EntityWriter:
             seconds=round(result.seconds, 3),
             tables={name: r.keys_changed for name, r in result.tables.items()},
         )
-
-    def _table_progress(self, apps: list[str]) -> dict[str, dict[str, int]]:
-        """Per app id, the last offset each table already holds (tables holding none left out).
-        Rows at or below these offsets are skipped by the table writers at flush time."""
-        held: dict[str, dict[str, int]] = {app: {} for app in apps}
-        for name, writer in self.writers.items():
-            for app, version in writer.transaction_versions(apps).items():
-                if version is not None:
-                    held[app][name] = version
-        return held
 
     # -- stats ------------------------------------------------------------------------------
 
@@ -463,15 +551,16 @@ class EntityWriter:
             self.metrics.lag.set(lag)
         log.info(
             f"Cycle {totals.cycle}: rows={totals.rows} (merged) | {totals.rate:.0f} rows/s | flushes={totals.flushes} | dlq={totals.dlq}"
-            f" | lag={'?' if lag is None else lag}",
+            f" | skipped={totals.skipped} | lag={'?' if lag is None else lag}",
             cycle=totals.cycle,
             rows=totals.rows,
             rows_per_s=round(totals.rate, 1),
             flushes=totals.flushes,
             dlq=totals.dlq,
+            skipped=totals.skipped,
             lag=lag,
             pending_rows=self._batch.rows,
-            **{IN_MESSAGE: ("cycle", "rows", "rows_per_s", "flushes", "dlq", "lag")},
+            **{IN_MESSAGE: ("cycle", "rows", "rows_per_s", "flushes", "dlq", "skipped", "lag")},
         )
 
 
@@ -481,6 +570,7 @@ class _CycleDelta:
     rows: int
     flushes: int
     dlq: int
+    skipped: int  # messages skipped as already written
     rate: float
 
 
@@ -492,6 +582,7 @@ class _CycleTotals:
     rows: int = 0
     flushes: int = 0
     dlq: int = 0
+    skipped: int = 0
     at: float = field(default_factory=time.monotonic)
 
     def advance(self, writer: EntityWriter) -> _CycleDelta:
@@ -502,10 +593,27 @@ class _CycleTotals:
             rows=writer.rows_written - self.rows,
             flushes=writer.flushes - self.flushes,
             dlq=writer.dead_lettered - self.dlq,
+            skipped=writer.records_skipped - self.skipped,
             rate=(writer.rows_written - self.rows) / max(now - self.at, 1e-9),
         )
-        self.rows, self.flushes, self.dlq, self.at = writer.rows_written, writer.flushes, writer.dead_lettered, now
+        self.rows, self.flushes, self.dlq, self.skipped, self.at = writer.rows_written, writer.flushes, writer.dead_lettered, writer.records_skipped, now
         return delta
+
+
+def _log_resumed(verdicts: list[Verdict], topic: str) -> None:
+    """One line for the partitions the tables resume (or start) on the log served now."""
+    if not verdicts:
+        return
+    held = ", ".join(f"{v.partition}@{'-' if v.stored_offset is None else v.stored_offset}" for v in verdicts)
+    log.info(f"tables resume {topic} (partition@offset held): {held}", log=log_description(topic, verdicts[0].log.identity))
+    for verdict in verdicts:
+        if verdict.legacy:
+            log.warning("stored progress predates log identities: taken as read from the log served now",
+                        partition=verdict.partition, offset=verdict.stored_offset)
+
+
+class LogChanged(WorkerFailed):
+    """A partition's stored progress came from another log than the one the broker serves."""
 
 
 class FlushFailed(WorkerFailed):
