@@ -276,6 +276,8 @@ def test_status_of_a_healthy_then_lagging_stack(running: Running) -> None:
     report = json.loads(healthy.stdout)
     assert all(group["lag"] == 0 and group["members"] for group in report["groups"]), report["groups"]
     assert all(worker["ready"] for worker in report["workers"]), report["workers"]
+    writer = next(w for w in report["workers"] if w["url"] == running.ops["write"])
+    assert writer["notes"] == ["0 records skipped as already written"], writer  # the writer's progress check, in words
     assert report["dlq"] == {"topic": kafka.dlq_topic, "not_replayed": 2, "by_category": {"permanent": 2}, "complete": True}
     counts = table_row_counts(settings.delta.tables_root, list(TABLES))
     assert {t["table"]: t["rows"] for t in report["tables"]} == counts and all(counts.values())

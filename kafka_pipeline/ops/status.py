@@ -100,6 +100,7 @@ class WorkerStatus:
     url: str
     ready: bool
     failing: list[str] = field(default_factory=list)  # readiness checks that fail, or why it did not answer
+    notes: list[str] = field(default_factory=list)  # what a writer says of its progress (records skipped, partitions refused)
 
 
 @dataclass
@@ -274,7 +275,23 @@ async def _worker(url: str) -> WorkerStatus:
         return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"])
     checks = body.get("checks", {}) if isinstance(body, dict) else {}
     failing = sorted(name for name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
-    return WorkerStatus(url, response.status_code == 200 and bool(body.get("ready")), failing)
+    return WorkerStatus(url, response.status_code == 200 and bool(body.get("ready")), failing, _progress_notes(checks.get("progress")))
+
+
+def _progress_notes(check: Any) -> list[str]:
+    """The writer's `progress` readiness check, in words (nothing for the other workers)."""
+    if not isinstance(check, dict):
+        return []
+    notes = []
+    skipped = check.get("records_skipped")
+    if isinstance(skipped, int) and not isinstance(skipped, bool):
+        notes.append(f"{skipped} records skipped as already written")
+    for key, words in (("refused_partitions", "partitions refused (another log: kafka-pipeline write --adopt-new-log --dry-run)"),
+                       ("unchecked_partitions", "partitions waiting for their progress check")):
+        partitions = check.get(key)
+        if isinstance(partitions, list) and partitions:
+            notes.append(f"{words}: {', '.join(str(p) for p in partitions[:16] if isinstance(p, int))}")
+    return notes
 
 
 def problems(status: Status) -> list[str]:
@@ -342,8 +359,8 @@ def format_status(status: Status) -> str:
     if status.workers:
         lines.append("")
         lines.append("workers")
-        rows = [(w.url, "ready" if w.ready else "NOT READY", ", ".join(w.failing)) for w in status.workers]
-        lines += _table(("ops url", "readiness", "failing"), rows, set())
+        rows = [(w.url, "ready" if w.ready else "NOT READY", ", ".join(w.failing), "; ".join(w.notes)) for w in status.workers]
+        lines += _table(("ops url", "readiness", "failing", "notes"), rows, set())
     lines.append("")
     if status.problems:
         lines.append(f"{len(status.problems)} problem(s):")

@@ -19,6 +19,11 @@ snapshot already records for their partition, so a flush redone after a crash be
 Delta commits and the Kafka commit writes nothing twice; the merge rule makes anything that is
 written twice (a replay under another consumer group) harmless too. Kafka offsets are committed
 only after all tables of a flush are committed; the dead letters of a flush are sent before.
+
+Those offsets are trusted only for the log they were read from: each commit also records the
+log's identity and a fingerprint of the partition's last record, and a newly assigned partition
+is consumed only once `writer.log_progress` found its stored progress to come from the log the
+broker serves (another log is refused, or adopted with `writer.adopt_new_log`).
 """
 
 from __future__ import annotations
