@@ -42,21 +42,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
 from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, storage_error
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.offsets.log_identity import record_fingerprint
+from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
 from kafka_pipeline.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
 from kafka_pipeline.writer.maintenance import WriterMaintenance
+from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
@@ -212,7 +213,7 @@ def should_flush(batch: _Batch, *, max_rows: int, max_latency_s: float, now: flo
     return batch.rows >= max_rows or now - (batch.started or now) >= max_latency_s
 
 
-class EntityWriter:
+class EntityWriter(ConsumerWorker):
     """Consumes `settings.kafka.entity_rows_topic` into the Delta tables under
     `settings.delta.tables_root`. `await run(stop)` until `stop` is set; then it flushes,
     commits and returns (FlushFailed if the last batch could not be written)."""
@@ -226,19 +227,15 @@ class EntityWriter:
         self.registry = registry or CollectorRegistry()
         self.metrics = _Metrics.on(self.registry)
         self.freshness = TableFreshness(self.registry, settings.delta.tables_root, TABLES, settings.delta.storage_options)
-        self.runtime = ConsumerRuntime(
-            settings.kafka,
-            settings.worker,
-            ConsumerSpec(
-                group_id=self.group_id,
-                topics=[self.topic],
-                ensure_topics=[self.topic, self.kafka.dlq_topic],
-                max_poll_records=settings.writer.max_poll_records,
-                stats_interval_s=settings.writer.stats_interval_s,
-                registry=self.registry,
-                made_by="write",
-                before_scrape=[self.freshness.load_from_tables],
-            ),
+        self.spec = ConsumerSpec(
+            group_id=self.group_id,
+            topics=[self.topic],
+            ensure_topics=[self.topic, self.kafka.dlq_topic],
+            max_poll_records=settings.writer.max_poll_records,
+            stats_interval_s=settings.writer.stats_interval_s,
+            registry=self.registry,
+            made_by="write",
+            before_scrape=[self.freshness.load_from_tables],
         )
         self.writers = table_writers(settings)
         self.progress = LogProgress(settings.kafka, self.group_id, self.topic, self.writers)
@@ -248,7 +245,6 @@ class EntityWriter:
         self._verify_at = 0.0  # monotonic time an unverified partition is checked again
         self._verify_failures = 0
         self._verify_lock = asyncio.Lock()
-        self.failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
         self._lock = asyncio.Lock()  # a flush vs. the rebalance listener's flush
@@ -268,19 +264,20 @@ class EntityWriter:
 
     @property
     def _assigned(self) -> set[TopicPartition]:
-        return self.runtime.assigned
+        return set() if self.handle is None else self.handle.assigned
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            await self.runtime.run(self, stop)
+            await run_app(self, self.settings, stop)
         finally:
             self._pool.shutdown(wait=True)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
-    async def start(self, runtime: ConsumerRuntime) -> None:
+    async def start(self, handle: RuntimeHandle) -> None:
+        await super().start(handle)
         # maintenance runs in the member that owns partition 0 (one per group, no lease needed)
-        self.maintenance.start(lambda: {tp.partition for tp in self.runtime.assigned})
+        self.maintenance.start(lambda: {tp.partition for tp in self._assigned})
         log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
 
     def room(self, tp: TopicPartition) -> int:
@@ -381,20 +378,19 @@ class EntityWriter:
         for verdict, stored_log in zip(refused, previous, strict=True):
             if adopt:
                 # from the log's first record, whatever the group committed on the log it replaced
-                self.runtime.rewind(TopicPartition(self.topic, verdict.partition), verdict.log.start)
+                self.require_handle().rewind(TopicPartition(self.topic, verdict.partition), verdict.log.start)
                 log.warning(f"adopted a new log (--adopt-new-log): {self.progress.mismatch(verdict, stored_log)}; its records are written "
                             "from the first", partition=verdict.partition)
                 continue
             line = self.progress.refusal_line(verdict, stored_log)
             self._refused.add(TopicPartition(self.topic, verdict.partition))
             log.error(line)
-            if self.failure is None:
-                self.failure = LogChanged(line)
+            self.require_handle().fail(LogChanged(line))
         for verdict in verdicts:
             if verdict.trusted and verdict.stored_offset is not None:
                 self._stored[TopicPartition(self.topic, verdict.partition)] = verdict.stored_offset
         _log_resumed([v for v in verdicts if v.trusted], self.topic)
-        self.runtime.wake()
+        self.require_handle().wake()
 
     async def drain(self, grace_s: float) -> None:
         """On stop: flush what is pending (retrying a failed batch a few times)."""
@@ -407,7 +403,7 @@ class EntityWriter:
                 return
             await asyncio.sleep(backoff_delay(attempt, self.settings.writer.flush_retry_base_s, 5.0))
         if len(self._batch):
-            self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
+            self.require_handle().fail(FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}"))
 
     async def close(self) -> None:
         await self.maintenance.stop()
@@ -442,7 +438,7 @@ class EntityWriter:
         try:
             result = await asyncio.get_running_loop().run_in_executor(None, self._write_batch, batch)
             if result.dead:
-                await self.runtime.require_dead_letters().send(result.dead, group=self.group_id)
+                await self.require_handle().dead_letters.send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
             self._flush_failures += 1
             self._last_flush_ok = False
@@ -456,13 +452,13 @@ class EntityWriter:
         self._batch = _Batch()
         for tp, offsets in batch.offsets.items():
             for offset in offsets:
-                self.runtime.done(tp, offset)
+                self.require_handle().done(tp, offset)
         result.seconds = time.monotonic() - started
         self._record(result)
         was_failing = not self._last_flush_ok
         self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
         if was_failing:
-            self.runtime.wake()
+            self.require_handle().wake()
         return True
 
     def _write_batch(self, batch: _Batch) -> FlushResult:
@@ -536,12 +532,11 @@ class EntityWriter:
     def lag(self) -> int | None:
         """Messages behind the high watermark over the assigned partitions (None: unknown yet),
         from the fetch responses' high watermark (tansu's end_offsets() can lag by a batch)."""
-        consumer = self.runtime.consumer
-        if consumer is None:
+        if self.handle is None:
             return None
         total, known = 0, False
-        for tp in list(self.runtime.assigned):
-            highwater = consumer.highwater(tp)
+        for tp in list(self.handle.assigned):
+            highwater = self.handle.highwater(tp)
             consumed = self._consumed.get(tp)
             if highwater is None or consumed is None:
                 continue
