@@ -353,7 +353,7 @@ async def test_a_failing_table_keeps_the_batch_and_commits_nothing_until_it_heal
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        await until(lambda: writer._flush_failures >= 2, task, 30)
+        await until(lambda: writer._retry.failures >= 2, task, 30)
         ready, details = writer._flush_ready()
         assert not ready and "claimx_media" in details["error"] and details["pending_rows"] > 0
         assert set((await committed(kafka_settings, group, ends)).values()) == {-1}  # nothing committed

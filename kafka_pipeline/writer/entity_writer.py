@@ -167,6 +167,36 @@ def _one_line(exc: BaseException) -> str:
 
 
 @dataclass
+class FlushRetry:
+    """A failed flush: kept pending and tried again after a growing backoff; consumption waits
+    meanwhile (`failing`: no room, the poll waits until the retry is due)."""
+
+    base_s: float
+    max_s: float
+    failures: int = 0
+    error: str | None = None
+    retry_at: float = 0.0  # monotonic time the failed batch is tried again
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        self.error = error
+        self.retry_at = time.monotonic() + backoff_delay(self.failures, self.base_s, self.max_s, floor=0.5)
+
+    def succeeded(self) -> bool:
+        """Back to normal; True when it was failing (consumption can resume)."""
+        was_failing = self.failing
+        self.failures, self.error = 0, None
+        return was_failing
+
+    def wait_s(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+
+@dataclass
 class _Metrics:
     rows_written: Any
     rows_skipped: Any
@@ -249,10 +279,7 @@ class EntityWriter(ConsumerWorker):
         self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
         self._lock = asyncio.Lock()  # a flush vs. the rebalance listener's flush
         self._batch = _Batch()
-        self._last_flush_ok = True
-        self._last_flush_error: str | None = None
-        self._flush_failures = 0
-        self._retry_at = 0.0  # monotonic time a failed flush is tried again
+        self._retry = FlushRetry(settings.writer.flush_retry_base_s, settings.writer.flush_retry_max_s)
         self._consumed: dict[TopicPartition, int] = {}  # next offset to consume, per partition (for the lag)
         # running totals (also the cycle-stats numbers)
         self.flushes = 0
@@ -283,7 +310,7 @@ class EntityWriter(ConsumerWorker):
     def room(self, tp: TopicPartition) -> int:
         """Nothing new while a failed batch waits for its retry, or once the batch is full; nothing
         of a partition whose stored progress is not (yet) known to come from the log it serves."""
-        if not self._last_flush_ok or tp in self._unverified or tp in self._refused:
+        if self._retry.failing or tp in self._unverified or tp in self._refused:
             return 0
         return max(0, self.settings.writer.max_rows - self._batch.rows)
 
@@ -299,8 +326,8 @@ class EntityWriter(ConsumerWorker):
     def poll_timeout_s(self) -> float:
         if self._unverified:
             return max(0.0, self._verify_at - time.monotonic())
-        if not self._last_flush_ok:
-            return max(0.0, self._retry_at - time.monotonic())
+        if self._retry.failing:
+            return self._retry.wait_s()
         if self._batch.started is None:
             return float("inf")
         return max(0.0, self.settings.writer.max_latency_s - (time.monotonic() - self._batch.started))
@@ -310,11 +337,11 @@ class EntityWriter(ConsumerWorker):
         now = time.monotonic()
         if self._unverified and now >= self._verify_at:
             await self._verify()
-        if self._last_flush_ok:
+        if not self._retry.failing:
             writer = self.settings.writer
             if not should_flush(self._batch, max_rows=writer.max_rows, max_latency_s=writer.max_latency_s, now=now):
                 return False
-        elif now < self._retry_at:
+        elif self._retry.wait_s() > 0:
             return False
         async with self._lock:
             return await self._flush_locked()
@@ -399,11 +426,11 @@ class EntityWriter(ConsumerWorker):
                 return
             async with self._lock:
                 await self._flush_locked()
-            if self._last_flush_ok:
+            if not self._retry.failing:
                 return
             await asyncio.sleep(backoff_delay(attempt, self.settings.writer.flush_retry_base_s, 5.0))
         if len(self._batch):
-            self.require_handle().fail(FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}"))
+            self.require_handle().fail(FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._retry.error}"))
 
     async def close(self) -> None:
         await self.maintenance.stop()
@@ -423,7 +450,7 @@ class EntityWriter(ConsumerWorker):
         return not self._refused and not self._unverified, details
 
     def _flush_ready(self) -> tuple[bool, dict[str, Any]]:
-        return self._last_flush_ok, {"failures": self._flush_failures, "error": self._last_flush_error, "pending_rows": self._batch.rows}
+        return not self._retry.failing, {"failures": self._retry.failures, "error": self._retry.error, "pending_rows": self._batch.rows}
 
     # -- flushing ---------------------------------------------------------------------------
 
@@ -432,7 +459,7 @@ class EntityWriter(ConsumerWorker):
         retried after a backoff, consumption paused meanwhile). True when offsets were finished."""
         batch = self._batch
         if not len(batch):  # nothing pending (a failed batch may have gone with a revoke)
-            self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
+            self._retry.succeeded()
             return False
         started = time.monotonic()
         try:
@@ -440,14 +467,9 @@ class EntityWriter(ConsumerWorker):
             if result.dead:
                 await self.require_handle().dead_letters.send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
-            self._flush_failures += 1
-            self._last_flush_ok = False
-            self._last_flush_error = f"{type(exc).__name__}: {_one_line(exc)}"
-            self._retry_at = time.monotonic() + backoff_delay(
-                self._flush_failures, self.settings.writer.flush_retry_base_s, self.settings.writer.flush_retry_max_s, floor=0.5
-            )
+            self._retry.failed(f"{type(exc).__name__}: {_one_line(exc)}")
             self.metrics.flushes.labels("error").inc()
-            log.error("flush failed; batch kept for retry", error=self._last_flush_error, messages=len(batch), failures=self._flush_failures)
+            log.error("flush failed; batch kept for retry", error=self._retry.error, messages=len(batch), failures=self._retry.failures)
             return False
         self._batch = _Batch()
         for tp, offsets in batch.offsets.items():
@@ -455,9 +477,7 @@ class EntityWriter(ConsumerWorker):
                 self.require_handle().done(tp, offset)
         result.seconds = time.monotonic() - started
         self._record(result)
-        was_failing = not self._last_flush_ok
-        self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
-        if was_failing:
+        if self._retry.succeeded():
             self.require_handle().wake()
         return True
 
