@@ -26,6 +26,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from kafka_pipeline.claimx.cache.warm import recent_project_ids
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.row_conversion import BatchBuilder
 from kafka_pipeline.claimx.schemas import PROJECTS, TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import ConfigError, KafkaSettings, Settings, WorkerSettings
@@ -41,7 +42,6 @@ from kafka_pipeline.delta.storage import (
 )
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
 from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
-from kafka_pipeline.writer.row_conversion import BatchBuilder
 from tests.fixtures.s3 import S3Server
 from tests.test_enrich_worker import until
 from tests.test_entity_writer import (
@@ -329,25 +329,28 @@ async def test_rejected_credentials_one_clear_line_not_ready_no_tight_loop(
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        await until(lambda: writer._retry.failures >= 1, task, 30)
+        # the tables cannot be read: the partitions' stored progress cannot be checked, so
+        # nothing is consumed; the check is tried again after a growing backoff
+        await until(lambda: writer._verify_failures >= 1, task, 30)
         first_failure = time.monotonic()
         await asyncio.sleep(6)
-        failures = writer._retry.failures
+        failures = writer._verify_failures
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             ready = await http.get("/health/ready")
         assert set((await committed(kafka_settings, group, ends)).values()) == {-1}  # nothing committed
+        assert writer.messages_consumed == 0
     finally:
         stop.set()
-        with pytest.raises(Exception, match="storage rejected the credentials"):  # FlushFailed: batch unwritten
-            await asyncio.wait_for(task, 60)
-    error = ready.json()["checks"]["flush"]["error"]
-    assert ready.status_code == 503
+        await asyncio.wait_for(task, 60)  # nothing was taken, nothing is left unwritten
+    progress = ready.json()["checks"]["progress"]
+    error = progress["error"]
+    assert ready.status_code == 503 and not progress["ready"] and progress["unchecked_partitions"]
     assert error.startswith("StorageCredentialsRejected: storage rejected the credentials for s3://") and "InvalidAccessKeyId" in error
     assert "\n" not in error and "not-a-key" not in error
-    assert 2 <= failures <= 5, f"{failures} flush attempts in {time.monotonic() - first_failure:.0f}s: backoff expected"
+    assert 2 <= failures <= 5, f"{failures} checks in {time.monotonic() - first_failure:.0f}s: backoff expected"
     logged = capsys.readouterr()
-    at_assignment = [line for line in (logged.out + logged.err).splitlines() if "tables unreadable at assignment" in line]
-    assert at_assignment and all("StorageCredentialsRejected: storage rejected the credentials" in line for line in at_assignment)
+    waiting = [line for line in (logged.out + logged.err).splitlines() if "stored progress not checked yet" in line]
+    assert waiting and all("StorageCredentialsRejected: storage rejected the credentials" in line for line in waiting)
     assert "Traceback" not in logged.out + logged.err
 
 

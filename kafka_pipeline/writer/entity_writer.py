@@ -274,6 +274,7 @@ class EntityWriter(ConsumerWorker):
         self._stored: dict[TopicPartition, int] = {}  # the highest offset the tables hold, per trusted partition
         self._verify_at = 0.0  # monotonic time an unverified partition is checked again
         self._verify_failures = 0
+        self._verify_error: str | None = None  # why the last check could not be made
         self._verify_lock = asyncio.Lock()
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
@@ -397,10 +398,11 @@ class EntityWriter(ConsumerWorker):
             self._verify_failures += 1
             self._verify_at = time.monotonic() + backoff_delay(self._verify_failures, 0.5, 15.0)
             plain = storage_error(exc, self.settings.delta.tables_root)
+            self._verify_error = f"{type(plain or exc).__name__}: {_one_line(plain or exc)}"
             log.warning("stored progress not checked yet; partitions wait", partitions=[tp.partition for tp in pending],
-                        error=f"{type(plain or exc).__name__}: {_one_line(plain or exc)}")
+                        error=self._verify_error, attempts=self._verify_failures)
             return
-        self._verify_failures = 0
+        self._verify_failures, self._verify_error = 0, None
         self._unverified -= set(pending)
         for verdict, stored_log in zip(refused, previous, strict=True):
             if adopt:
@@ -446,6 +448,7 @@ class EntityWriter(ConsumerWorker):
             "refused_partitions": sorted(tp.partition for tp in self._refused),
             "unchecked_partitions": sorted(tp.partition for tp in self._unverified),
             "records_skipped": self.records_skipped,
+            "error": self._verify_error,
         }
         return not self._refused and not self._unverified, details
 
