@@ -47,7 +47,6 @@ from deltalake import DeltaTable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
-from kafka_pipeline.claimx.row_conversion import BatchBuilder  # noqa: E402
 from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
 from kafka_pipeline.config import MaintenanceSettings  # noqa: E402
 from kafka_pipeline.delta.maintenance import maintain  # noqa: E402
@@ -57,6 +56,7 @@ from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri,
 from kafka_pipeline.runtime.logging import configure_logging  # noqa: E402
 from kafka_pipeline.writer.entity_writer import app_id, table_properties  # noqa: E402
 from kafka_pipeline.writer.maintenance import policy  # noqa: E402
+from kafka_pipeline.writer.row_conversion import BatchBuilder  # noqa: E402
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 APP_ID = app_id("claimx-writer", "claimx.entity_rows", 0)

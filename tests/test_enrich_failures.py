@@ -47,8 +47,8 @@ def event_line(pid: int, kind: str, second: int) -> str:
 
 
 async def ready(worker: EnrichmentWorker) -> httpx.Response:
-    assert worker.ops is not None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.ops.port}") as ops:
+    assert worker.ops_port is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.ops_port}") as ops:
         return await ops.get("/health/ready")
 
 
@@ -125,7 +125,7 @@ async def test_rejected_credentials_pause_consumption_until_the_token_file_is_fi
         await until(lambda: first.auth_failed, task)
         await asyncio.sleep(1.2)  # a few probes go by
         rejected = await ready(first)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.ops.port}") as ops:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.ops_port}") as ops:
             metrics = (await ops.get("/metrics")).text
         statuses = api.stats()["status"]
         assert 0 < first.counts.consumed <= 4 and first.counts.processed == 0  # paused at the first 401s

@@ -650,7 +650,7 @@ async def test_readiness_and_metrics_when_healthy(kafka_settings: KafkaSettings,
     worker = EnrichmentWorker(settings)
     async with running(worker) as task:
         await until(lambda: worker.counts.processed >= 20, task)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.ops.port}") as ops:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.ops_port}") as ops:
             ready = await ops.get("/health/ready")
             metrics = (await ops.get("/metrics")).text
             cache_stats = await ops.get("/cache/stats")

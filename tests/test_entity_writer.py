@@ -31,13 +31,13 @@ from aiokafka import TopicPartition
 from deltalake import write_deltalake
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch, parse_timestamp
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import DeltaSettings, KafkaSettings, Settings, WorkerSettings, WriterSettings, load_settings
 from kafka_pipeline.delta import table_uri
 from kafka_pipeline.runtime.dead_letter import DeadLetter
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.writer.entity_writer import EntityWriter, app_id, read_table
+from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch, parse_timestamp
 from tests.test_enrich_worker import until
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
@@ -353,7 +353,7 @@ async def test_a_failing_table_keeps_the_batch_and_commits_nothing_until_it_heal
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
     try:
-        await until(lambda: writer._flush_failures >= 2, task, 30)
+        await until(lambda: writer._retry.failures >= 2, task, 30)
         ready, details = writer._flush_ready()
         assert not ready and "claimx_media" in details["error"] and details["pending_rows"] > 0
         assert set((await committed(kafka_settings, group, ends)).values()) == {-1}  # nothing committed

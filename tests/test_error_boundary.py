@@ -181,7 +181,12 @@ async def test_retry_scheduler_dead_letters_whatever_a_message_raises(kafka_sett
         await produce_retries(kafka, messages)
         forwarded = await read_topic(kafka, kafka.events_topic, len(messages) - len(raising))
         dead = letters(await read_topic(kafka, kafka.dlq_topic, len(raising)))
-        await until(lambda: scheduler.runtime.tracker.committable() == {} and scheduler.runtime.rejected == 2, task)
+        rejected = lambda: scheduler.registry.get_sample_value(  # noqa: E731 - the error boundary's dead letters
+            "kafka_pipeline_dead_letters_total", {"group": settings.retry.group_id, "error_type": "KeyError"}
+        ) == 1 and scheduler.registry.get_sample_value(
+            "kafka_pipeline_dead_letters_total", {"group": settings.retry.group_id, "error_type": "OverflowError"}
+        ) == 1
+        await until(rejected, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

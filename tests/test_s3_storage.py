@@ -389,12 +389,12 @@ async def test_s3_outage_mid_run_retries_keeps_offsets_not_ready_then_recovers(
         more = await produce(kafka_settings, encoded(stream[half:]))
         ends = {p: max(first_ends.get(p, 0), more.get(p, 0)) for p in {*first_ends, *more}}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            await until(lambda: writer._flush_failures >= 2, task, 30)
+            await until(lambda: writer._retry.failures >= 2, task, 30)
             ready = await http.get("/health/ready")
             await asyncio.sleep(max(0.0, 6 - (time.monotonic() - outage_started)))
-            observed["failures_during_outage"] = writer._flush_failures
+            observed["failures_during_outage"] = writer._retry.failures
             observed["committed_during_outage"] = await committed(kafka_settings, group, ends)
-            observed["error"] = writer._last_flush_error
+            observed["error"] = writer._retry.error
             s3_server.online()
             back = time.monotonic()
             await wait_committed(kafka_settings, group, ends, timeout_s=90)

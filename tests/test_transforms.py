@@ -234,7 +234,7 @@ def test_every_simulated_body_conforms_to_the_schemas() -> None:
 
 
 def _nulled(table: str, column: str) -> float:
-    return transforms.VALUES_NULLED.labels(table, column)._value.get()
+    return transforms.VALUES_NULLED[(table, column)]
 
 
 def test_out_of_range_api_values_become_null_counted_and_the_writer_accepts_the_rows() -> None:

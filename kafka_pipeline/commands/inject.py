@@ -6,10 +6,10 @@ import argparse
 import asyncio
 
 from kafka_pipeline.claimx.handlers.base import REFRESH_PROJECT_HEADER
-from kafka_pipeline.claimx.inject import InvalidEvent, build_event
 from kafka_pipeline.commands.arguments import point_in_time
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.ops.inject import InvalidEvent, build_event
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
 NAME = "inject"

@@ -8,16 +8,6 @@ import asyncio
 import sys
 from pathlib import Path
 
-from kafka_pipeline.claimx.replay import replay
-from kafka_pipeline.claimx.replay_sources import (
-    EventFilter,
-    FileSource,
-    Source,
-    TableSource,
-    TopicRange,
-    TopicSource,
-    read_project_ids,
-)
 from kafka_pipeline.commands.arguments import (
     int_list,
     non_negative_int,
@@ -28,6 +18,16 @@ from kafka_pipeline.commands.arguments import (
 )
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.ops.replay import replay
+from kafka_pipeline.ops.replay_sources import (
+    EventFilter,
+    FileSource,
+    Source,
+    TableSource,
+    TopicRange,
+    TopicSource,
+    read_project_ids,
+)
 
 NAME = "replay"
 HELP = "Send events again: files, a topic range, the event log."

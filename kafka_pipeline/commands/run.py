@@ -17,8 +17,6 @@ import threading
 from importlib import resources
 from pathlib import Path
 
-from kafka_pipeline.claimx.replay import replay
-from kafka_pipeline.claimx.replay_sources import FileSource
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
@@ -26,6 +24,8 @@ from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.delta.storage import check_commit_safety, table_root
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.ops.replay import replay
+from kafka_pipeline.ops.replay_sources import FileSource
 
 NAME = "run"
 HELP = "Run the whole pipeline on this machine, no Docker."

@@ -47,7 +47,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kafka_pipeline.config import Settings
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
-from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
+from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.dead_letter_sink import Letter
 from kafka_pipeline.runtime.kafka import connection_kwargs
 from kafka_pipeline.runtime.logging import get_logger
@@ -99,7 +100,7 @@ class SchedulerStats:
     released_on_rebalance: int = 0  # waiting messages dropped with revoked partitions (the new owner re-reads them)
 
 
-class RetryScheduler:
+class RetryScheduler(ConsumerWorker):
     """Forwards due retry messages; `await RetryScheduler(settings).run(stop_event)`."""
 
     def __init__(
@@ -119,21 +120,16 @@ class RetryScheduler:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = _Metrics.on(self.registry)
         self.stats = SchedulerStats()
-        self.failure: BaseException | None = None
-        self.runtime = ConsumerRuntime(
-            settings.kafka,
-            settings.worker,
-            ConsumerSpec(
-                group_id=settings.retry.group_id,
-                topics=[self.kafka.retry_topic],
-                ensure_topics=[self.kafka.retry_topic, self.kafka.dlq_topic],
-                max_poll_records=settings.retry.max_poll_records,
-                stats_interval_s=stats_interval_s or settings.retry.stats_interval_s,
-                registry=self.registry,
-                made_by="retry-scheduler",
-            ),
+        self.spec = ConsumerSpec(
+            group_id=settings.retry.group_id,
+            topics=[self.kafka.retry_topic],
+            ensure_topics=[self.kafka.retry_topic, self.kafka.dlq_topic],
+            max_poll_records=settings.retry.max_poll_records,
+            stats_interval_s=stats_interval_s or settings.retry.stats_interval_s,
+            registry=self.registry,
+            made_by="retry-scheduler",
         )
-        self.joined = self.runtime.joined  # set once the consumer group gave this scheduler its partitions
+        self.joined = asyncio.Event()  # set once the consumer group gave this scheduler its partitions
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._waiting: Tally[TopicPartition] = Tally()  # entries in the heap, per partition
@@ -142,11 +138,12 @@ class RetryScheduler:
         self._topics_checked_at = 0.0
 
     async def run(self, stop_event: asyncio.Event) -> None:
-        await self.runtime.run(self, stop_event)
+        await run_app(self, self.settings, stop_event)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
-    async def start(self, runtime: ConsumerRuntime) -> None:
+    async def start(self, handle: RuntimeHandle) -> None:
+        await super().start(handle)
         self._admin = AIOKafkaAdminClient(**connection_kwargs(self.kafka))
         await self._admin.start()
         log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id)
@@ -170,10 +167,10 @@ class RetryScheduler:
         except InvalidRetryHeaders as exc:
             # only the enrichment worker retries: its input is the origin, whatever the headers claim
             letter = Letter(record, "InvalidRetryHeaders", str(exc), attempts=max(1, attempt_of(record.headers)), original_topic=self.kafka.events_topic)
-            await self.runtime.require_dead_letters().send([letter], group=self.settings.retry.group_id)
+            await self.require_handle().dead_letters.send([letter], group=self.settings.retry.group_id)
             self.stats.dead_lettered += 1
             self.metrics.dead_lettered.inc()
-            self.runtime.done(tp, record.offset)
+            self.require_handle().done(tp, record.offset)
             return
         self._push(_Entry(info.due_at_ms, next(self._seq), tp, record, info.target_topic))
 
@@ -204,6 +201,7 @@ class RetryScheduler:
         self._update_gauges()
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
+        self.joined.set()
         log.info("retry partitions assigned", partitions=sorted(tp.partition for tp in partitions))
 
     async def drain(self, grace_s: float) -> None:
@@ -222,7 +220,7 @@ class RetryScheduler:
         next_due_s = round((self._heap[0].due_ms - now_ms()) / 1000, 1) if self._heap else None
         log.info("retry scheduler stats", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered,
                  waiting=len(self._heap), next_due_in_s=next_due_s, paused_partitions=self.stats.paused_partitions,
-                 send_errors=self.stats.send_errors, partitions=sorted(tp.partition for tp in self.runtime.assigned))
+                 send_errors=self.stats.send_errors, partitions=sorted(tp.partition for tp in (self.handle.assigned if self.handle else ())))
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -233,7 +231,7 @@ class RetryScheduler:
     async def _send(self, entries: list[_Entry]) -> int:
         """Send all entries, wait for the acknowledgements, mark the sent ones done; a failed
         send goes back into the heap, due again after `retry.send_retry_backoff_s`."""
-        producer = self.runtime.require_producer()
+        producer = self.require_handle().producer
         sends: list[asyncio.Future[Any] | BaseException] = []
         for entry in entries:
             try:
@@ -256,7 +254,7 @@ class RetryScheduler:
                 self._push(_Entry(retry_at, next(self._seq), entry.tp, entry.record, entry.target))
                 continue
             sent += 1
-            self.runtime.done(entry.tp, entry.record.offset)
+            self.require_handle().done(entry.tp, entry.record.offset)
             self.stats.forwarded += 1
             self.metrics.forwarded.labels(entry.target).inc()
             self.metrics.lateness.set(max(0, now - entry.due_ms) / 1000)
@@ -279,12 +277,11 @@ class RetryScheduler:
         return topic in self._topics
 
     def _update_gauges(self) -> None:
-        consumer = self.runtime.consumer
         self.stats.waiting = len(self._heap)
-        self.stats.paused_partitions = len(consumer.paused()) if consumer is not None else 0
+        self.stats.paused_partitions = len(self.handle.paused()) if self.handle is not None else 0
         self.metrics.waiting.set(self.stats.waiting)
         self.metrics.paused.set(self.stats.paused_partitions)
 
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self.failure is None, {"waiting": len(self._heap), "forwarded": self.stats.forwarded}
+        return True, {"waiting": len(self._heap), "forwarded": self.stats.forwarded}
 

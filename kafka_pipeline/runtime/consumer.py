@@ -26,20 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from prometheus_client import CollectorRegistry, Counter
-from starlette.routing import BaseRoute
+from prometheus_client import Counter
 
-from kafka_pipeline.config import KafkaSettings, WorkerSettings
-from kafka_pipeline.runtime.app import ConsumerApp
+from kafka_pipeline.config import KafkaSettings, Settings, WorkerSettings
+from kafka_pipeline.runtime.app import ConsumerApp, ConsumerSpec
 from kafka_pipeline.runtime.consumer_lag import ConsumerLag
-from kafka_pipeline.runtime.dead_letter import Maker
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
@@ -57,33 +55,30 @@ STALLED_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
-class ConsumerSpec:
-    """What the runtime consumes for one worker, and how."""
+class KafkaClients:
+    """How the runtime reaches the broker (a test hands in fakes)."""
 
-    group_id: str
-    topics: Sequence[str]  # subscribed
-    ensure_topics: Sequence[str]  # created when missing (the subscribed ones, the outputs, the DLQ)
-    max_poll_records: int
-    stats_interval_s: float
-    registry: CollectorRegistry
-    made_by: Maker  # which worker's dead letters these are (dlq replay targets depend on it)
-    routes: Sequence[BaseRoute] = ()  # extra ops routes (the cache admin)
-    before_scrape: Sequence[Callable[[], Awaitable[None]]] = ()  # refreshed before /metrics renders (table freshness)
+    ensure_topics: Callable[[KafkaSettings, list[str]], Awaitable[None]] = ensure_topics
+    make_producer: Callable[[KafkaSettings], Any] = make_producer
+    make_consumer: Callable[..., Any] = make_consumer
+    high_watermarks: Callable[[KafkaSettings, str], Awaitable[dict[int, int]]] = high_watermarks
 
 
 class ConsumerRuntime:
-    def __init__(self, kafka: KafkaSettings, worker: WorkerSettings, spec: ConsumerSpec) -> None:
+    def __init__(self, kafka: KafkaSettings, worker: WorkerSettings, spec: ConsumerSpec, clients: KafkaClients | None = None) -> None:
         self.kafka = kafka
         self.worker = worker
         self.spec = spec
+        self.clients = clients or KafkaClients()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.assigned: set[TopicPartition] = set()
         self.joined = asyncio.Event()  # set once the group gave this member its partitions
         self.running = False
         self.ops: OpsServer | None = None
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.dead_letters: DeadLetterSink | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._dead_letters: DeadLetterSink | None = None
+        self.failure: BaseException | None = None  # the worker's own (`fail`): raised from `run`
         self.rejected = 0  # records the error boundary dead-lettered
         self._room_changed = asyncio.Event()
         self._last_turn = time.monotonic()  # the loop (or a poll while busy) last ran
@@ -109,13 +104,30 @@ class ConsumerRuntime:
         assert self.consumer is not None, "the runtime is not started"
         self.consumer.seek(tp, offset)
 
-    def require_producer(self) -> AIOKafkaProducer:
-        assert self.producer is not None, "the runtime is not started"
-        return self.producer
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "the runtime is not started"
+        return self._producer
 
-    def require_dead_letters(self) -> DeadLetterSink:
-        assert self.dead_letters is not None, "the runtime is not started"
-        return self.dead_letters
+    @property
+    def dead_letters(self) -> DeadLetterSink:
+        assert self._dead_letters is not None, "the runtime is not started"
+        return self._dead_letters
+
+    def fail(self, exc: BaseException) -> None:
+        """The worker's own failure: stop consuming, commit what is done, raise it from `run`."""
+        if self.failure is None:
+            self.failure = exc
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None if self.consumer is None else self.consumer.highwater(tp)
+
+    def paused(self) -> set[TopicPartition]:
+        return set() if self.consumer is None else set(self.consumer.paused())
+
+    @property
+    def ops_port(self) -> int | None:
+        return None if self.ops is None else self.ops.port
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -125,15 +137,15 @@ class ConsumerRuntime:
         spec = self.spec
         stats_stop = asyncio.Event()
         stats_task: asyncio.Task[None] | None = None
-        await ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
+        await self.clients.ensure_topics(self.kafka, list(spec.ensure_topics))  # the first contact: BrokerUnreachable in one line
         try:
-            self.producer = make_producer(self.kafka)
-            self.dead_letters = DeadLetterSink(
-                self.producer, self.kafka.dlq_topic, worker=self.worker.name, made_by=spec.made_by, registry=spec.registry
+            self._producer = self.clients.make_producer(self.kafka)
+            self._dead_letters = DeadLetterSink(
+                self._producer, self.kafka.dlq_topic, worker=self.worker.name, made_by=spec.made_by, registry=spec.registry
             )
-            self.consumer = make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)
+            self.consumer = self.clients.make_consumer(self.kafka, group_id=spec.group_id, max_poll_records=spec.max_poll_records)
             self.consumer.subscribe(list(spec.topics), listener=_Listener(self))
-            await self.producer.start()
+            await self._producer.start()
             await app.start(self)
             await self.consumer.start()
             if self.worker.http_port:
@@ -159,16 +171,16 @@ class ConsumerRuntime:
                 await stats_task
                 app.report_cycle()  # the last, partial cycle
             await self._close(app)
-        if app.failure is not None:
-            raise app.failure
+        if self.failure is not None:
+            raise self.failure
 
     async def _close(self, app: ConsumerApp) -> None:
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.commit()
             await self.consumer.stop()  # leaves the group; the revoke callback finds nothing pending
-        if self.producer is not None:
-            await self.producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
         await app.close()
         if self.ops is not None:
             await self.ops.stop()
@@ -178,7 +190,7 @@ class ConsumerRuntime:
     async def _consume(self, app: ConsumerApp, stop: asyncio.Event) -> None:
         assert self.consumer is not None
         next_commit = time.monotonic() + self.worker.commit_interval_s
-        while not stop.is_set() and app.failure is None:
+        while not stop.is_set() and self.failure is None:
             self._last_turn = time.monotonic()
             timeout_s = max(0.0, min(app.poll_timeout_s(), self.worker.poll_timeout_ms / 1000))
             if self._most_room(app) <= 0:
@@ -247,26 +259,25 @@ class ConsumerRuntime:
                 except asyncio.CancelledError:
                     raise
                 except DeadLetterFailed as exc:  # the DLQ itself is gone: a failure of the worker
-                    app.failure = app.failure or exc
+                    self.fail(exc)
                     return
                 except Exception as exc:  # noqa: BLE001 - the error boundary: a message never stops the worker
                     await self.reject(tp, record, exc)
 
-    async def reject(self, tp: TopicPartition, record: Any, exc: BaseException, *, trace_id: str | None = None) -> None:
+    async def reject(self, tp: TopicPartition, record: Any, exc: BaseException, *, trace_id: str | None = None) -> bool:
         """The error boundary: dead-letter `record` with `exc`'s type and message, mark it done.
 
         A dead letter the broker does not take is a failure of the worker: the record stays
-        unfinished (nothing at or after it is committed) and the runtime stops."""
-        assert self._app is not None
+        unfinished (nothing at or after it is committed), the runtime stops, and False is returned."""
         log.error("message handling raised; dead-lettering it", error_type=type(exc).__name__, partition=record.partition, offset=record.offset)
         try:
-            await self.require_dead_letters().send([letter_for_exception(record, exc, trace_id=trace_id)], group=self.spec.group_id)
+            await self.dead_letters.send([letter_for_exception(record, exc, trace_id=trace_id)], group=self.spec.group_id)
         except DeadLetterFailed as failed:
-            if self._app.failure is None:
-                self._app.failure = failed
-            return
+            self.fail(failed)
+            return False
         self.rejected += 1
         self.done(tp, record.offset)
+        return True
 
     async def while_polling(self, work: Awaitable[T]) -> T:
         """Await `work`; past `poll_while_busy_s`, poll with every partition paused meanwhile so
@@ -351,7 +362,7 @@ class ConsumerRuntime:
             starts = await self.consumer.beginning_offsets(list(committed))
             ends: dict[str, dict[int, int]] = {}
             for topic in {tp.topic for tp in committed}:
-                ends[topic] = await high_watermarks(self.kafka, topic)
+                ends[topic] = await self.clients.high_watermarks(self.kafka, topic)
         except KafkaError as exc:
             log.warning("partition bounds unknown; committed offsets not checked", error=f"{type(exc).__name__}: {exc}")
             return
@@ -381,6 +392,11 @@ class ConsumerRuntime:
                 await asyncio.wait_for(stop.wait(), self.spec.stats_interval_s)
             except TimeoutError:
                 app.report_cycle()
+
+
+async def run_app(app: ConsumerApp, settings: Settings, stop: asyncio.Event) -> None:
+    """Run `app` on a runtime of its own until `stop` is set; raises the app's own failure."""
+    await ConsumerRuntime(settings.kafka, settings.worker, app.spec).run(app, stop)
 
 
 class _Listener(ConsumerRebalanceListener):

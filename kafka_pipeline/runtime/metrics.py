@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 M = TypeVar("M")
 
@@ -29,6 +30,15 @@ def metric(registry: CollectorRegistry, kind: type[M], name: str, documentation:
         elif not isinstance(found, kind):
             raise TypeError(f"metric {name} was declared as {type(found).__name__}")
         return cast(M, found)
+
+
+def collector(registry: CollectorRegistry, name: str, make: Callable[[], Collector]) -> None:
+    """Register the custom collector `make()` under `name` once per registry (see `metric`)."""
+    with _lock:
+        series = _declared.setdefault(registry, {})
+        if name not in series:
+            series[name] = made = make()
+            registry.register(made)
 
 
 class LabelCache:

@@ -42,21 +42,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
 from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, storage_error
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.offsets.log_identity import record_fingerprint
+from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
 from kafka_pipeline.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
 from kafka_pipeline.writer.maintenance import WriterMaintenance
+from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
@@ -166,6 +167,36 @@ def _one_line(exc: BaseException) -> str:
 
 
 @dataclass
+class FlushRetry:
+    """A failed flush: kept pending and tried again after a growing backoff; consumption waits
+    meanwhile (`failing`: no room, the poll waits until the retry is due)."""
+
+    base_s: float
+    max_s: float
+    failures: int = 0
+    error: str | None = None
+    retry_at: float = 0.0  # monotonic time the failed batch is tried again
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        self.error = error
+        self.retry_at = time.monotonic() + backoff_delay(self.failures, self.base_s, self.max_s, floor=0.5)
+
+    def succeeded(self) -> bool:
+        """Back to normal; True when it was failing (consumption can resume)."""
+        was_failing = self.failing
+        self.failures, self.error = 0, None
+        return was_failing
+
+    def wait_s(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+
+@dataclass
 class _Metrics:
     rows_written: Any
     rows_skipped: Any
@@ -212,7 +243,7 @@ def should_flush(batch: _Batch, *, max_rows: int, max_latency_s: float, now: flo
     return batch.rows >= max_rows or now - (batch.started or now) >= max_latency_s
 
 
-class EntityWriter:
+class EntityWriter(ConsumerWorker):
     """Consumes `settings.kafka.entity_rows_topic` into the Delta tables under
     `settings.delta.tables_root`. `await run(stop)` until `stop` is set; then it flushes,
     commits and returns (FlushFailed if the last batch could not be written)."""
@@ -226,19 +257,15 @@ class EntityWriter:
         self.registry = registry or CollectorRegistry()
         self.metrics = _Metrics.on(self.registry)
         self.freshness = TableFreshness(self.registry, settings.delta.tables_root, TABLES, settings.delta.storage_options)
-        self.runtime = ConsumerRuntime(
-            settings.kafka,
-            settings.worker,
-            ConsumerSpec(
-                group_id=self.group_id,
-                topics=[self.topic],
-                ensure_topics=[self.topic, self.kafka.dlq_topic],
-                max_poll_records=settings.writer.max_poll_records,
-                stats_interval_s=settings.writer.stats_interval_s,
-                registry=self.registry,
-                made_by="write",
-                before_scrape=[self.freshness.load_from_tables],
-            ),
+        self.spec = ConsumerSpec(
+            group_id=self.group_id,
+            topics=[self.topic],
+            ensure_topics=[self.topic, self.kafka.dlq_topic],
+            max_poll_records=settings.writer.max_poll_records,
+            stats_interval_s=settings.writer.stats_interval_s,
+            registry=self.registry,
+            made_by="write",
+            before_scrape=[self.freshness.load_from_tables],
         )
         self.writers = table_writers(settings)
         self.progress = LogProgress(settings.kafka, self.group_id, self.topic, self.writers)
@@ -249,15 +276,11 @@ class EntityWriter:
         self._verify_failures = 0
         self._verify_error: str | None = None  # why the last check could not be made
         self._verify_lock = asyncio.Lock()
-        self.failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         self.maintenance = WriterMaintenance(settings, self.registry)  # compaction, checkpoints, log cleanup
         self._lock = asyncio.Lock()  # a flush vs. the rebalance listener's flush
         self._batch = _Batch()
-        self._last_flush_ok = True
-        self._last_flush_error: str | None = None
-        self._flush_failures = 0
-        self._retry_at = 0.0  # monotonic time a failed flush is tried again
+        self._retry = FlushRetry(settings.writer.flush_retry_base_s, settings.writer.flush_retry_max_s)
         self._consumed: dict[TopicPartition, int] = {}  # next offset to consume, per partition (for the lag)
         # running totals (also the cycle-stats numbers)
         self.flushes = 0
@@ -269,25 +292,26 @@ class EntityWriter:
 
     @property
     def _assigned(self) -> set[TopicPartition]:
-        return self.runtime.assigned
+        return set() if self.handle is None else self.handle.assigned
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            await self.runtime.run(self, stop)
+            await run_app(self, self.settings, stop)
         finally:
             self._pool.shutdown(wait=True)
 
     # -- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
-    async def start(self, runtime: ConsumerRuntime) -> None:
+    async def start(self, handle: RuntimeHandle) -> None:
+        await super().start(handle)
         # maintenance runs in the member that owns partition 0 (one per group, no lease needed)
-        self.maintenance.start(lambda: {tp.partition for tp in self.runtime.assigned})
+        self.maintenance.start(lambda: {tp.partition for tp in self._assigned})
         log.info("entity writer started", topic=self.topic, group=self.group_id, tables_root=self.settings.delta.tables_root)
 
     def room(self, tp: TopicPartition) -> int:
         """Nothing new while a failed batch waits for its retry, or once the batch is full; nothing
         of a partition whose stored progress is not (yet) known to come from the log it serves."""
-        if not self._last_flush_ok or tp in self._unverified or tp in self._refused:
+        if self._retry.failing or tp in self._unverified or tp in self._refused:
             return 0
         return max(0, self.settings.writer.max_rows - self._batch.rows)
 
@@ -303,8 +327,8 @@ class EntityWriter:
     def poll_timeout_s(self) -> float:
         if self._unverified:
             return max(0.0, self._verify_at - time.monotonic())
-        if not self._last_flush_ok:
-            return max(0.0, self._retry_at - time.monotonic())
+        if self._retry.failing:
+            return self._retry.wait_s()
         if self._batch.started is None:
             return float("inf")
         return max(0.0, self.settings.writer.max_latency_s - (time.monotonic() - self._batch.started))
@@ -314,11 +338,11 @@ class EntityWriter:
         now = time.monotonic()
         if self._unverified and now >= self._verify_at:
             await self._verify()
-        if self._last_flush_ok:
+        if not self._retry.failing:
             writer = self.settings.writer
             if not should_flush(self._batch, max_rows=writer.max_rows, max_latency_s=writer.max_latency_s, now=now):
                 return False
-        elif now < self._retry_at:
+        elif self._retry.wait_s() > 0:
             return False
         async with self._lock:
             return await self._flush_locked()
@@ -383,20 +407,19 @@ class EntityWriter:
         for verdict, stored_log in zip(refused, previous, strict=True):
             if adopt:
                 # from the log's first record, whatever the group committed on the log it replaced
-                self.runtime.rewind(TopicPartition(self.topic, verdict.partition), verdict.log.start)
+                self.require_handle().rewind(TopicPartition(self.topic, verdict.partition), verdict.log.start)
                 log.warning(f"adopted a new log (--adopt-new-log): {self.progress.mismatch(verdict, stored_log)}; its records are written "
                             "from the first", partition=verdict.partition)
                 continue
             line = self.progress.refusal_line(verdict, stored_log)
             self._refused.add(TopicPartition(self.topic, verdict.partition))
             log.error(line)
-            if self.failure is None:
-                self.failure = LogChanged(line)
+            self.require_handle().fail(LogChanged(line))
         for verdict in verdicts:
             if verdict.trusted and verdict.stored_offset is not None:
                 self._stored[TopicPartition(self.topic, verdict.partition)] = verdict.stored_offset
         _log_resumed([v for v in verdicts if v.trusted], self.topic)
-        self.runtime.wake()
+        self.require_handle().wake()
 
     async def drain(self, grace_s: float) -> None:
         """On stop: flush what is pending (retrying a failed batch a few times)."""
@@ -405,11 +428,11 @@ class EntityWriter:
                 return
             async with self._lock:
                 await self._flush_locked()
-            if self._last_flush_ok:
+            if not self._retry.failing:
                 return
             await asyncio.sleep(backoff_delay(attempt, self.settings.writer.flush_retry_base_s, 5.0))
         if len(self._batch):
-            self.failure = FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._last_flush_error}")
+            self.require_handle().fail(FlushFailed(f"stopping with {len(self._batch)} unwritten messages: {self._retry.error}"))
 
     async def close(self) -> None:
         await self.maintenance.stop()
@@ -430,7 +453,7 @@ class EntityWriter:
         return not self._refused and not self._unverified, details
 
     def _flush_ready(self) -> tuple[bool, dict[str, Any]]:
-        return self._last_flush_ok, {"failures": self._flush_failures, "error": self._last_flush_error, "pending_rows": self._batch.rows}
+        return not self._retry.failing, {"failures": self._retry.failures, "error": self._retry.error, "pending_rows": self._batch.rows}
 
     # -- flushing ---------------------------------------------------------------------------
 
@@ -439,33 +462,26 @@ class EntityWriter:
         retried after a backoff, consumption paused meanwhile). True when offsets were finished."""
         batch = self._batch
         if not len(batch):  # nothing pending (a failed batch may have gone with a revoke)
-            self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
+            self._retry.succeeded()
             return False
         started = time.monotonic()
         try:
             result = await asyncio.get_running_loop().run_in_executor(None, self._write_batch, batch)
             if result.dead:
-                await self.runtime.require_dead_letters().send(result.dead, group=self.group_id)
+                await self.require_handle().dead_letters.send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
-            self._flush_failures += 1
-            self._last_flush_ok = False
-            self._last_flush_error = f"{type(exc).__name__}: {_one_line(exc)}"
-            self._retry_at = time.monotonic() + backoff_delay(
-                self._flush_failures, self.settings.writer.flush_retry_base_s, self.settings.writer.flush_retry_max_s, floor=0.5
-            )
+            self._retry.failed(f"{type(exc).__name__}: {_one_line(exc)}")
             self.metrics.flushes.labels("error").inc()
-            log.error("flush failed; batch kept for retry", error=self._last_flush_error, messages=len(batch), failures=self._flush_failures)
+            log.error("flush failed; batch kept for retry", error=self._retry.error, messages=len(batch), failures=self._retry.failures)
             return False
         self._batch = _Batch()
         for tp, offsets in batch.offsets.items():
             for offset in offsets:
-                self.runtime.done(tp, offset)
+                self.require_handle().done(tp, offset)
         result.seconds = time.monotonic() - started
         self._record(result)
-        was_failing = not self._last_flush_ok
-        self._last_flush_ok, self._last_flush_error, self._flush_failures = True, None, 0
-        if was_failing:
-            self.runtime.wake()
+        if self._retry.succeeded():
+            self.require_handle().wake()
         return True
 
     def _write_batch(self, batch: _Batch) -> FlushResult:
@@ -539,12 +555,11 @@ class EntityWriter:
     def lag(self) -> int | None:
         """Messages behind the high watermark over the assigned partitions (None: unknown yet),
         from the fetch responses' high watermark (tansu's end_offsets() can lag by a batch)."""
-        consumer = self.runtime.consumer
-        if consumer is None:
+        if self.handle is None:
             return None
         total, known = 0, False
-        for tp in list(self.runtime.assigned):
-            highwater = consumer.highwater(tp)
+        for tp in list(self.handle.assigned):
+            highwater = self.handle.highwater(tp)
             consumed = self._consumed.get(tp)
             if highwater is None or consumed is None:
                 continue

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from kafka_pipeline.runtime.metrics import LabelCache, metric
+from kafka_pipeline.claimx.transforms import VALUES_NULLED
+from kafka_pipeline.runtime.metrics import LabelCache, collector, metric
+
+
+class _ValuesNulled(Collector):
+    """`transforms.VALUES_NULLED` as a Prometheus counter."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "claimx_api_values_nulled",
+            "API values that did not fit their column's type (unreadable or out of range) and were written as null.",
+            labels=["table", "column"],
+        )
+        for (table, column), count in list(VALUES_NULLED.items()):
+            family.add_metric([table, column], count)
+        yield family
 
 
 @dataclass
@@ -23,7 +40,7 @@ class EnrichMetrics:
     credentials_rejected: Any
 
     @classmethod
-    def on(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
+    def _declare(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
         return cls(
             events=LabelCache(metric(registry, Counter, "claimx_enrich_events", "Consumed events by outcome and event type.", ["outcome", "event_type"])),
             api_calls=LabelCache(
@@ -42,6 +59,11 @@ class EnrichMetrics:
                 registry, Gauge, "claimx_api_credentials_rejected", "1 while the ClaimX API rejects our credentials (401).", ["worker"]
             ),
         )
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
+        collector(registry, "claimx_api_values_nulled", _ValuesNulled)
+        return cls._declare(registry, worker=worker)
 
     def start_at_zero(self, outcomes: Iterable[str], event_types: Iterable[str]) -> None:
         """Every (outcome, type) series from the start: increase() misses a series' first value."""

@@ -62,7 +62,8 @@ from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatche
 from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, refresh_requested
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
-from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
+from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
+from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
@@ -88,7 +89,7 @@ class WorkerCache(ProjectVerifier, Protocol):
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
-class EnrichmentWorker:
+class EnrichmentWorker(ConsumerWorker):
     """`await EnrichmentWorker(settings).run(stop_event)` runs until `stop_event` is set.
 
     `cache` defaults to `build_project_cache(settings.cache)`; pass `NoCache()` for the
@@ -106,7 +107,7 @@ class EnrichmentWorker:
         self.settings = settings
         self.name = settings.worker.name
         self.counts = WorkerCounts()
-        self.failure: BaseException | None = None
+        self.aborted: WorkerAborted | None = None  # a message could not be produced: the worker stops
         self.metrics = EnrichMetrics.on(registry, worker=self.name)
         self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self.metrics.observe_api_call)
         self.cache: WorkerCache = cache if cache is not None else build_project_cache(
@@ -119,21 +120,17 @@ class EnrichmentWorker:
         self.credentials = CredentialsGate(self.api, probe_interval_s=settings.api.auth_probe_interval_s)
         self.lanes = ProjectLanes()
         kafka = settings.kafka
-        self.runtime = ConsumerRuntime(
-            kafka,
-            settings.worker,
-            ConsumerSpec(
-                group_id=settings.enrich.group_id,
-                topics=[kafka.events_topic],
-                ensure_topics=[kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic],
-                max_poll_records=settings.enrich.max_in_flight,
-                stats_interval_s=settings.enrich.stats_interval_s,
-                registry=registry,
-                made_by="enrich",
-                routes=admin_routes(settings, self.cache, warm_from=self._warm),
-            ),
+        self.spec = ConsumerSpec(
+            group_id=settings.enrich.group_id,
+            topics=[kafka.events_topic],
+            ensure_topics=[kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic],
+            max_poll_records=settings.enrich.max_in_flight,
+            stats_interval_s=settings.enrich.stats_interval_s,
+            registry=registry,
+            made_by="enrich",
+            routes=admin_routes(settings, self.cache, warm_from=self._warm),
         )
-        self.slots = Slots(on_free=self.runtime.wake)
+        self.slots = Slots(on_free=self._wake)
         self._stopping = False
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self._stats = CycleStats(self._sample, interval_s=settings.enrich.stats_interval_s)
@@ -142,20 +139,12 @@ class EnrichmentWorker:
     def auth_failed(self) -> bool:
         return self.credentials.rejected
 
-    @property
-    def ops(self) -> Any:
-        return self.runtime.ops
-
-    @property
-    def running(self) -> bool:
-        return self.runtime.running
-
     async def run(self, stop_event: asyncio.Event) -> None:
         """Consume until `stop_event` is set, then drain in-flight work and commit.
 
         Raises WorkerAborted when a message could not be produced (after committing what is done)."""
         try:
-            await self.runtime.run(self, stop_event)
+            await run_app(self, self.settings, stop_event)
         finally:
             self.metrics.forget(self.name)
         log.info("enrichment worker stopped", **self.summary())
@@ -178,7 +167,8 @@ class EnrichmentWorker:
 
     # --- the app contract (kafka_pipeline.runtime.app) ---------------------------------------
 
-    async def start(self, runtime: ConsumerRuntime) -> None:
+    async def start(self, handle: RuntimeHandle) -> None:
+        await super().start(handle)
         await self.cache.start()
         if self.settings.cache.warm_from_delta and self._warm is not None:
             try:
@@ -208,8 +198,9 @@ class EnrichmentWorker:
             return 0
         return self.settings.enrich.max_in_flight - self.slots.in_use
 
-    def poll_timeout_s(self) -> float:
-        return float("inf")
+    def _wake(self) -> None:
+        if self.handle is not None:
+            self.handle.wake()
 
     async def add(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
         self.counts.consumed += 1
@@ -230,9 +221,6 @@ class EnrichmentWorker:
         self._tasks[tp].add(task)
         task.add_done_callback(self._tasks[tp].discard)
 
-    async def flush(self) -> bool:
-        return False  # each event's offset is done once its output is acknowledged
-
     async def release(self, partitions: set[TopicPartition]) -> None:
         """Before giving partitions away: let their in-flight events finish (bounded); the rest
         is handed back (the next owner replays it)."""
@@ -242,9 +230,6 @@ class EnrichmentWorker:
             await self._finish_or_hand_back(pending, self.settings.worker.shutdown_grace_s)
         for tp in partitions:
             self._tasks.pop(tp, None)
-
-    async def assigned(self, partitions: set[TopicPartition]) -> None:
-        return None
 
     async def drain(self, grace_s: float) -> None:
         """On stop: take nothing more, give in-flight events `grace_s` to finish."""
@@ -281,8 +266,9 @@ class EnrichmentWorker:
             outcome = await self._process(record, event, parse_error, turn, slot)
         except WorkerAborted as exc:
             self.counts.aborted += 1
-            if self.failure is None:
-                self.failure = exc
+            if self.aborted is None:
+                self.aborted = exc
+                self.require_handle().fail(exc)
                 log.error("cannot produce to the broker: stopping", error=str(exc.__cause__ or exc), topic=record.topic, offset=record.offset)
             return
         except asyncio.CancelledError:  # handed back at a revoke or a stop: its offset stays uncommitted
@@ -290,8 +276,7 @@ class EnrichmentWorker:
             raise
         except Exception as exc:  # noqa: BLE001 - the error boundary: even the failure path raised
             outcome = "dead_lettered"
-            await self.runtime.reject(tp, record, exc, trace_id=_trace_of(event))
-            if self.failure is not None:  # the dead letter itself could not be sent
+            if not await self.require_handle().reject(tp, record, exc, trace_id=_trace_of(event)):  # the DLQ refused it too
                 self.counts.aborted += 1
                 return
         finally:
@@ -301,7 +286,7 @@ class EnrichmentWorker:
             self.counts.pending -= 1
         self.counts.finished(outcome, event_type)
         self.metrics.event(outcome, event_type)
-        self.runtime.done(tp, record.offset)
+        self.require_handle().done(tp, record.offset)
 
     async def _process(
         self,
@@ -388,7 +373,7 @@ class EnrichmentWorker:
     ) -> None:
         """Hand the message to the producer (then `turn` lets the project's next event go and
         `slot` is freed for the next event) and wait for the broker's ack."""
-        producer = self.runtime.require_producer()
+        producer = self.require_handle().producer
         try:
             try:
                 delivery = await producer.send(topic, value=value, key=key, headers=headers or None)
@@ -436,7 +421,7 @@ class EnrichmentWorker:
 
     def _events_ready(self) -> tuple[bool, dict[str, Any]]:
         c = self.counts
-        return self.failure is None, {"in_flight": c.in_flight, "awaiting_ack": c.awaiting_ack}
+        return self.aborted is None, {"in_flight": c.in_flight, "awaiting_ack": c.awaiting_ack}
 
     def _api_ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.api.breaker.state
