@@ -1,0 +1,155 @@
+"""docker-compose.yml, started as processes (tests/fixtures/compose_stack.py: each service's own
+software, command, environment and ports; Grafana excepted), used the way the README's "Deploy
+with Docker Compose" section uses it: `make-env.sh`, then the host's CLI on the published ports."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from aiokafka.client import AIOKafkaClient
+
+from kafka_pipeline.claimx.events import parse_event
+from kafka_pipeline.claimx.handlers import handler_for
+from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.commands.run import bundled_sample
+from kafka_pipeline.config import load_settings
+from kafka_pipeline.delta.maintenance import table_row_counts
+from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from tests.fixtures.compose_stack import ROOT, ComposeStack, make_env_file, published_ports, read_env_file
+from tests.test_enrich_worker import until
+
+WORKERS = ("enrich", "write", "retry-scheduler")
+
+
+def every(seconds: float, condition: Callable[[], bool]) -> Callable[[], bool]:
+    """`condition` asked at most once per `seconds` (until() polls every 50 ms; these read S3 or run a CLI)."""
+    last = [0.0]
+
+    def paced() -> bool:
+        if time.monotonic() - last[0] < seconds:
+            return False
+        last[0] = time.monotonic()
+        return condition()
+
+    return paced
+
+
+def non_loopback_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    found = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    return [a for a in found if not ipaddress.ip_address(a).is_loopback and not ipaddress.ip_address(a).is_link_local]
+
+
+def loopback(address: str) -> bool:
+    """127.0.0.0/8 or ::1, also written as IPv4-mapped IPv6 (how the JVM shows its IPv4 sockets)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def answers(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((address, port)) == 0
+
+
+def host_cli(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A kafka-pipeline command in a shell on the host, set up as the README says (host-env.sh)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KP_", "KAFKA_", "DELTA_", "REDIS_", "CLAIMX_"))}
+    clean["PATH"] = f"{Path(sys.executable).parent}:{clean['PATH']}"
+    script = f'. config/docker/host-env.sh "{env_file}" && exec kafka-pipeline "$@"'
+    return subprocess.run(["bash", "-c", script, "host-cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean)
+
+
+@pytest.mark.slow
+async def test_the_compose_stack_runs_and_is_closed(tmp_path: Path) -> None:
+    env_file = make_env_file(tmp_path / ".env")
+    values = read_env_file(env_file)
+    stack = ComposeStack(tmp_path / "stack", env_file)
+    try:
+        await asyncio.to_thread(stack.start)
+        await asyncio.to_thread(stack.wait_exit, "seed")  # the one-shot replay of the bundled sample
+        sample = bundled_sample().read_text().splitlines()
+
+        # a client on the host reaches Kafka through the published HOST listener, which advertises localhost:29092
+        client = AIOKafkaClient(bootstrap_servers="localhost:29092")
+        await client.bootstrap()
+        try:
+            assert [(b.host, b.port) for b in client.cluster.brokers()] == [("localhost", 29092)]
+        finally:
+            await client.close()
+        kafka = load_settings(kafka={"bootstrap_servers": "localhost:29092"}).kafka
+        assert sum((await high_watermarks(kafka, kafka.events_topic)).values()) == len(sample)
+
+        # the seed events reach the tables on the bucket (read through MinIO's published port)
+        storage = json.loads(host_cli_env(env_file)["KP_DELTA__STORAGE_OPTIONS"])
+        root = f"s3://{values['S3_BUCKET']}/tables"
+        handled = {e.trace_id for e in map(parse_event, (line.encode() for line in sample)) if handler_for(e.event_type) is not None}
+        projects = {e.project_id for e in map(parse_event, (line.encode() for line in sample))}
+        counts: dict[str, int] = {}
+
+        def tables_written() -> bool:
+            counts.update(table_row_counts(root, list(TABLES), storage))
+            return counts.get("claimx_events") == len(handled) and counts.get("claimx_projects") == len(projects)
+
+        await until(every(1.0, tables_written), timeout_s=60)
+        assert set(counts) == set(TABLES) and all(counts.values()), counts
+
+        # Prometheus (published on 127.0.0.1:9090) scrapes every worker
+        up: dict[str, str] = {}
+
+        def all_scraped() -> bool:
+            answer = httpx.get("http://127.0.0.1:9090/api/v1/query", params={"query": 'up{job="kafka-pipeline"}'}, timeout=5).json()
+            up.update({r["metric"]["component"]: r["value"][1] for r in answer["data"]["result"]})
+            return set(up) == set(WORKERS) and set(up.values()) == {"1"}
+
+        await until(every(1.0, all_scraped), timeout_s=45)
+
+        # `kafka-pipeline status` from the host is green: groups, dead letters, tables, each worker's readiness
+        ops = [f"--ops-url=http://localhost:{published_ports(stack.compose['services'][w])[0][1]}" for w in WORKERS]
+        status: list[subprocess.CompletedProcess[str]] = []
+        await until(every(2.0, lambda: status.append(host_cli(env_file, "status", *ops)) or status[-1].returncode == 0), timeout_s=45)
+        report = status[-1].stdout
+        assert "broker localhost:29092" in report and "claimx_events" in report, report
+        assert report.count(" ready") >= len(WORKERS), report
+
+        # closed: Redis wants its password, the simulator's fault routes are off
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=stack.services["redis"].address, port=6379).ping()
+        assert redis.Redis(host=stack.services["redis"].address, port=6379, password=values["REDIS_PASSWORD"]).ping()
+        simulator = httpx.get("http://127.0.0.1:8088/_faults", timeout=5)
+        assert simulator.status_code == 404
+        assert httpx.get("http://127.0.0.1:8088/_health", timeout=5).status_code == 200
+
+        # nothing answers on an address other than loopback: not the published ports, not the services' own
+        ports = {p for spec in stack.compose["services"].values() for _, host, container in published_ports(spec) for p in (host, container)}
+        ports |= {9092, 9093, 6379, 9100}
+        outside = non_loopback_addresses()
+        assert outside, "this machine has no other address to try"
+        reached = [(a, p) for a in outside for p in sorted(ports) if answers(a, p)]
+        assert reached == []
+        listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.splitlines()
+        ours = [line.split()[3] for line in listening if int(line.split()[3].rsplit(":", 1)[1]) in ports]
+        assert len(ours) >= len(ports)
+        assert [a for a in ours if not loopback(a.rsplit(":", 1)[0].strip("[]"))] == []
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+def host_cli_env(env_file: Path) -> dict[str, str]:
+    """What host-env.sh exports, as a dict."""
+    done = subprocess.run(["bash", "-c", f'. config/docker/host-env.sh "{env_file}" && env -0'], capture_output=True, text=True, cwd=ROOT, check=True)
+    return dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
