@@ -66,9 +66,10 @@ def answers(address: str, port: int) -> bool:
         return sock.connect_ex((address, port)) == 0
 
 
-def host_cli(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def host_cli(env_file: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """A kafka-pipeline command in a shell on the host, set up as the README says (host-env.sh)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KP_", "KAFKA_", "DELTA_", "REDIS_", "CLAIMX_"))}
+    clean.update(extra_env or {})
     clean["PATH"] = f"{Path(sys.executable).parent}:{clean['PATH']}"
     script = f'. config/docker/host-env.sh "{env_file}" && exec kafka-pipeline "$@"'
     return subprocess.run(["bash", "-c", script, "host-cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean)
@@ -153,3 +154,34 @@ def host_cli_env(env_file: Path) -> dict[str, str]:
     """What host-env.sh exports, as a dict."""
     done = subprocess.run(["bash", "-c", f'. config/docker/host-env.sh "{env_file}" && env -0'], capture_output=True, text=True, cwd=ROOT, check=True)
     return dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+
+
+async def test_the_secure_override_serves_the_host_over_sasl_ssl(tmp_path: Path) -> None:
+    """docker-compose.secure.yml: kafka-tls makes the certificates, the broker comes up with the
+    SCRAM user, and the host's CLI gets in on localhost:29092 with the CA from the volume and the
+    .env password, and only so. (The containers' listener `kafka:9092` is not tried: its
+    certificate names `kafka`, which only Docker's DNS resolves.)"""
+    env_file = make_env_file(tmp_path / ".env")
+    values = read_env_file(env_file)
+    stack = ComposeStack(tmp_path / "stack", env_file, ROOT / "docker-compose.yml", ROOT / "docker-compose.secure.yml")
+    try:
+        await asyncio.to_thread(stack.start, ["kafka-tls", "kafka"])
+        await asyncio.to_thread(stack.wait_condition, "kafka", "service_healthy")
+        ca = stack.volumes["kafka-tls"] / "ca.pem"
+        secure = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": values["KAFKA_CLIENT_USER"],
+                  "KAFKA_SASL_PASSWORD": values["KAFKA_CLIENT_PASSWORD"], "KAFKA_SSL_CAFILE": str(ca)}
+
+        sent = host_cli(env_file, "replay", "--no-progress", str(bundled_sample()), extra_env=secure)
+        assert sent.returncode == 0, sent.stderr
+        kafka = load_settings(kafka={"bootstrap_servers": "localhost:29092", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                                     "sasl_username": values["KAFKA_CLIENT_USER"], "sasl_password": values["KAFKA_CLIENT_PASSWORD"],
+                                     "ssl_cafile": str(ca)}).kafka
+        assert sum((await high_watermarks(kafka, kafka.events_topic)).values()) == len(bundled_sample().read_text().splitlines())
+
+        wrong_password = host_cli(env_file, "status", extra_env={**secure, "KAFKA_SASL_PASSWORD": "not-the-password"})
+        assert wrong_password.returncode == 2 and "not-the-password" not in wrong_password.stderr, wrong_password.stderr
+        plaintext = host_cli(env_file, "status", extra_env={"KAFKA_REQUEST_TIMEOUT_MS": "5000"})
+        assert plaintext.returncode == 2, plaintext.stdout + plaintext.stderr
+        assert not any(answers(a, p) for a in non_loopback_addresses() for p in (9092, 9093, 9094, 29092))
+    finally:
+        await asyncio.to_thread(stack.stop)

@@ -240,7 +240,9 @@ def test_the_secure_override_puts_every_kafka_client_on_sasl_ssl() -> None:
     listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
     for name, address in listeners.items():  # PLAINTEXT only on the container's own loopback
         assert protocols[name] == "SASL_SSL" or address.startswith("localhost:"), (name, address)
-    assert protocols["INTERNAL"] == protocols["HOST"] == "SASL_SSL"
+    assert protocols["INTERNAL_SASL_SSL"] == protocols["HOST_SASL_SSL"] == "SASL_SSL"
+    # the image's `configure` sets the keystore up only if an advertised listener reads "...SSL://"
+    assert "SSL://" in env["KAFKA_ADVERTISED_LISTENERS"] and "HOST_SASL_SSL://localhost:29092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
     for name in (*WORKERS, "seed"):
         client = secure[name]["environment"]
