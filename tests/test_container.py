@@ -25,7 +25,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from kafka_pipeline.simulator.app import create_app
-from tests.fixtures.compose_stack import ComposeError, image_facts, interpolate, load_compose, read_env_file
+from tests.fixtures.compose_stack import ComposeError, image_facts, interpolate, load_compose, merge_override, read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "config" / "docker" / "Dockerfile"
@@ -351,6 +351,19 @@ def test_prometheus_and_grafana_are_provisioned_from_the_checkout() -> None:
     assert len({b["uid"] for b in boards}) == len(boards) == 4
     for board in boards:
         assert all(p["datasource"]["uid"] == datasource["uid"] for p in board["panels"]), board["uid"]
+
+
+def test_override_files_merge_as_compose_merges_them() -> None:
+    """`-f docker-compose.yml -f docker-compose.secure.yml`: environments merged, the workers keep
+    their own settings and gain the SASL ones, kafka's command and health check are replaced."""
+    merged = merge_override(compose(), compose(SECURE))["services"]
+    assert merged["enrich"]["environment"]["WORKER_NAME"] == "enrich" and merged["enrich"]["environment"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert merged["enrich"]["ports"] == ["127.0.0.1:9101:9100"]
+    assert set(merged["enrich"]["depends_on"]) == {"kafka", "redis", "minio-init", "claimx-simulator", "kafka-tls"}
+    assert merged["kafka"]["ports"] == ["127.0.0.1:29092:29092"]
+    assert [str(v).split(":")[1] for v in merged["kafka"]["volumes"]] == ["/var/lib/kafka/data", "/usr/local/share/kafka-pipeline/kafka-start.sh", "/etc/kafka/secrets"]
+    assert merged["kafka"]["healthcheck"]["test"][-2] == "localhost:9094" and merged["kafka"]["healthcheck"]["interval"] == "5s"
+    assert merged["kafka"]["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
 
 
 def test_interpolation_follows_compose() -> None:
