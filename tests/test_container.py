@@ -374,3 +374,15 @@ def test_interpolation_follows_compose() -> None:
         interpolate("${UNSET:?needed}", variables)
     with pytest.raises(ComposeError, match="EMPTY"):
         interpolate({"a": ["${EMPTY:?needed}"]}, variables)
+
+
+def test_the_readme_section_uses_what_the_stack_publishes() -> None:
+    """The commands of README's "Deploy with Docker Compose" name the real scripts and ports."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploy with Docker Compose"):readme.index("## Brokers")]
+    published = {name: [str(p).split(":")[1] for p in spec.get("ports", [])] for name, spec in services().items()}
+    assert [f"localhost:{published[w][0]}" for w in WORKERS] == re.findall(r"--ops-url http://(localhost:\d+)", section)[:3]
+    assert "http://localhost:3000" in section and published["grafana"] == ["3000"]
+    assert "localhost:29092" in section and (ROOT / "config" / "docker" / "host-env.sh").read_text().count("KAFKA_BOOTSTRAP_SERVERS=localhost:29092") == 1
+    for command in ("bash config/docker/make-env.sh", "docker compose up -d --build", ". config/docker/host-env.sh", "docker compose down -v"):
+        assert command in section, command
