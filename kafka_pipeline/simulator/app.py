@@ -18,6 +18,7 @@ Control (no auth; bind the simulator to loopback):
     GET  /_faults            current latency and fault settings
     PUT  /_faults            change some of them (JSON object, names of faults.FaultSettings)
     POST /_faults/reset      back to the settings the simulator started with
+                             (the three /_faults routes are absent with `--fault-routes off`)
 """
 
 from __future__ import annotations
@@ -170,8 +171,10 @@ def create_app(
     faults: FaultSettings | None = None,
     user: str = DEFAULT_USER,
     password: str = DEFAULT_PASSWORD,
+    fault_routes: bool = True,
 ) -> Starlette:
-    """The simulator as an ASGI app (serve it with `server.serve`, or in-process with httpx)."""
+    """The simulator as an ASGI app (serve it with `server.serve`, or in-process with httpx).
+    `fault_routes=False` leaves out `/_faults*`: nobody can change the faults of a running simulator."""
     sim = Simulator(seed, faults or FaultSettings(), user, password)
 
     async def project_export(request: Request) -> Response:
@@ -252,10 +255,13 @@ def create_app(
         Route("/_health", health, methods=["GET"]),
         Route("/_stats", stats, methods=["GET"]),
         Route("/_stats/reset", reset_stats, methods=["POST"]),
-        Route("/_faults", get_faults, methods=["GET"]),
-        Route("/_faults", put_faults, methods=["PUT"]),
-        Route("/_faults/reset", reset_faults, methods=["POST"]),
     ]
+    if fault_routes:
+        routes += [
+            Route("/_faults", get_faults, methods=["GET"]),
+            Route("/_faults", put_faults, methods=["PUT"]),
+            Route("/_faults/reset", reset_faults, methods=["POST"]),
+        ]
     app = Starlette(routes=routes)
     app.state.simulator = sim
     return app

@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser, default_port: int = 8088) -> 
         "--password", default=os.environ.get("CLAIMX_SIMULATOR_PASSWORD", DEFAULT_PASSWORD),
         help="Basic auth password (default: $CLAIMX_SIMULATOR_PASSWORD, else 'simulator')",
     )
+    parser.add_argument(
+        "--fault-routes", choices=("on", "off"), default="on",
+        help="serve GET/PUT /_faults and POST /_faults/reset, which change faults at runtime without auth (default: on)",
+    )
     faults = parser.add_argument_group("latency and faults (also changeable at runtime: PUT /_faults)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay of every answer (default: 0)")
     faults.add_argument("--jitter-ms", type=float, default=0.0, help="extra random delay, uniform in [0, N] ms (default: 0)")
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; 0 on a clean stop."""
     faults = faults_from_args(args)
     seed: int | str = int(args.seed) if str(args.seed).lstrip("-").isdigit() else args.seed
-    app = create_app(seed=seed, faults=faults, user=args.user, password=args.password)
+    app = create_app(seed=seed, faults=faults, user=args.user, password=args.password, fault_routes=args.fault_routes == "on")
     # SIGTERM stops uvicorn gracefully; afterwards uvicorn re-raises it to this no-op handler.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
