@@ -162,13 +162,13 @@ def host_cli_env(env_file: Path) -> dict[str, str]:
 
 
 async def test_the_secure_override_serves_the_host_over_sasl_ssl(tmp_path: Path) -> None:
-    """docker-compose.secure.yml: kafka-tls makes the certificates, the broker comes up with the
+    """config/docker/compose.secure.yml: kafka-tls makes the certificates, the broker comes up with the
     SCRAM user, and the host's CLI gets in on localhost:29092 with the CA from the volume and the
     .env password, and only so; after a stop and a start on the same volumes, it still does. (The containers' listener `kafka:9092` is not tried: its
     certificate names `kafka`, which only Docker's DNS resolves.)"""
     env_file = make_env_file(tmp_path / ".env")
     values = read_env_file(env_file)
-    stack = ComposeStack(tmp_path / "stack", env_file, ROOT / "docker-compose.yml", ROOT / "docker-compose.secure.yml")
+    stack = ComposeStack(tmp_path / "stack", env_file, ROOT / "docker-compose.yml", ROOT / "config" / "docker" / "compose.secure.yml")
     try:
         await asyncio.to_thread(stack.start, ["kafka-tls", "kafka"])
         await asyncio.to_thread(stack.wait_condition, "kafka", "service_healthy")
@@ -191,7 +191,7 @@ async def test_the_secure_override_serves_the_host_over_sasl_ssl(tmp_path: Path)
 
         # stopped and started again on its volumes: the certificates, the user and the events are kept
         await asyncio.to_thread(stack.stop)
-        stack = ComposeStack(tmp_path / "stack", env_file, ROOT / "docker-compose.yml", ROOT / "docker-compose.secure.yml")
+        stack = ComposeStack(tmp_path / "stack", env_file, ROOT / "docker-compose.yml", ROOT / "config" / "docker" / "compose.secure.yml")
         await asyncio.to_thread(stack.start, ["kafka-tls", "kafka"])
         await asyncio.to_thread(stack.wait_condition, "kafka", "service_healthy")
         assert "already in" in stack.services["kafka-tls"].log_tail()

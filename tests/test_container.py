@@ -32,7 +32,7 @@ DOCKERFILE = ROOT / "config" / "docker" / "Dockerfile"
 LOCK = ROOT / "config" / "docker" / "requirements.lock"
 BUILD_LOCK = ROOT / "config" / "docker" / "build-requirements.lock"
 COMPOSE = ROOT / "docker-compose.yml"
-SECURE = ROOT / "docker-compose.secure.yml"
+SECURE = ROOT / "config" / "docker" / "compose.secure.yml"
 WORKERS = ("enrich", "write", "retry-scheduler")
 PROJECT_SERVICES = (*WORKERS, "claimx-simulator", "seed")
 SECRETS = ("REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "CLAIMX_SIMULATOR_PASSWORD", "CLAIMX_API_TOKEN")
@@ -66,7 +66,7 @@ def filled_env(tmp_path: Path, **changes: str) -> Path:
 # the compose file's shape
 
 
-@pytest.mark.parametrize("path", [COMPOSE, SECURE], ids=["docker-compose.yml", "docker-compose.secure.yml"])
+@pytest.mark.parametrize("path", [COMPOSE, SECURE], ids=["docker-compose.yml", "config/docker/compose.secure.yml"])
 def test_compose_files_follow_the_compose_specification(path: Path) -> None:
     schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
@@ -354,7 +354,7 @@ def test_prometheus_and_grafana_are_provisioned_from_the_checkout() -> None:
 
 
 def test_override_files_merge_as_compose_merges_them() -> None:
-    """`-f docker-compose.yml -f docker-compose.secure.yml`: environments merged, the workers keep
+    """`-f docker-compose.yml -f config/docker/compose.secure.yml`: environments merged, the workers keep
     their own settings and gain the SASL ones, kafka's command and health check are replaced."""
     merged = merge_override(compose(), compose(SECURE))["services"]
     assert merged["enrich"]["environment"]["WORKER_NAME"] == "enrich" and merged["enrich"]["environment"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"

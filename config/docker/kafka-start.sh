@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The secure override's command for `kafka` (docker-compose.secure.yml), in the apache/kafka image.
+# The secure override's command for `kafka` (config/docker/compose.secure.yml), in the apache/kafka image.
 # KRaft keeps SCRAM credentials in the metadata log, and the first ones can only be written when
 # the log directory is formatted (kafka-storage.sh format --add-scram); the image's own start
 # script formats without them. So: format with the client user's SCRAM-SHA-512 credentials

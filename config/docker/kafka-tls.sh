@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The secure override's one-shot `kafka-tls` service (docker-compose.secure.yml), in the
+# The secure override's one-shot `kafka-tls` service (config/docker/compose.secure.yml), in the
 # apache/kafka image: a CA made here and the broker's certificate for the names `kafka` (the
 # containers) and `localhost` (the host, through the published port), with keytool only.
 # Writes to $TLS_DIR (the kafka-tls volume): kafka.p12 (the broker's key and chain), its password
