@@ -26,6 +26,7 @@ the row size; the analyst's read within 2x of the compacted read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -231,6 +232,8 @@ def main() -> int:
     parser.add_argument("--log-retention-hours", type=float, default=0.05,
                         help="log retention of the tables (default 0.05 h = 3 min, so the run shows the cleanup; the setting's default is 168)")
     parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
+    parser.add_argument("--events-with-clocks", action="store_true",
+                        help="merge claimx_events through a clock table like the updated tables (the layout before issue 24: the 'before')")
     parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
     args = parser.parse_args()
     if args.flushes < 2 or args.messages_per_flush < 1 or args.maintenance_interval_s <= 0 or args.log_retention_hours < 0:
@@ -240,8 +243,9 @@ def main() -> int:
     root_path = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-soak-"))
     root = str(root_path)
     try:
+        specs = {name: dataclasses.replace(spec, immutable=False) if args.events_with_clocks else spec for name, spec in TABLES.items()}
         writers = {name: DeltaTableWriter(spec, root, configuration=table_properties(name)[0], clock_configuration=table_properties(name)[1])
-                   for name, spec in TABLES.items()}
+                   for name, spec in specs.items()}
         settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
         maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
                                      policy(settings))
@@ -250,7 +254,7 @@ def main() -> int:
             maintenance.start()
         pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         seconds: list[float] = []
-        rows = row_bytes = json_bytes = offset = conflicts = 0
+        rows = row_bytes = json_bytes = offset = conflicts = commits = files_added = 0
         started_all = time.perf_counter()
         for number, messages in enumerate(Stream().flushes(args.flushes, args.messages_per_flush)):
             started = time.perf_counter()
@@ -266,6 +270,8 @@ def main() -> int:
             results = [future.result() for future in futures]
             seconds.append(time.perf_counter() - started)
             conflicts += sum(r.conflicts for r in results)
+            commits += sum(r.commits for r in results)
+            files_added += sum(r.files_added for r in results)
             for data in tables.values():
                 rows += data.num_rows
                 row_bytes += data.drop_columns([SEQ, APP, OFFSET]).nbytes
@@ -284,6 +290,8 @@ def main() -> int:
               f"{total_s:.0f} s; maintenance {'off' if args.no_maintenance else f'every {args.maintenance_interval_s:g} s'}")
         print(f"flush time, first {window:,}: p50 {statistics.median(first):.3f} s, p99 {percentile(first, 99):.3f} s, max {max(first):.3f} s")
         print(f"flush time, last  {window:,}: p50 {statistics.median(last):.3f} s, p99 {percentile(last, 99):.3f} s, max {max(last):.3f} s")
+        print(f"writer commits: {commits / args.flushes:.2f} Delta commits and {files_added / args.flushes:.2f} data files added per flush "
+              f"(entity and clock tables; claimx_events {'through a clock table' if args.events_with_clocks else 'insert-if-absent, no clock table'})")
         print(f"maintenance: {maintenance.cycles} passes, {maintenance.compactions} compactions, {maintenance.conflicts} compaction conflicts, "
               f"{len(maintenance.errors)} errors; writer commit conflicts {conflicts}")
         for error in maintenance.errors[:3]:

@@ -261,3 +261,26 @@ def test_tables_and_maintain_commands(tmp_path, capsys) -> None:
     assert exit_.value.code == 2
     assert main(["tables", "--samples", "-2"]) == 2
     assert "--samples" in capsys.readouterr().err
+
+
+def test_an_immutable_table_is_insert_if_absent_in_one_commit_without_clocks(tmp_path) -> None:
+    """claimx_events: a key's row is the event's own fields, so the merge rule is insert-if-absent:
+    one commit per flush, no clock table; a replayed or redelivered row changes nothing."""
+    spec = TABLES["claimx_events"]
+    assert spec.immutable and not any(s.immutable for name, s in TABLES.items() if name != "claimx_events")
+    root = str(tmp_path)
+    events = DeltaTableWriter(spec, root)
+    first = batch([("claimx_events", full_row(spec, n), n, f"trace-{n}", n) for n in range(4)])["claimx_events"]
+    result = events.write(first, {P0: 3})
+    assert (result.commits, result.keys_changed) == (1, 4)
+    assert DeltaTable(table_uri(root, "claimx_events")).version() == 1  # created, then one MERGE
+    with pytest.raises(Exception):  # noqa: B017 - no clock table was ever created
+        DeltaTable(clock_table_uri(root, "claimx_events"))
+    again = batch([("claimx_events", full_row(spec, n), n, f"trace-{n}", 4 + i) for i, n in enumerate((2, 3, 4))])["claimx_events"]
+    result = events.write(again, {P0: 6})
+    assert (result.commits, result.keys_changed) == (1, 1)  # trace-4 only: trace-2 and trace-3 are held
+    stored = read_rows(root, "claimx_events")
+    assert [row["trace_id"] for row in stored] == [f"trace-{n}" for n in range(5)]
+    assert all(row["created_at"] == row["updated_at"] for row in stored)
+    assert events.write(again, {P0: 6}).commits == 0  # offsets already held: skipped whole
+    assert events.transaction_versions([P0]) == {P0: 6}

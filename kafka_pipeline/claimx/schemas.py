@@ -35,6 +35,9 @@ class TableSpec:
     # Every row of a key carries the same `event_time` (an event log: the key names one event).
     # The writer then matches on (key, event_time), so a MERGE prunes files by event time.
     fixed_event_time: bool = False
+    # Every row of a key is the same row (a pure function of the key: an event's own fields). The
+    # merge rule then reduces to insert-if-absent: no clock table, one commit per flush.
+    immutable: bool = False
     schema: pa.Schema = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -175,8 +178,10 @@ EVENTS = TableSpec(
         master_file_name ingested_at event_date""",
         {"ingested_at": TIMESTAMP, "event_date": DATE},
     ),
-    # trace_id is derived from (or given with) one event, whose event_time is its ingested_at
+    # trace_id is derived from (or given with) one event, whose event_time is its ingested_at,
+    # and the row holds that event's own fields only (transforms.event_row): never updated
     fixed_event_time=True,
+    immutable=True,
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -71,6 +71,11 @@ class TableContract(Protocol):
         """Every row of a key has the same `event_time` (an event log)."""
         ...
 
+    @property
+    def immutable(self) -> bool:
+        """Every row of a key is the same row: the merge is insert-if-absent, no clocks needed."""
+        ...
+
 
 def has_trace_column(spec: TableContract) -> bool:
     """Whether `trace_id` is metadata (every table but the events log, where it is the key)."""

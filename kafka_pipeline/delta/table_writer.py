@@ -84,6 +84,7 @@ class TableWriteResult:
     keys_changed: int = 0  # keys inserted or updated in the entity table
     commits: int = 0  # Delta commits (entity + clock table)
     conflicts: int = 0  # commits rejected by a concurrent writer and redone
+    files_added: int = 0  # data files the commits added (entity + clock table)
     version: int | None = None  # entity table version after the write
     seconds: float = 0.0
 
@@ -157,10 +158,11 @@ class DeltaTableWriter:
     # -- tables -----------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        """Open both tables, creating them with the contract's schema when missing."""
+        """Open both tables (an immutable table has no clock table), creating them with the
+        contract's schema when missing."""
         if self._table is None:
             self._table = self._open_or_create(self.uri, self.spec.schema, self.configuration)
-        if self._clocks is None:
+        if self._clocks is None and not self.spec.immutable:
             self._clocks = self._open_or_create(self.clock_uri, self._clock_schema, self.clock_configuration)
 
     def _open_or_create(self, uri: str, schema: pa.Schema, configuration: Mapping[str, str]) -> DeltaTable:
@@ -186,7 +188,8 @@ class DeltaTableWriter:
 
     def transaction_versions(self, app_ids: list[str]) -> dict[str, int | None]:
         """Per app id the last offset both tables hold (None: nothing yet). Creates nothing."""
-        tables = [open_table(uri, self.storage_options) for uri in (self.uri, self.clock_uri)]
+        uris = (self.uri,) if self.spec.immutable else (self.uri, self.clock_uri)
+        tables = [open_table(uri, self.storage_options) for uri in uris]
         result: dict[str, int | None] = {}
         for app in app_ids:
             versions = [None if table is None else table.transaction_version(app) for table in tables]
@@ -258,11 +261,11 @@ class DeltaTableWriter:
 
     def _write_retrying(self, rows: pa.Table, progress: _ProgressRecord, now: datetime, result: TableWriteResult) -> None:
         self.ensure()
-        assert self._table is not None and self._clocks is not None
+        write_once = self._insert_absent if self.spec.immutable else self._write_once
         attempt = 0
         while True:
             try:
-                self._write_once(rows, progress, now, result)
+                write_once(rows, progress, now, result)
                 break
             except CommitFailedError as exc:
                 attempt += 1
@@ -299,7 +302,7 @@ class DeltaTableWriter:
         if clock_combined is not None:
             resolution = merge_rule.resolve(self.spec, clock_combined, stored, now)
             if resolution.clock_rows.num_rows:
-                self._merge_clocks(clocks, resolution.clock_rows, progress)
+                result.files_added += _files_added(self._merge_clocks(clocks, resolution.clock_rows, progress))
                 result.commits += 1
                 committed = clocks.table.version()
                 clocks.table.update_incremental()
@@ -320,7 +323,36 @@ class DeltaTableWriter:
             return
         metrics = self._merge_entities(main, main_source, progress)
         result.commits += 1
+        result.files_added += _files_added(metrics)
         result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))  # type: ignore[call-overload]
+
+    def _insert_absent(self, rows: pa.Table, progress: _ProgressRecord, now: datetime, result: TableWriteResult) -> None:
+        """An immutable table: the rows of keys it does not hold yet are inserted, in one commit.
+        (The merge rule gives the same table: a held key's row is this very row.)"""
+        assert self._table is not None
+        main = self._snapshot(self._table, list(progress.offsets))
+        fresh = _unwritten(rows, main.versions)
+        result.skipped = rows.num_rows - fresh.num_rows
+        if fresh.num_rows == 0:
+            return
+        # one row per key, with the columns an insert takes (no key has clocks: all of it is new)
+        source = merge_rule.resolve(self.spec, merge_rule.combine(self.spec, fresh), None, now).source
+        metrics = (
+            main.table.merge(
+                source,
+                merge_rule.match_predicate(self.spec),
+                source_alias=merge_rule.SOURCE_ALIAS,
+                target_alias=merge_rule.TARGET_ALIAS,
+                streamed_exec=self.streamed_exec,
+                writer_properties=self.writer_properties,
+                commit_properties=progress.commit_properties(main.versions),
+            )
+            .when_not_matched_insert(self._expressions.inserts)
+            .execute()
+        )
+        result.commits += 1
+        result.files_added += _files_added(metrics)
+        result.keys_changed = int(str(metrics.get("num_target_rows_inserted", 0)))
 
     def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
         return (
@@ -398,6 +430,10 @@ class DeltaTableWriter:
         candidates = dataset.to_table()
         wanted = pc.is_in(merge_rule.key_text(self.spec, candidates), value_set=merge_rule.key_text(self.spec, keys))
         return candidates.filter(wanted)
+
+
+def _files_added(merge_metrics: Mapping[str, object]) -> int:
+    return int(str(merge_metrics.get("num_target_files_added", 0)))
 
 
 def _unwritten(rows: pa.Table, versions: Mapping[str, int | None]) -> pa.Table:
