@@ -158,7 +158,9 @@ class EnrichmentWorker:
             await self.runtime.run(self, stop_event)
         finally:
             self.metrics.forget(self.name)
-        log.info("enrichment worker stopped", **self.summary())
+        summary = self.summary()
+        api_calls = " ".join(f"{kind}={n}" for kind, n in sorted(summary["api_calls"].items()))
+        log.info("enrichment worker stopped", **{**summary, "api_calls": api_calls or "none"})
 
     def summary(self) -> dict[str, Any]:
         c = self.counts
@@ -313,11 +315,11 @@ class EnrichmentWorker:
     ) -> Outcome:
         if event is None:
             assert parse_error is not None
-            log.warning("malformed event", reason=str(parse_error)[:300], topic=record.topic, partition=record.partition, offset=record.offset)
+            log.debug("malformed event", reason=str(parse_error)[:300], topic=record.topic, partition=record.partition, offset=record.offset)
             return await self._fail(record, parse_error, None, slot)
         handler = handler_for(event.event_type)
         if handler is None:
-            log.info("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
+            log.debug("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
@@ -457,6 +459,7 @@ class EnrichmentWorker:
             skipped=self.counts.skipped,
             api_calls=sum(self.api.calls.values()),
             gauges=gauges,
+            skipped_by={("unknown type", event_type): n for (outcome, event_type), n in self.counts.by_type.items() if outcome == "skipped"},
         )
 
 
