@@ -67,11 +67,11 @@ def test_prometheus_and_grafana_are_provisioned_from_the_checkout() -> None:
     provider = yaml.safe_load((ROOT / "config" / "grafana" / "provisioning" / "dashboards" / "kafka-pipeline.yml").read_text())
     assert f"{provider['providers'][0]['options']['path']}" in {v.split(":")[1] for v in services["grafana"]["volumes"]}
     datasource = yaml.safe_load((ROOT / "config" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
+    assert datasource["datasources"][0]["type"] == "prometheus" and datasource["datasources"][0]["isDefault"]
     boards = [json.loads(p.read_text()) for p in (ROOT / "config" / "grafana" / "dashboards").glob("*.json")]
     assert len({b["uid"] for b in boards}) == len(boards) == 4
-    for board in boards:
-        assert all(p["datasource"]["uid"] == uid for p in board["panels"]), board["uid"]
+    for board in boards:  # the panels use the board's data source variable, which defaults to the provisioned Prometheus
+        assert all(p["datasource"]["uid"] == "${datasource}" for p in board["panels"]), board["uid"]
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
