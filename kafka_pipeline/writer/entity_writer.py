@@ -49,6 +49,7 @@ from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.runtime.tracing import carry, linked_span
 from kafka_pipeline.writer.maintenance import WriterMaintenance
 from kafka_pipeline.writer.table_freshness import TableFreshness
 
@@ -353,7 +354,8 @@ class EntityWriter:
             return False
         started = time.monotonic()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(None, self._write_batch, batch)
+            with linked_span("claimx.writer.flush", (record.headers for record, _ in batch.messages)):  # linked to the events' spans
+                result = await asyncio.get_running_loop().run_in_executor(None, carry(self._write_batch), batch)
             if result.dead:
                 await self.runtime.require_dead_letters().send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
@@ -391,7 +393,7 @@ class EntityWriter:
                 dead.append(Letter(record, type(exc).__name__, f"{type(exc).__name__}: {_one_line(exc)}", trace_id=message.trace_id))
         progress = {app_id(self.group_id, tp.topic, tp.partition): offset for tp, offset in batch.last_offsets().items()}
         now = datetime.now(UTC)
-        futures = {name: self._pool.submit(self.writers[name].write, rows, progress, now) for name, rows in builder.tables().items()}
+        futures = {name: self._pool.submit(carry(self.writers[name].write), rows, progress, now) for name, rows in builder.tables().items()}
         results: dict[str, TableWriteResult] = {}
         errors: list[BaseException] = []
         for name, future in futures.items():

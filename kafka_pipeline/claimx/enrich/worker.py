@@ -66,6 +66,7 @@ from kafka_pipeline.runtime.consumer import ConsumerRuntime, ConsumerSpec
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.runtime.tracing import traced_consume, with_trace_headers
 
 __all__ = ["EnrichmentWorker", "WorkerAborted", "WorkerCounts", "route_failure"]
 
@@ -305,6 +306,7 @@ class EnrichmentWorker:
         self.metrics.event(outcome, event_type)
         self.runtime.done(tp, record.offset)
 
+    @traced_consume("claimx.event", fields=("event_type", "project_id", "trace_id"))  # a span per event, API calls inside
     async def _process(
         self,
         record: ConsumerRecord[Any, Any],
@@ -393,7 +395,7 @@ class EnrichmentWorker:
         producer = self.runtime.require_producer()
         try:
             try:
-                delivery = await producer.send(topic, value=value, key=key, headers=headers or None)
+                delivery = await producer.send(topic, value=value, key=key, headers=with_trace_headers(headers) or None)
             finally:
                 if turn is not None:
                     turn.mine.set()
