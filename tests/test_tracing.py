@@ -5,6 +5,7 @@ real broker, the simulator over HTTP and Delta tables, with the SDK's in-memory 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -26,12 +27,16 @@ from opentelemetry.trace import SpanKind
 
 from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.inject import build_event
+from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import KafkaSettings, load_settings
 from kafka_pipeline.delta.table_writer import table_uri
+from kafka_pipeline.embedded.broker import free_port
 from kafka_pipeline.runtime import tracing
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.writer.entity_writer import EntityWriter
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -178,3 +183,26 @@ def test_off_unless_the_otel_variables_ask_and_then_the_hooks_do_nothing() -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True, env=env)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_a_run_exports_its_spans_over_otlp_when_the_variables_say_so(tmp_path: Path) -> None:
+    """`kafka-pipeline run` with OTEL_EXPORTER_OTLP_ENDPOINT set: every worker process exports its
+    spans over OTLP/HTTP (to scripts/otlp_sink.py standing in for a collector)."""
+    port, counts = free_port(), tmp_path / "spans.json"
+    sink = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "otlp_sink.py"), "--port", str(port), "--out", str(counts)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().startswith("otlp sink on")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KAFKA_", "DELTA_", "KP_"))}
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_BSP_SCHEDULE_DELAY="200")
+        run = subprocess.run([sys.executable, "-m", "kafka_pipeline", "run", "--until-drained", "--log-dir", "logs"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+    finally:
+        sink.terminate()
+        sink.wait(timeout=30)
+    exported = json.loads(counts.read_text())
+    events = len(bundled_sample().read_text().splitlines())
+    assert exported["kafka-pipeline-enrich claimx.event"] == events, exported  # one span per event, each exported once
+    assert exported.get("kafka-pipeline-enrich GET", 0) > 0, exported  # the API calls (httpx client spans)
+    assert exported["kafka-pipeline-write claimx.writer.flush"] >= 1 and exported["kafka-pipeline-write delta.write"] >= 8, exported
