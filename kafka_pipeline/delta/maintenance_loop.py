@@ -286,8 +286,10 @@ async def run_maintenance(
                 continue
             report = await loop.run_in_executor(pool, maintainer.run_once)
             if report.compacted or report.errors:
-                log.info("maintenance cycle", compacted=report.compacted, checkpointed=len(report.checkpointed),
-                         conflicts=report.conflicts, errors=report.errors)
+                # one line: `table=files removed` pairs and the error count, not the raw dicts (each error was logged already)
+                compacted = " ".join(f"{label}={removed}" for label, removed in sorted(report.compacted.items()))
+                log.info("maintenance cycle", compacted=compacted or "none", checkpointed=len(report.checkpointed),
+                         conflicts=report.conflicts, errors=len(report.errors))
 
 
 def table_labels(names: Sequence[str], uri_of: Callable[[str], str], clock_uri_of: Callable[[str], str]) -> dict[str, str]:
