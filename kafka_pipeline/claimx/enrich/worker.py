@@ -322,6 +322,7 @@ class EnrichmentWorker:
         handler = handler_for(event.event_type)
         if handler is None:
             log.debug("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
+            self.counts.skipped_type(event.event_type)  # the cycle line counts skips per type
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
@@ -461,7 +462,7 @@ class EnrichmentWorker:
             skipped=self.counts.skipped,
             api_calls=sum(self.api.calls.values()),
             gauges=gauges,
-            skipped_by={("unknown type", event_type): n for (outcome, event_type), n in self.counts.by_type.items() if outcome == "skipped"},
+            skipped_by={("unknown type", event_type): n for event_type, n in self.counts.skipped_types.items()},
         )
 
 
