@@ -3,6 +3,7 @@ crash recovery between the two commits, concurrent writers, maintenance, the tab
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -241,10 +242,12 @@ def test_tables_and_maintain_commands(tmp_path, capsys) -> None:
     write_some(root, flushes=2)
     assert main(["tables", "--tables-root", root, "--samples", "1"]) == 0
     out = capsys.readouterr().out
-    assert "claimx_projects: version 2, 10 rows, 2 files" in out and "(MERGE)" in out
+    assert "claimx_projects: version 2, 10 rows, 2 files" in out and re.search(r"\(MERGE, \d+s ago\)", out), out  # freshness
     assert "merge clocks: version 2, 10 rows" in out
     assert "claimx_media: not created yet" in out
     assert '"project_id": ' in out  # a sample row
+    assert main(["tables", "--tables-root", root]) == 0
+    assert '"project_id"' not in capsys.readouterr().out  # counts only: samples need --samples N
 
     assert main(["maintain", "--tables-root", root, "--table", "claimx_projects"]) == 0  # no --apply: a plan per table
     out = capsys.readouterr().out
