@@ -47,7 +47,7 @@ def test_commands_beside_run_use_its_stack_and_status_shows_the_workers(tmp_path
 
     with out.open("w") as stdout:
         run = subprocess.Popen([sys.executable, "-m", "kafka_pipeline", "run", "--log-dir", "logs"], cwd=tmp_path, env=env,
-                               stdout=stdout, stderr=subprocess.STDOUT)
+                               stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)  # a terminal's process group
     try:
         wait_until(lambda: "running; Ctrl-C stops everything" in out.read_text() or run.poll() is not None, "run to start")
         printed = out.read_text()
@@ -111,9 +111,12 @@ def test_commands_beside_run_use_its_stack_and_status_shows_the_workers(tmp_path
         assert "ERROR" not in (tmp_path / "logs" / "tansu.log").read_text()
     finally:
         if run.poll() is None:
-            run.send_signal(signal.SIGINT)
+            os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its whole foreground process group
         code = run.wait(timeout=120)
-    last = out.read_text().rstrip().splitlines()[-1]
+    printed = out.read_text()
+    last = printed.rstrip().splitlines()[-1]
+    # only `run` got the Ctrl-C: it stopped the workers first (they drained and committed), then the broker
+    assert "exited with errors" not in printed and "exited with code" not in printed, printed[-3000:]
     assert code == 0 and last == f"stopped (Ctrl-C): workers, simulator and broker; tables kept in {tmp_path / 'data' / 'delta'}", last
     assert not (tmp_path / "data" / "stack.json").exists()
     after = cli("status")
