@@ -206,3 +206,10 @@ def test_a_run_exports_its_spans_over_otlp_when_the_variables_say_so(tmp_path: P
     assert exported["kafka-pipeline-enrich claimx.event"] == events, exported  # one span per event, each exported once
     assert exported.get("kafka-pipeline-enrich GET", 0) > 0, exported  # the API calls (httpx client spans)
     assert exported["kafka-pipeline-write claimx.writer.flush"] >= 1 and exported["kafka-pipeline-write delta.write"] >= 8, exported
+
+
+def test_a_bad_otel_setting_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_SPAN_LINK_COUNT_LIMIT": "lots",
+           "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-m", "kafka_pipeline", "write"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr == "kafka-pipeline write: config error: OTEL_SPAN_LINK_COUNT_LIMIT must be a whole number, got 'lots'\n"

@@ -22,8 +22,10 @@ import contextvars
 import dataclasses
 import functools
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from kafka_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when tracing is turned on: a worker without it does not load OpenTelemetry
     from opentelemetry.context import Context
@@ -32,7 +34,7 @@ if TYPE_CHECKING:  # imported when tracing is turned on: a worker without it doe
 
 T = TypeVar("T")
 HEADER_NAMES = ("traceparent", "tracestate")
-DEFAULT_LINK_LIMIT = "1024"  # links of one flush span (one per message of the batch); the SDK's default is 128
+DEFAULT_LINK_LIMIT = 1024  # links of one flush span (one per message of the batch); the SDK's default is 128
 _tracer: Tracer | None = None  # None: tracing is off
 _provider: TracerProvider | None = None
 
@@ -41,7 +43,7 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def wanted(environ: os._Environ[str] | dict[str, str] = os.environ) -> bool:
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """Do the standard OTEL_* variables ask for traces?"""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
@@ -57,10 +59,9 @@ def configure_tracing(service_name: str) -> bool:
     if not wanted():
         return False
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - only when tracing is on
-    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter  # noqa: PLC0415
 
-    os.environ.setdefault("OTEL_SPAN_LINK_COUNT_LIMIT", DEFAULT_LINK_LIMIT)
     exporter: SpanExporter
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         exporter = ConsoleSpanExporter()
@@ -69,7 +70,11 @@ def configure_tracing(service_name: str) -> bool:
 
         exporter = OTLPSpanExporter()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or f"kafka-pipeline-{service_name}"})
-    provider = TracerProvider(resource=resource)
+    limit = os.environ.get("OTEL_SPAN_LINK_COUNT_LIMIT") or str(DEFAULT_LINK_LIMIT)
+    if not limit.isdigit():
+        raise ConfigError(f"config error: OTEL_SPAN_LINK_COUNT_LIMIT must be a whole number, got {ascii(limit[:40])}")
+    links = int(limit)
+    provider = TracerProvider(resource=resource, span_limits=SpanLimits(max_links=links))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     use_provider(provider)
     return True
