@@ -20,6 +20,11 @@ quota, and the production default of 500/s would make the rate limit, not the wo
 thing measured). Timing starts at the first consumed event (after the consumer group join) and
 ends when the last event is finished (its rows acknowledged).
 Export calls are read from the simulator's `/_stats`.
+
+Tracing: off unless the OTEL_* variables ask (as in a worker); `--otlp-sink` turns it on and
+exports every span over OTLP/HTTP to `scripts/otlp_sink.py`, started for the run on this
+machine, and prints how many spans it received: `--otlp-sink` against no flag is the cost of
+tracing.
 """
 
 from __future__ import annotations
@@ -27,17 +32,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kafka_pipeline.claimx.cache.project_cache import NoCache
 from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.config import Settings, load_settings
-from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
+from kafka_pipeline.runtime import tracing
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from kafka_pipeline.runtime.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
@@ -179,7 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "while the production default of 500/s would cap the optimized run near 500 / API calls per event)")
     parser.add_argument("--seed", default="7", help="event stream and simulator data seed (default: 7)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--otlp-sink", action="store_true",
+                        help="trace every event and export the spans over OTLP/HTTP to scripts/otlp_sink.py (started here)")
     return parser
+
+
+def start_sink(folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """scripts/otlp_sink.py on a free port; OTEL_EXPORTER_OTLP_ENDPOINT points at it."""
+    port, counts = free_port(), folder / "spans.json"
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("otlp_sink.py")), "--port", str(port), "--out", str(counts)],
+                            stdout=subprocess.DEVNULL)
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    return sink, counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench_enrich.py: error: --events must be at least --projects", file=sys.stderr)
         return 2
     configure_logging("bench", level="WARNING")
-    results = asyncio.run(bench(args))
+    with tempfile.TemporaryDirectory() as folder:
+        sink, counts = start_sink(Path(folder)) if args.otlp_sink else (None, None)
+        try:
+            traced = tracing.configure_tracing("bench")
+            results = asyncio.run(bench(args))
+            tracing.shutdown()  # every span exported before the sink's count is read
+        finally:
+            if sink is not None:
+                sink.terminate()
+                sink.wait()
+        exported = sum(json.loads(counts.read_text()).values()) if counts is not None and counts.exists() else 0
+    print(f"tracing: {'on, ' + str(exported) + ' spans exported over OTLP' if traced else 'off'}", file=sys.stderr)
     optimized, naive = results
     speedup = optimized.events_per_s / naive.events_per_s
     if args.json:

@@ -327,7 +327,7 @@ def main() -> int:
         before = analyst_reads(root)
         compact_started = time.perf_counter()
         for name in ("claimx_events", "claimx_projects"):
-            maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False)
+            maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False, dry_run=False)
         compact_s = time.perf_counter() - compact_started
         after = analyst_reads(root)
         print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "

@@ -120,7 +120,7 @@ def seed(writer: DeltaTableWriter, existing: int, chunk: int) -> float:
         rows = project_rows(numbers, first_offset=start, first_second=start, minimal_fraction=0.0, seed=start, app=SEED_APP)
         writer.write(rows, {SEED_APP: start + len(numbers) - 1})
     for uri in (writer.uri, writer.clock_uri):
-        maintain(uri, checkpoint=True, vacuum=False, storage_options=writer.storage_options)
+        maintain(uri, checkpoint=True, vacuum=False, dry_run=False, storage_options=writer.storage_options)
     return time.perf_counter() - started
 
 

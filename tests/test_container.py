@@ -349,8 +349,9 @@ def test_prometheus_and_grafana_are_provisioned_from_the_checkout() -> None:
     assert datasource["url"] == "http://prometheus:9090" and "--web.listen-address=:9090" in found["prometheus"]["command"]
     boards = [json.loads(p.read_text()) for p in (ROOT / "config" / "grafana" / "dashboards").glob("*.json")]
     assert len({b["uid"] for b in boards}) == len(boards) == 4
-    for board in boards:
-        assert all(p["datasource"]["uid"] == datasource["uid"] for p in board["panels"]), board["uid"]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"]
+    for board in boards:  # the panels use the board's data source variable, which defaults to the provisioned Prometheus
+        assert all(p["datasource"]["uid"] == "${datasource}" for p in board["panels"]), board["uid"]
 
 
 def test_override_files_merge_as_compose_merges_them() -> None:

@@ -217,6 +217,20 @@ def test_cycle_stats_line_and_fields() -> None:
     assert stats.tick()["processed"] == 3  # per cycle, not since start
 
 
+def test_cycle_line_counts_skips_per_reason_and_type() -> None:
+    """Skipped events are counted in the cycle line per reason and event type, per cycle."""
+    snapshot = CycleSnapshot(skipped=3, skipped_by={("unknown type", "PROJECT_NOTE_ADDED"): 2, ("unknown type", "X_Y"): 1})
+    stats = CycleStats(lambda: snapshot, interval_s=10)
+    with structlog.testing.capture_logs() as logs:
+        fields = stats.tick()
+    assert "skipped=3: unknown type PROJECT_NOTE_ADDED 2, unknown type X_Y 1)" in logs[0]["event"]
+    assert fields["skipped_by"] == {"unknown type/PROJECT_NOTE_ADDED": 2, "unknown type/X_Y": 1}
+    snapshot = CycleSnapshot(skipped=4, skipped_by={("unknown type", "PROJECT_NOTE_ADDED"): 3, ("unknown type", "X_Y"): 1})
+    with structlog.testing.capture_logs() as logs:
+        fields = stats.tick()
+    assert "skipped=1: unknown type PROJECT_NOTE_ADDED 1)" in logs[0]["event"] and fields["skipped_by"] == {"unknown type/PROJECT_NOTE_ADDED": 1}
+
+
 # --- integration: real broker, real simulator ------------------------------------------------
 
 

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = sorted((ROOT / "config" / "grafana" / "dashboards").glob("*.json"))
 RULES = ROOT / "config" / "prometheus" / "rules" / "kafka-pipeline.rules.yml"
 COMPONENTS = ("enrich", "write", "retry-scheduler")
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$worker": ".*", "$group": ".*"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$worker": ".*", "$group": ".*", "$job": "kafka-pipeline", "$component": ".*"}
 
 
 @dataclass
@@ -163,6 +163,8 @@ def dashboard_expressions() -> list[tuple[str, str]]:
             for target in panel["targets"]:
                 found.append((f"{path.name}: {panel['title']}", target["expr"]))
         for variable in board["templating"]["list"]:
+            if variable["type"] != "query":  # the data source and the label values typed in
+                continue
             match = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"]["query"])
             assert match, variable
             found.append((f"{path.name}: variable {variable['name']}", match.group(1)))

@@ -26,7 +26,6 @@ from deltalake import DeltaTable, write_deltalake
 
 from kafka_pipeline.claimx.cache.warm import recent_project_ids
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.row_conversion import BatchBuilder
 from kafka_pipeline.claimx.schemas import PROJECTS, TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import ConfigError, KafkaSettings, Settings, WorkerSettings
@@ -42,6 +41,7 @@ from kafka_pipeline.delta.storage import (
 )
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
 from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
+from kafka_pipeline.writer.row_conversion import BatchBuilder
 from tests.fixtures.s3 import S3Server
 from tests.test_enrich_worker import until
 from tests.test_entity_writer import (

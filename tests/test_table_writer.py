@@ -3,6 +3,7 @@ crash recovery between the two commits, concurrent writers, maintenance, the tab
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -216,13 +217,14 @@ def test_maintenance_compacts_checkpoints_and_vacuums_without_losing_progress(tm
     assert info is not None
     assert (info.rows, info.files, info.version, info.last_operation, len(info.samples)) == (20, 4, 4, "MERGE", 2)
 
-    dry = maintain(writer.uri, retention_hours=0, dry_run=True)
-    assert dry is not None and dry.compacted is not None and dry.compacted["numFilesRemoved"] == 4
-    assert dry.checkpoint_version == 5 and dry.vacuum_dry_run and len(dry.vacuumed) == 4
+    dry = maintain(writer.uri, retention_hours=0, dry_run=True)  # a plan: nothing is changed
+    assert dry is not None and dry.compacted is None and dry.checkpoint_version is None and dry.vacuum_dry_run
+    assert dry.compaction_plan is not None and dry.compaction_plan.files == 4 and dry.checkpoint_plan_version == 4
     parquet_files = lambda: len(list((tmp_path / "claimx_projects").glob("*.parquet")))  # noqa: E731
-    assert parquet_files() == 5  # dry run: the four replaced files are still on disk
+    assert parquet_files() == 4 and DeltaTable(writer.uri).version() == 4
     applied = maintain(writer.uri, retention_hours=0, dry_run=False)
-    assert applied is not None and len(applied.vacuumed) == 4 and parquet_files() == 1
+    assert applied is not None and applied.compacted is not None and applied.compacted["numFilesRemoved"] == 4
+    assert applied.checkpoint_version == 5 and len(applied.vacuumed) == 4 and parquet_files() == 1
     assert read_rows(root, "claimx_projects") == before
     fresh = DeltaTable(writer.uri)  # loads from the checkpoint
     assert fresh.transaction_version(P0) == 34
@@ -240,15 +242,23 @@ def test_tables_and_maintain_commands(tmp_path, capsys) -> None:
     write_some(root, flushes=2)
     assert main(["tables", "--tables-root", root, "--samples", "1"]) == 0
     out = capsys.readouterr().out
-    assert "claimx_projects: version 2, 10 rows, 2 files" in out and "(MERGE)" in out
+    assert "claimx_projects: version 2, 10 rows, 2 files" in out and re.search(r"\(MERGE, \d+s ago\)", out), out  # freshness
     assert "merge clocks: version 2, 10 rows" in out
     assert "claimx_media: not created yet" in out
     assert '"project_id": ' in out  # a sample row
+    assert main(["tables", "--tables-root", root]) == 0
+    assert '"project_id"' not in capsys.readouterr().out  # counts only: samples need --samples N
 
-    assert main(["maintain", "--tables-root", root, "--table", "claimx_projects"]) == 0
+    assert main(["maintain", "--tables-root", root, "--table", "claimx_projects"]) == 0  # no --apply: a plan per table
     out = capsys.readouterr().out
-    assert "claimx_projects: compacted" in out and "checkpoint at version 3" in out and "vacuum would delete 0 files" in out
-    assert "claimx_projects (merge clocks): compacted" in out
+    assert "claimx_projects (plan): would compact 2 files below the target size" in out and "would checkpoint at version 2" in out
+    assert "vacuum would delete 0 files" in out and "claimx_projects (merge clocks) (plan): would compact 2 files" in out
+    assert out.rstrip().endswith("dry run: nothing changed; add --apply to do it")
+    assert DeltaTable(table_uri(root, "claimx_projects")).version() == 2  # nothing committed
+
+    assert main(["maintain", "--tables-root", root, "--table", "claimx_projects", "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert "claimx_projects: compacted 2 files into 1, checkpoint at version 3, vacuum deleted 0 files" in out
 
     assert main(["maintain", "--tables-root", root, "--table", "claimx_projects", "--retention-hours", "0", "--apply",
                  "--skip-compact", "--skip-checkpoint"]) == 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 from kafka_pipeline.config import KafkaSettings, load_settings
 from kafka_pipeline.dlq import operations as dlq_ops
 from kafka_pipeline.dlq.terminal import printable
+from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
 
 NAME = "dlq"
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "inspect" and args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     settings = load_settings()
+    use_running_stack(settings, bootstrap_flag=args.bootstrap_servers, tables_flag=True)
     kafka: KafkaSettings = settings.kafka
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
@@ -82,8 +85,12 @@ async def _list(kafka: KafkaSettings, topic: str, args: argparse.Namespace) -> i
 
 async def _inspect(kafka: KafkaSettings, topic: str, args: argparse.Namespace) -> int:
     snapshot = await dlq_ops.read_dlq(kafka, topic)
-    for line in dlq_ops.inspect_entries(snapshot, trace_id=args.trace_id, limit=args.limit):
+    lines = dlq_ops.inspect_entries(snapshot, trace_id=args.trace_id, limit=args.limit)
+    for line in lines:
         print(printable(json.dumps(line, ensure_ascii=False)))
+    if not lines:  # on stderr: stdout stays JSON lines only, for jq and friends
+        which = f" with trace id {printable(args.trace_id)}" if args.trace_id else ""
+        print(f"no dead letters{which} on {printable(topic)} since its purge point", file=sys.stderr)
     return 0
 
 

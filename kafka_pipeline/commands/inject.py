@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from kafka_pipeline.claimx.handlers import HANDLERS
 from kafka_pipeline.claimx.handlers.base import REFRESH_PROJECT_HEADER
 from kafka_pipeline.commands.arguments import point_in_time
 from kafka_pipeline.config import load_settings
+from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
 from kafka_pipeline.ops.inject import InvalidEvent, build_event
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
@@ -18,8 +20,10 @@ DESCRIPTION = "Send one ClaimX event built from flags (validated against the eve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--type", required=True, dest="event_type", metavar="EVENT_TYPE", help="e.g. PROJECT_CREATED")
-    parser.add_argument("--project-id", required=True)
+    parser.epilog = "event types: " + ", ".join(sorted(HANDLERS))
+    parser.add_argument("--type", required=True, dest="event_type", metavar="EVENT_TYPE",
+                        help="the event type, one of those listed below (e.g. PROJECT_CREATED)")
+    parser.add_argument("--project-id", required=True, help="the ClaimX project id the event belongs to (the message key)")
     parser.add_argument("--media-id", help="PROJECT_FILE_ADDED")
     parser.add_argument("--task-assignment-id", help="CUSTOM_TASK_ASSIGNED / CUSTOM_TASK_COMPLETED")
     parser.add_argument("--video-collaboration-id", help="VIDEO_COLLABORATION_*")
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run: trace_id {event.trace_id}, nothing sent")
         return 0
     settings = load_settings()
+    use_running_stack(settings, bootstrap_flag=args.bootstrap_servers, tables_flag=True)
     kafka = settings.kafka
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})

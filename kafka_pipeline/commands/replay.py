@@ -17,6 +17,7 @@ from kafka_pipeline.commands.arguments import (
     text_list,
 )
 from kafka_pipeline.config import Settings, load_settings
+from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
 from kafka_pipeline.ops.replay import replay
 from kafka_pipeline.ops.replay_sources import (
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.bootstrap_servers:
         settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    use_running_stack(settings, bootstrap_flag=args.bootstrap_servers, tables_flag=args.tables_root)
     selection = selection_of(args)
     source = source_of(args, settings, selection)
     target = args.topic or settings.kafka.events_topic

@@ -14,6 +14,7 @@ from kafka_pipeline.commands.arguments import (
 )
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.dlq.operations import PURGE_GROUP_PREFIX
+from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
 from kafka_pipeline.offsets.reset import (
     ResetTarget,
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.bootstrap_servers:
         settings.kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    use_running_stack(settings, bootstrap_flag=args.bootstrap_servers, tables_flag=True)
     topic = topic_of(args, settings)
     target = target_of(args)
 

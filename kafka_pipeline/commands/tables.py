@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from deltalake.exceptions import DeltaError
@@ -14,24 +15,29 @@ from kafka_pipeline.commands.arguments import add_storage_arguments, apply_stora
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.delta.maintenance import TableDescription, describe
 from kafka_pipeline.delta.storage import TableRoot, storage_error, table_root
+from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.ops.text import ago_text, size_text
 
 NAME = "tables"
 HELP = "Describe the Delta tables (version, rows, last commit)."
-DESCRIPTION = "Show each Delta table: version, row count, files, size, last commit (time, operation) and a few sample rows."
+DESCRIPTION = ("Show each Delta table: version, row count, files, size, last commit (time, operation) and freshness "
+               "(how long ago it was); --samples N adds N sample rows per table.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", choices=sorted(TABLES), metavar="NAME",
                         help=f"only this table (one of: {', '.join(sorted(TABLES))})")
-    parser.add_argument("--samples", type=int, default=3, metavar="N", help="sample rows to show per table (default 3; 0 = none)")
+    parser.add_argument("--samples", type=int, default=0, metavar="N", help="also show N sample rows per table (default 0: none)")
     add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise UsageError(f"--samples must be 0 or more, got {args.samples}")
-    root = table_root(apply_storage_arguments(load_settings(), args).delta)
+    settings = apply_storage_arguments(load_settings(), args)
+    use_running_stack(settings, bootstrap_flag=True, tables_flag=args.tables_root)
+    root = table_root(settings.delta)
     try:
         _show(root, [args.table] if args.table else list(TABLES), args.samples)
     except (OSError, DeltaError) as exc:
@@ -59,18 +65,11 @@ def _show(root: TableRoot, names: list[str], samples: int) -> None:
 
 def _summary(name: str, info: TableDescription) -> str:
     when = info.last_commit_at.isoformat(timespec="seconds") if info.last_commit_at else "-"
+    fresh = f", {ago_text((datetime.now(UTC) - info.last_commit_at).total_seconds())} ago" if info.last_commit_at else ""
     return (
-        f"{name}: version {info.version}, {info.rows} rows, {info.files} files, {_size(info.size_bytes)}, "
-        f"last commit {when} ({info.last_operation or '-'})"
+        f"{name}: version {info.version}, {info.rows} rows, {info.files} files, {size_text(info.size_bytes)}, "
+        f"last commit {when} ({info.last_operation or '-'}{fresh})"
     )
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return f"{size} B"
 
 
 def _compact(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from deltalake import DeltaTable
 from kafka_pipeline.delta.table_writer import open_table, table_uri
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: time travel and slow readers keep working for a week
+TARGET_SIZE_PROPERTY = "delta.targetFileSize"
+DEFAULT_TARGET_BYTES = 100 * 1024 * 1024  # delta-rs's default target size
 
 
 @dataclass
@@ -60,6 +62,15 @@ def describe(uri: str, *, samples: int = 0, storage_options: Mapping[str, str] |
 
 
 @dataclass
+class CompactionPlan:
+    """What a compaction would rewrite: the files below the target size (every file when sorting)."""
+
+    files: int
+    size_bytes: int
+    sort_by: tuple[str, ...] = ()
+
+
+@dataclass
 class MaintenanceReport:
     uri: str
     compacted: dict[str, Any] | None = None
@@ -67,6 +78,9 @@ class MaintenanceReport:
     vacuumed: list[str] = field(default_factory=list)
     vacuum_dry_run: bool = True
     error: str | None = None
+    # dry run: what would be done (nothing was)
+    compaction_plan: CompactionPlan | None = None
+    checkpoint_plan_version: int | None = None
 
 
 def maintain(
@@ -82,22 +96,36 @@ def maintain(
 ) -> MaintenanceReport | None:
     """Compact (or sort by `sort_by`), checkpoint and vacuum one table (None if absent).
 
-    Vacuum deletes files no longer in the table and older than `retention_hours`; with
-    `dry_run` it only lists them.
+    Vacuum deletes files no longer in the table and older than `retention_hours`. With
+    `dry_run` nothing is changed: the report holds the plan (files a compaction would rewrite,
+    the version a checkpoint would be written at, the files vacuum would delete).
     """
     table = open_table(uri, storage_options)
     if table is None:
         return None
     report = MaintenanceReport(uri=uri, vacuum_dry_run=dry_run)
-    if compact:
+    if compact and dry_run:
+        report.compaction_plan = _compaction_plan(table, sort_by)
+    elif compact:
         report.compacted = _compact(table, sort_by)
-    if checkpoint:
+    if checkpoint and dry_run:
+        report.checkpoint_plan_version = table.version()
+    elif checkpoint:
         table.update_incremental()
         table.create_checkpoint()
         report.checkpoint_version = table.version()
     if vacuum:
         report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
     return report
+
+
+def _compaction_plan(table: DeltaTable, sort_by: Sequence[str]) -> CompactionPlan:
+    """`optimize.compact` bin-packs the files below the target size; `z_order` rewrites every file."""
+    sizes = pa.table(table.get_add_actions(flatten=True))["size_bytes"].to_pylist()
+    if not sort_by:
+        target = int(table.metadata().configuration.get(TARGET_SIZE_PROPERTY) or DEFAULT_TARGET_BYTES)
+        sizes = [size for size in sizes if size < target]
+    return CompactionPlan(len(sizes), sum(sizes), tuple(sort_by))
 
 
 def _compact(table: DeltaTable, sort_by: Sequence[str]) -> dict[str, Any]:

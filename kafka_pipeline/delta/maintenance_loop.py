@@ -49,6 +49,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kafka_pipeline.delta.maintenance import DEFAULT_TARGET_BYTES, TARGET_SIZE_PROPERTY
 from kafka_pipeline.delta.table_writer import open_table
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.logging import get_logger
@@ -56,8 +57,6 @@ from kafka_pipeline.runtime.logging import get_logger
 log = get_logger("kafka_pipeline.delta.maintenance")
 
 LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
-TARGET_SIZE_PROPERTY = "delta.targetFileSize"
-DEFAULT_TARGET_BYTES = 100 * 1024 * 1024  # delta-rs's default target size
 TIER_RATIO = 8
 MIN_TIER_BYTES = 64 * 1024  # below this a file is mostly Parquet footer: no tier smaller
 
@@ -287,8 +286,10 @@ async def run_maintenance(
                 continue
             report = await loop.run_in_executor(pool, maintainer.run_once)
             if report.compacted or report.errors:
-                log.info("maintenance cycle", compacted=report.compacted, checkpointed=len(report.checkpointed),
-                         conflicts=report.conflicts, errors=report.errors)
+                # one line: `table=files removed` pairs and the error count, not the raw dicts (each error was logged already)
+                compacted = " ".join(f"{label}={removed}" for label, removed in sorted(report.compacted.items()))
+                log.info("maintenance cycle", compacted=compacted or "none", checkpointed=len(report.checkpointed),
+                         conflicts=report.conflicts, errors=len(report.errors))
 
 
 def table_labels(names: Sequence[str], uri_of: Callable[[str], str], clock_uri_of: Callable[[str], str]) -> dict[str, str]:

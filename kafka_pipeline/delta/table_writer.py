@@ -37,6 +37,7 @@ from kafka_pipeline.delta.merge_rule import APP, OFFSET, TableContract
 from kafka_pipeline.delta.storage import CLOCKS_DIR, join_uri, storage_error
 from kafka_pipeline.errors import PermanentError, TransientError
 from kafka_pipeline.runtime.backoff import backoff_delay
+from kafka_pipeline.runtime.tracing import traced_call
 
 
 class TableSchemaError(PermanentError):
@@ -228,6 +229,7 @@ class DeltaTableWriter:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @traced_call("delta.write", result_prefix="delta")  # a span per table write, child of the writer's flush span
     def write(
         self,
         rows: pa.Table,

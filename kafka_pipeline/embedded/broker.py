@@ -53,6 +53,10 @@ def find_tansu_binary() -> str:
 
 
 def die_with_parent() -> None:
+    """In the child before it runs: SIGTERM when the parent dies, and a process group of its own,
+    so a terminal's Ctrl-C reaches only `kafka-pipeline run`, which stops the workers (they
+    drain and commit) before the broker they commit to."""
+    os.setpgrp()
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.runtime.kafka import ensure_topics
@@ -113,7 +113,9 @@ class EmbeddedStack:
     def start_worker(self, command: str, name: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
         name = name or command
         log = self.log_dir / f"{name}.log" if self.log_dir else None
-        worker = WorkerProcess(command, {**self.worker_env(), **(env or {})}, name=name, log_path=log).start()
+        # every worker gets an ops port (/metrics, /health): `status` and Prometheus can look at it
+        ops = {"KP_WORKER__HTTP_HOST": "127.0.0.1", "KP_WORKER__HTTP_PORT": str(free_port())}
+        worker = WorkerProcess(command, {**self.worker_env(), **ops, **(env or {})}, name=name, log_path=log).start()
         self.workers[name] = worker
         return worker
 
@@ -123,6 +125,12 @@ class EmbeddedStack:
         Kafka without a data folder gets a temporary one): the tables' progress of an earlier run
         came from another log, and this run's writer adopts the new one knowingly."""
         return self.broker is not None and (self.broker_kind == "tansu" or self.kafka_data_dir is None)
+
+    @property
+    def ops_urls(self) -> dict[str, str]:
+        """Worker name -> its ops base URL (the workers started without an ops port left out)."""
+        ports = {name: worker.env.get("KP_WORKER__HTTP_PORT", "0") for name, worker in self.workers.items()}
+        return {name: f"http://127.0.0.1:{port}" for name, port in ports.items() if port != "0"}
 
     def start_workers(self) -> None:
         for command in WORKER_COMMANDS:

@@ -33,6 +33,7 @@ class WorkerProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "kafka_pipeline", self.command, *self.extra_args],
             env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            process_group=0,  # not the terminal's: on Ctrl-C `run` stops the workers first, with SIGTERM (drain, commit)
         )
         self.starts += 1
         return self

@@ -9,7 +9,7 @@ Everything is read, nothing is joined or committed, and the parts are read concu
   first of them is due;
 - per Delta table: version, last commit, freshness, and the row count from the add actions'
   `numRecords` statistics (the log is read, no data file);
-- given ops URLs, each worker's `/health/ready`.
+- given ops URLs, each worker's `/health/ready` and a few of its `/metrics` (`KEY_METRICS`).
 
 `problems` lists what needs a person: a group with lag and no member, dead letters, a retry
 overdue by more than `OVERDUE_S` (the scheduler is not forwarding), a worker not ready or not
@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +32,14 @@ import httpx
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings
 from kafka_pipeline.delta.maintenance import describe
 from kafka_pipeline.delta.table_writer import table_uri
 from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.ops.text import ago_text
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, parse_retry_headers
 from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
@@ -46,6 +48,16 @@ CONNECT_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 1.0
 OVERDUE_S = 60.0  # a retry this late means the scheduler does not forward
 MAX_RETRY_SCAN = 100_000  # retry messages read to find the next due time (the count is exact anyway)
+# the few series `status` shows per worker (summed over their labels): sample name -> what it counts
+KEY_METRICS = {
+    "claimx_enrich_events_total": "events",
+    "claimx_api_calls_total": "api calls",
+    "claimx_writer_rows_written_total": "rows written",
+    "claimx_writer_delta_commits_total": "commits",
+    "retry_scheduler_forwarded_total": "retries forwarded",
+    "retry_scheduler_waiting": "retries waiting",
+    "kafka_pipeline_dead_letters_total": "dead letters",
+}
 
 
 @dataclass
@@ -100,6 +112,8 @@ class WorkerStatus:
     url: str
     ready: bool
     failing: list[str] = field(default_factory=list)  # readiness checks that fail, or why it did not answer
+    name: str = ""  # the worker's name when known (the stack file of `run`), else ""
+    metrics: dict[str, float] = field(default_factory=dict)  # KEY_METRICS it exports, by what they count
     notes: list[str] = field(default_factory=list)  # what a writer says of its progress (records skipped, partitions refused)
 
 
@@ -133,8 +147,10 @@ def _iso(value: Any) -> Any:
     return value
 
 
-async def collect(settings: Settings, ops_urls: list[str] | tuple[str, ...] = ()) -> Status:
-    """Read everything concurrently; BrokerUnreachable (one line) when the broker does not answer."""
+async def collect(settings: Settings, ops_urls: Sequence[str] | Mapping[str, str] = ()) -> Status:
+    """Read everything concurrently; BrokerUnreachable (one line) when the broker does not answer.
+    `ops_urls`: the workers' ops base URLs, or worker name -> URL."""
+    workers_by_name = list(ops_urls.items()) if isinstance(ops_urls, Mapping) else [("", url) for url in ops_urls]
     started = time.monotonic()
     kafka = settings.kafka
     admin = AIOKafkaAdminClient(**connection_kwargs(kafka))
@@ -155,7 +171,7 @@ async def collect(settings: Settings, ops_urls: list[str] | tuple[str, ...] = ()
             asyncio.gather(*(_group(admin, group, topic, ends[topic]) for group, topic in pairs)),
             _dlq(kafka),
             asyncio.get_running_loop().run_in_executor(None, _tables, settings),
-            asyncio.gather(*(_worker(url) for url in ops_urls)),
+            asyncio.gather(*(_worker(url, name) for name, url in workers_by_name)),
         )
     finally:
         await _close(admin)
@@ -265,17 +281,33 @@ def _tables(settings: Settings) -> list[TableStatus]:
     return found
 
 
-async def _worker(url: str) -> WorkerStatus:
-    target = url.rstrip("/") + "/health/ready"
+async def _worker(url: str, name: str = "") -> WorkerStatus:
+    base = url.rstrip("/")
     try:
         async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
-            response = await client.get(target)
+            response, exported = await asyncio.gather(client.get(base + "/health/ready"), client.get(base + "/metrics"))
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"])
+        return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"], name)
     checks = body.get("checks", {}) if isinstance(body, dict) else {}
-    failing = sorted(name for name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
-    return WorkerStatus(url, response.status_code == 200 and bool(body.get("ready")), failing, _progress_notes(checks.get("progress")))
+    failing = sorted(check_name for check_name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
+    ready = response.status_code == 200 and bool(body.get("ready"))
+    metrics = key_metrics(exported.text) if exported.status_code == 200 else {}
+    return WorkerStatus(url, ready, failing, name, metrics, _progress_notes(checks.get("progress")))
+
+
+def key_metrics(exposition: str) -> dict[str, float]:
+    """The KEY_METRICS found in a Prometheus text exposition, each summed over its labels."""
+    found: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                if sample.name in KEY_METRICS:
+                    label = KEY_METRICS[sample.name]
+                    found[label] = found.get(label, 0.0) + sample.value
+    except ValueError:  # not an exposition: show none
+        return {}
+    return found
 
 
 def _progress_notes(check: Any) -> list[str]:
@@ -305,7 +337,7 @@ def problems(status: Status) -> list[str]:
         found.append(f"retries overdue since {status.retry.next_due_at:%H:%M:%S}: is the retry scheduler running?")
     for worker in status.workers:
         if not worker.ready:
-            found.append(f"worker {worker.url} not ready: {', '.join(worker.failing) or 'unknown'}")
+            found.append(f"worker {worker.name or worker.url} not ready: {', '.join(worker.failing) or 'unknown'}")
     return found
 
 
@@ -319,13 +351,7 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[
 
 
 def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+    return "-" if seconds is None else ago_text(seconds)
 
 
 def format_status(status: Status) -> str:
@@ -359,8 +385,9 @@ def format_status(status: Status) -> str:
     if status.workers:
         lines.append("")
         lines.append("workers")
-        rows = [(w.url, "ready" if w.ready else "NOT READY", ", ".join(w.failing), "; ".join(w.notes)) for w in status.workers]
-        lines += _table(("ops url", "readiness", "failing", "notes"), rows, set())
+        rows = [(w.name or "-", w.url, "ready" if w.ready else "NOT READY: " + (", ".join(w.failing) or "unknown"),
+                 ", ".join(f"{label} {value:.0f}" for label, value in w.metrics.items()) or "-", "; ".join(w.notes)) for w in status.workers]
+        lines += _table(("worker", "ops url", "readiness", "metrics", "notes"), rows, set())
     lines.append("")
     if status.problems:
         lines.append(f"{len(status.problems)} problem(s):")

@@ -1,10 +1,10 @@
 """Cycle-stats log lines: every `interval_s` one line with what happened since the last one.
 
-    Cycle 5: processed=150 (succeeded=148, failed=2, skipped=0) | 48.3 events/s |
-    project_cache_size=89 fetches_avoided=93.1% api_calls=412
+    Cycle 5: processed=150 (succeeded=146, failed=2, skipped=2: unknown type PROJECT_NOTE_ADDED 2) |
+    48.3 events/s | project_cache_size=89 fetches_avoided=93.1% api_calls=412
 
 The same numbers go out as structured fields (`cycle`, `processed`, `succeeded`, `failed`,
-`skipped`, `events_per_s`, ...), so a JSON log is as easy to chart as the console line is to read;
+`skipped`, `skipped_by` (`{"<reason>/<event type>": n}`), `events_per_s`, ...), so a JSON log is as easy to chart as the console line is to read;
 the console renderer shows the line alone (`runtime.logging`: the fields are in it already).
 Counts are per cycle; `*_total` fields are since start; ratios (`fetches_avoided`, `*_rate`) are
 the cache's since start.
@@ -32,6 +32,7 @@ class CycleSnapshot:
     skipped: int = 0
     api_calls: int = 0
     gauges: Mapping[str, Any] = field(default_factory=dict)  # reported as they are (cache size, hit rate, in flight)
+    skipped_by: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (reason, event type) -> skipped so far
 
     @property
     def processed(self) -> int:
@@ -73,12 +74,15 @@ class CycleStats:
         current = self.sample()
         elapsed = max(now - self._last_at, 1e-9)
         self.cycle += 1
+        skipped_by = {key: n - self._last.skipped_by.get(key, 0) for key, n in sorted(current.skipped_by.items())}
+        skipped_by = {key: n for key, n in skipped_by.items() if n}
         fields: dict[str, Any] = {
             "cycle": self.cycle,
             "processed": current.processed - self._last.processed,
             "succeeded": current.succeeded - self._last.succeeded,
             "failed": current.failed - self._last.failed,
             "skipped": current.skipped - self._last.skipped,
+            "skipped_by": {f"{reason}/{event_type}": n for (reason, event_type), n in skipped_by.items()},
             "events_per_s": round((current.processed - self._last.processed) / elapsed, 1),
             "api_calls": current.api_calls - self._last.api_calls,
             "processed_total": current.processed,
@@ -86,9 +90,10 @@ class CycleStats:
             **current.gauges,
         }
         gauges = " ".join(format_gauge(name, value) for name, value in current.gauges.items())
+        why = ", ".join(f"{reason} {event_type} {n}" for (reason, event_type), n in skipped_by.items())
         line = (
             f"Cycle {fields['cycle']}: processed={fields['processed']} (succeeded={fields['succeeded']}, "
-            f"failed={fields['failed']}, skipped={fields['skipped']}) | {fields['events_per_s']:.1f} events/s"
+            f"failed={fields['failed']}, skipped={fields['skipped']}{': ' + why if why else ''}) | {fields['events_per_s']:.1f} events/s"
             f" | {gauges + ' ' if gauges else ''}api_calls={fields['api_calls']}"
         )
         self._log.info(line, **fields, **{IN_MESSAGE: tuple(fields)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -47,9 +49,23 @@ def first_contact_error(kafka: KafkaSettings, exc: BaseException) -> BrokerUnrea
     return BrokerUnreachable(f"Kafka broker unreachable at {where} ({type(exc).__name__})")
 
 
+_client_name = "kafka-pipeline"  # the worker's name once `set_client_name` was called
+
+
+def set_client_name(name: str) -> None:
+    global _client_name
+    _client_name = name
+
+
+def client_id() -> str:
+    """`<worker name>-<host>-<pid>`: what group listings (`status`, kafka-consumer-groups) show per member."""
+    return f"{_client_name}-{socket.gethostname()}-{os.getpid()}"
+
+
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
         **connection_kwargs(kafka),
+        "client_id": client_id(),
         "acks": "all",
         "enable_idempotence": producer_idempotence(kafka),
         "compression_type": kafka.compression_type,
@@ -64,6 +80,7 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ov
     """A consumer that never auto-commits: every worker commits only what it finished."""
     options: dict[str, Any] = {
         **connection_kwargs(kafka),
+        "client_id": client_id(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

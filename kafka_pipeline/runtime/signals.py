@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime.kafka import set_client_name
 from kafka_pipeline.runtime.logging import configure_logging
+from kafka_pipeline.runtime.tracing import configure_tracing, shutdown
 
 
 class Worker(Protocol):
@@ -30,5 +32,10 @@ def run_worker(settings: Settings, make_worker: Callable[[], Worker]) -> int:
     """The body of every worker command: logging as the settings say, then run until signalled.
     A failure of the worker itself (`errors.WorkerFailed`) reaches the CLI, which prints it."""
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    asyncio.run(run_until_signalled(make_worker))
+    set_client_name(settings.worker.name)
+    configure_tracing(settings.worker.name)  # only when OTEL_* asks for traces
+    try:
+        asyncio.run(run_until_signalled(make_worker))
+    finally:
+        shutdown()  # export the spans still buffered
     return 0

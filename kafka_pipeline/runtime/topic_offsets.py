@@ -4,6 +4,10 @@ On Apache Kafka the end is the broker's own end offset (ListOffsets, `end_offset
 `end_offsets()` can answer the base offset of the last record batch instead (tansu, see
 runtime/broker_capabilities.py), the high watermark is read by fetching that last batch: one
 batch per partition, exact.
+
+Reading offsets never probes the broker (`resolve_capabilities` asks for a producer id, which
+tansu answers with an error it logs in red): without a known profile the fetch path is used,
+exact on every broker.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.broker_capabilities import resolve_capabilities
+from kafka_pipeline.runtime.broker_capabilities import known_capabilities
 from kafka_pipeline.runtime.kafka import make_consumer
 
 
@@ -30,7 +34,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
 
 async def high_watermarks(kafka: KafkaSettings, topic: str, *, timeout_s: float = 5.0) -> dict[int, int]:
     """Partition -> offset after the last record (0 for an empty partition)."""
-    capabilities = await resolve_capabilities(kafka)
+    capabilities = known_capabilities(kafka)
     consumer = make_consumer(kafka, group_id=None, client_id=f"hw-{uuid.uuid4().hex[:6]}")
     try:
         await consumer.start()

@@ -152,6 +152,7 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 0, on_ready: Callable[[
 
 
 def _die_with_parent() -> None:
+    os.setpgrp()  # its own process group: a terminal's Ctrl-C reaches `run`, which stops it last
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

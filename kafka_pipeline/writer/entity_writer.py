@@ -55,6 +55,7 @@ from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.runtime.tracing import carry, linked_span
 from kafka_pipeline.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
 from kafka_pipeline.writer.maintenance import WriterMaintenance
 from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
@@ -466,7 +467,8 @@ class EntityWriter(ConsumerWorker):
             return False
         started = time.monotonic()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(None, self._write_batch, batch)
+            with linked_span("claimx.writer.flush", (record.headers for record, _ in batch.messages)):  # linked to the events' spans
+                result = await asyncio.get_running_loop().run_in_executor(None, carry(self._write_batch), batch)
             if result.dead:
                 await self.require_handle().dead_letters.send(result.dead, group=self.group_id)
         except Exception as exc:  # noqa: BLE001 - every failure is retried; the batch stays pending
@@ -499,7 +501,7 @@ class EntityWriter(ConsumerWorker):
         companions, metadata = self._log_record(batch)
         now = datetime.now(UTC)
         futures = {
-            name: self._pool.submit(self.writers[name].write, rows, progress, now, companions=companions, metadata=metadata)
+            name: self._pool.submit(carry(self.writers[name].write), rows, progress, now, companions=companions, metadata=metadata)
             for name, rows in builder.tables().items()
         }
         results: dict[str, TableWriteResult] = {}

@@ -59,6 +59,9 @@ def type_label(event: ClaimXEvent | None) -> str:
     return event.event_type if event.event_type in HANDLERS else "other"
 
 
+MAX_SKIPPED_TYPES = 50
+
+
 @dataclass
 class WorkerCounts:
     consumed: int = 0
@@ -69,6 +72,13 @@ class WorkerCounts:
     aborted: int = 0  # could not be produced: the worker stopped
     handed_back: int = 0  # unfinished at a revoke or a stop: the group reads them again
     peak_in_flight: int = 0  # the most events ever in flight at once (never above max_in_flight)
+    skipped_types: Counter[str] = field(default_factory=Counter)  # skipped events by their own type (bounded)
+
+    def skipped_type(self, event_type: str) -> None:
+        """Count a skipped event under its type; past MAX_SKIPPED_TYPES distinct types, as `other`
+        (the types come from the input: a flood of made-up ones must not grow this forever)."""
+        known = event_type in self.skipped_types or len(self.skipped_types) < MAX_SKIPPED_TYPES
+        self.skipped_types[event_type if known else "other"] += 1
 
     def finished(self, outcome: Outcome, event_type: str) -> None:
         self.outcomes[outcome] += 1

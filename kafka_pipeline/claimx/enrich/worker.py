@@ -67,6 +67,7 @@ from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.runtime.tracing import traced_consume, with_trace_headers
 
 __all__ = ["EnrichmentWorker", "WorkerAborted", "WorkerCounts", "route_failure"]
 
@@ -147,7 +148,9 @@ class EnrichmentWorker(ConsumerWorker):
             await run_app(self, self.settings, stop_event)
         finally:
             self.metrics.forget(self.name)
-        log.info("enrichment worker stopped", **self.summary())
+        summary = self.summary()
+        api_calls = " ".join(f"{kind}={n}" for kind, n in sorted(summary["api_calls"].items()))
+        log.info("enrichment worker stopped", **{**summary, "api_calls": api_calls or "none"})
 
     def summary(self) -> dict[str, Any]:
         c = self.counts
@@ -288,6 +291,7 @@ class EnrichmentWorker(ConsumerWorker):
         self.metrics.event(outcome, event_type)
         self.require_handle().done(tp, record.offset)
 
+    @traced_consume("claimx.event", fields=("event_type", "project_id", "trace_id"))  # a span per event, API calls inside
     async def _process(
         self,
         record: ConsumerRecord[Any, Any],
@@ -298,11 +302,12 @@ class EnrichmentWorker(ConsumerWorker):
     ) -> Outcome:
         if event is None:
             assert parse_error is not None
-            log.warning("malformed event", reason=str(parse_error)[:300], topic=record.topic, partition=record.partition, offset=record.offset)
+            log.debug("malformed event", reason=str(parse_error)[:300], topic=record.topic, partition=record.partition, offset=record.offset)
             return await self._fail(record, parse_error, None, slot)
         handler = handler_for(event.event_type)
         if handler is None:
-            log.info("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
+            log.debug("skipped event of unknown type", event_type=event.event_type, project_id=event.project_id, trace_id=event.trace_id)
+            self.counts.skipped_type(event.event_type)  # the cycle line counts skips per type
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
@@ -376,7 +381,7 @@ class EnrichmentWorker(ConsumerWorker):
         producer = self.require_handle().producer
         try:
             try:
-                delivery = await producer.send(topic, value=value, key=key, headers=headers or None)
+                delivery = await producer.send(topic, value=value, key=key, headers=with_trace_headers(headers) or None)
             finally:
                 if turn is not None:
                     turn.mine.set()
@@ -442,6 +447,7 @@ class EnrichmentWorker(ConsumerWorker):
             skipped=self.counts.skipped,
             api_calls=sum(self.api.calls.values()),
             gauges=gauges,
+            skipped_by={("unknown type", event_type): n for event_type, n in self.counts.skipped_types.items()},
         )
 
 
