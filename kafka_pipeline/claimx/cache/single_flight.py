@@ -60,6 +60,9 @@ class Flights:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for project_id, task in list(self._running.items()):
+            if task in tasks:  # cancelled before it ran: its own cleanup never did
+                del self._running[project_id]
 
 
 def _retrieve_exception(task: asyncio.Task[Any]) -> None:
