@@ -37,6 +37,16 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "co
         await asyncio.sleep(0.02)
 
 
+def wait_until(condition: Callable[[], bool], what: Callable[[], str], timeout_s: float, interval_s: float = 0.5) -> None:
+    """`until` for tests that drive worker processes from plain (blocking) code; `what` is asked
+    only when the deadline passed, so it may describe the state it found."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what()}")
+        time.sleep(interval_s)
+
+
 class FakeClock:
     """A monotonic clock that moves only when told."""
 

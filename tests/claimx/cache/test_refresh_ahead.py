@@ -55,12 +55,13 @@ class Refreshing:
 
 
 def test_without_an_emitter_nothing_is_ever_due() -> None:
-    refreshing = Refreshing()
+    clock, tier, counters = FakeClock(), RecordingTier(), Counters()
+    loader = ProjectLoader(EntryStore(local_settings(), clock), tier, counters, absent_ttl_s=10.0)
     silent = RefreshAhead(
-        local_settings(), flights=Flights(), loader=refreshing.refresh._loader, tier=refreshing.tier,
-        counters=Counters(), emit=None, confirmed=lambda project_id, token: None, clock=FakeClock(),
+        local_settings(), flights=Flights(), loader=loader, tier=tier, counters=counters, emit=None,
+        confirmed=lambda project_id, token: None, clock=clock,
     )
-    assert silent.due_after_s == float("inf") and refreshing.refresh.due_after_s == 40.0
+    assert silent.due_after_s == float("inf") and Refreshing().refresh.due_after_s == 40.0
 
 
 async def test_a_refresh_emits_then_confirms_and_one_runs_at_a_time() -> None:
