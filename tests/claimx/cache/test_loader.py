@@ -52,20 +52,18 @@ async def test_a_failed_load_releases_the_lock() -> None:
     assert len(tier.calls) == 1  # no lock, nothing to release
 
 
-async def test_a_404_is_remembered_as_absent_here_and_shared() -> None:
-    loader, store, tier, _, _ = parts(absent_ttl_s=10.0)
+@pytest.mark.parametrize(
+    ("absent_ttl_s", "told"),
+    [
+        (10.0, ("store_absent", "p404", "t1", 10.0)),  # remembered here and shared; that frees the lock too
+        (0.0, ("release", "p404", "t1")),  # not remembered: only the lock is released
+    ],
+)
+async def test_a_404_is_remembered_as_absent_for_absent_ttl_s(absent_ttl_s: float, told: tuple[object, ...]) -> None:
+    loader, store, tier, _, _ = parts(absent_ttl_s=absent_ttl_s)
     api = Loader()
     api.not_found.add("p404")
     with pytest.raises(PermanentError):
         await loader.load("p404", api.for_project("p404"), SharedAnswer(token="t1"))
-    assert isinstance(store.live("p404"), Absent)
-    assert tier.calls == [("store_absent", "p404", "t1", 10.0)]  # writes the entry and frees the lock
-
-
-async def test_with_no_absent_ttl_a_404_only_releases_the_lock() -> None:
-    loader, store, tier, _, _ = parts(absent_ttl_s=0.0)
-    api = Loader()
-    api.not_found.add("p404")
-    with pytest.raises(PermanentError):
-        await loader.load("p404", api.for_project("p404"), SharedAnswer(token="t1"))
-    assert len(store) == 0 and tier.calls == [("release", "p404", "t1")]
+    assert isinstance(store.live("p404"), Absent) is (absent_ttl_s > 0)
+    assert tier.calls == [told]
