@@ -163,9 +163,9 @@ async def run_workers(
         async def handle(project_id: str) -> None:
             async with slots:
                 result = await cache.verify(project_id, api.loader(project_id))
-                if result.snapshot is not None:
-                    await asyncio.sleep(ack_s)  # produce the rows, wait for the broker ack
-                    cache.confirm(project_id)
+                if result.carries_project:
+                    with result:  # produce the rows, wait for the broker ack: confirmed
+                        await asyncio.sleep(ack_s)
 
         await asyncio.gather(*(handle(project_id) for project_id in events))
 

@@ -133,7 +133,7 @@ class RecordingCache:
         self.abandoned: list[str] = []
 
     async def verify(self, project_id: str, load, *, refresh: bool = False) -> Verification:
-        return Verification("loaded", await load())
+        return Verification("loaded", await load(), holder=self)  # settling it reports here
 
     def confirm(self, project_id: str) -> None:
         self.confirmed.append(project_id)

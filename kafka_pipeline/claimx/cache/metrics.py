@@ -13,16 +13,15 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from kafka_pipeline.claimx.cache.project_cache import ProjectCache
+from kafka_pipeline.claimx.cache.stats import CacheStats
 from kafka_pipeline.runtime.metrics import metric
-
-if TYPE_CHECKING:
-    from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache
 
 PREFIX = "claimx_project_cache"
 

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,7 +46,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from kafka_pipeline.claimx.api.client import API_ID_PATTERN
-from kafka_pipeline.claimx.cache.project_cache import LOCAL, SharedAnswer, TierCounters
+from kafka_pipeline.claimx.cache.shared import LOCAL, SharedAnswer, TierCounters, TierState
+from kafka_pipeline.claimx.cache.store import entry_jitter_s
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.runtime.logging import get_logger
@@ -173,7 +173,7 @@ def _connection_options(settings: CacheSettings) -> dict[str, Any]:
 
 
 class RedisTier:
-    """The shared tier of the ProjectCache (it implements `project_cache.SharedTier`)."""
+    """The shared tier of the ProjectCache (it implements `shared.SharedTier`)."""
 
     def __init__(
         self,
@@ -239,6 +239,10 @@ class RedisTier:
         """Redis answers and invalidations reach us: without the listener the shared tier is not up."""
         listener = self._listener
         return self._breaker.state == "closed" and self.listening and listener is not None and not listener.done()
+
+    @property
+    def state(self) -> TierState:
+        return "up" if self.is_up else "down"
 
     @property
     def breaker_state(self) -> State:
@@ -449,9 +453,7 @@ class RedisTier:
     # ------------------------------------------------------------------ writing (fire and forget: never block the caller)
 
     def _entry_px(self) -> int:
-        s = self.settings
-        jitter = min(s.ttl_jitter_s, s.refresh_after_s / 2)
-        return max(1, int((s.ttl_s - random.random() * jitter) * 1000))
+        return max(1, int((self.settings.ttl_s - entry_jitter_s(self.settings)) * 1000))
 
     def confirm(self, project_id: str, token: str | None, *, notify: bool) -> None:
         """The project's rows were acknowledged: write the shared entry, release the lock, wake

@@ -332,19 +332,14 @@ class EnrichmentWorker(ConsumerWorker):
         )
         await turn.wait_previous()  # one project's messages go out in offset order
         try:
-            await self._produce(
-                self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn, slot=slot
-            )
+            # The project snapshot among the rows is confirmed once acknowledged, abandoned if the
+            # produce fails (WorkerAborted, or handed back before the ack: the rows may not be written).
+            with result:
+                await self._produce(
+                    self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn, slot=slot
+                )
         except PermanentError as exc:  # e.g. rows too large for the topic
-            if result.carries_project:
-                self.cache.abandon(event.project_id)
             return await self._fail(record, exc, event, slot)
-        except BaseException:  # WorkerAborted, or handed back before the ack: the rows may not be written
-            if result.carries_project:
-                self.cache.abandon(event.project_id)
-            raise
-        if result.carries_project:
-            self.cache.confirm(event.project_id)
         return "succeeded"
 
     async def _fail(self, record: ConsumerRecord[Any, Any], error: PipelineError, event: ClaimXEvent | None, slot: Slot) -> Outcome:

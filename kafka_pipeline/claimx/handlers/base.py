@@ -13,8 +13,9 @@ A handler is a small class registered for one or more event types:
 `EventHandler.handle` runs the handler's own fetch and the parent project's verification
 ("ensure the project", through the ProjectCache) concurrently and returns every row the event
 produces: its own rows, the `claimx_events` audit row and, unless the cache answered `hit`, the
-project's snapshot rows. The caller confirms (after the broker ack) or abandons the project
-when `HandlerResult.carries_project` is true.
+project's snapshot rows. The caller produces the rows inside ``with result:``, which settles the
+project's verification: confirmed once the block ends (the broker acknowledged), abandoned if
+it raises.
 
 `handler_for(event_type)` is None for types no handler knows: those events are skipped.
 
@@ -31,11 +32,12 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.cache.project_cache import ProjectSnapshot, Verification
+from kafka_pipeline.claimx.cache.verification import ProjectSnapshot, Verification
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.transforms import Rows
 
@@ -51,10 +53,6 @@ class ProjectVerifier(Protocol):
     verification beside its own fetch."""
 
     async def verify(self, project_id: str, load: Callable[[], Awaitable[ProjectSnapshot]], *, refresh: bool = False) -> Verification: ...
-
-    def confirm(self, project_id: str) -> None: ...
-
-    def abandon(self, project_id: str) -> None: ...
 
 
 class SingleFlight(Generic[K, V]):
@@ -124,13 +122,23 @@ class HandlerContext:
 
 @dataclass
 class HandlerResult:
+    """The rows an event produces; ``with result:`` around producing them settles the project
+    snapshot among them (confirmed when the block ends, abandoned if it raises)."""
+
     rows: Rows
     verification: Verification | None = None
 
     @property
     def carries_project(self) -> bool:
-        """The rows include the project's snapshot: confirm it after the ack, abandon on failure."""
-        return self.verification is not None and self.verification.snapshot is not None
+        """The rows include the project's snapshot."""
+        return self.verification is not None and self.verification.carries_project
+
+    def __enter__(self) -> HandlerResult:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.verification is not None:
+            self.verification.__exit__(exc_type, exc, tb)
 
 
 class EventHandler(ABC):
@@ -155,8 +163,7 @@ class EventHandler(ABC):
             try:
                 own = await self.child_rows(event, ctx)
             except BaseException:
-                if verification.snapshot is not None:
-                    ctx.cache.abandon(event.project_id)
+                verification.abandon()
                 raise
             return self._result(event, verification, own)
         verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=refresh))
@@ -171,8 +178,7 @@ class EventHandler(ABC):
         # A missing project explains the event's failure better than its child call does.
         verification = await verifying
         if child_error is not None:
-            if verification.snapshot is not None:
-                ctx.cache.abandon(event.project_id)
+            verification.abandon()
             raise child_error
         return self._result(event, verification, own)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.ids import project_children, project_ids
 from kafka_pipeline.simulator.server import SimulatorProcess
+from tests.claimx.cache.helpers import wait_until
 
 PARTITIONS = 6
 START = datetime(2026, 5, 1, tzinfo=UTC)
@@ -72,17 +72,21 @@ class Workers:
 
     def wait_assigned(self, names: list[str], timeout_s: float = 60) -> None:
         """Until every worker owns partitions and together they own all of them."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def shared() -> bool:
             try:
                 owned = [self.ops(n, "/health/ready")["checks"]["consumer"]["assigned_partitions"] for n in names]
             except (httpx.HTTPError, KeyError, ValueError):
-                owned = []
-            if len(owned) == len(names) and all(owned) and sum(owned) == PARTITIONS:
-                return
-            time.sleep(0.5)
-        logs = {n: (self.tmp / f"{n}.log").read_text()[-1500:] for n in names}
-        raise AssertionError(f"workers never shared the partitions: {logs}")
+                return False
+            return len(owned) == len(names) and all(owned) and sum(owned) == PARTITIONS
+
+        wait_until(shared, lambda: f"the workers sharing the partitions: {self.logs(names)}", timeout_s)
+
+    def logs(self, names: list[str]) -> dict[str, str]:
+        return {n: (self.tmp / f"{n}.log").read_text()[-1500:] for n in names}
+
+    def stats(self, names: list[str], key: str) -> dict[str, object]:
+        return {n: self.ops(n, "/cache/stats")[key] for n in names}
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -137,15 +141,14 @@ async def produce(kafka: KafkaSettings, events: list[tuple[int, dict]]) -> None:
         await producer.stop()
 
 
+def written(kafka: KafkaSettings, topic: str) -> int:
+    return sum(asyncio.run(high_watermarks(kafka, topic)).values())
+
+
 def wait_for_messages(kafka: KafkaSettings, topic: str, expected: int, timeout_s: float = 120) -> int:
-    deadline = time.monotonic() + timeout_s
-    count = 0
-    while time.monotonic() < deadline:
-        count = sum(asyncio.run(high_watermarks(kafka, topic)).values())
-        if count >= expected:
-            return count
-        time.sleep(0.5)
-    return count
+    """Until `topic` holds `expected` messages; then how many it holds (a replay may add some)."""
+    wait_until(lambda: written(kafka, topic) >= expected, lambda: f"{expected} messages on {topic} (found {written(kafka, topic)})", timeout_s)
+    return written(kafka, topic)
 
 
 def exports(api: SimulatorProcess, projects: list[int]) -> dict[int, int]:
@@ -179,19 +182,16 @@ def test_three_workers_fetch_each_project_once_and_survive_a_redis_outage(worker
     assert wait_for_messages(kafka, kafka.entity_rows_topic, total) == total  # nothing lost
     counts = exports(api, during)
     assert all(1 <= n <= len(names) for n in counts.values()), counts
-    states = {n: workers.ops(n, "/cache/stats")["redis_state"] for n in names}
+    states = workers.stats(names, "redis_state")
     assert set(states.values()) <= {"down"}, states
 
     # 3. Redis back: the shared tier is used again (one fetch per project across the group).
     redis_server.start()
-    deadline = time.monotonic() + 60
-    states = {}
-    while time.monotonic() < deadline:
-        states = {n: workers.ops(n, "/cache/stats")["redis_state"] for n in names}
-        if set(states.values()) == {"up"}:
-            break
-        time.sleep(0.5)
-    assert set(states.values()) == {"up"}, f"the workers did not return to the shared tier: {states}"
+    wait_until(
+        lambda: set(workers.stats(names, "redis_state").values()) == {"up"},
+        lambda: f"the workers returning to the shared tier: {workers.stats(names, 'redis_state')}",
+        timeout_s=60,
+    )
     back = burst_events(after, 18, START + timedelta(days=2))
     asyncio.run(produce(kafka, back))
     total += len(back)
@@ -204,10 +204,7 @@ def test_three_workers_fetch_each_project_once_and_survive_a_redis_outage(worker
     assert all(size > 0 for size in sizes.values()), sizes
     answer = workers.ops("w1", "/cache/invalidate", "POST", {"all": True})
     assert answer["broadcast"] is True
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(workers.ops(n, "/cache/stats")["size"] for n in names):
-        time.sleep(0.2)
-    assert {n: workers.ops(n, "/cache/stats")["size"] for n in names} == dict.fromkeys(names, 0)
+    wait_until(lambda: workers.stats(names, "size") == dict.fromkeys(names, 0), lambda: f"every cache empty: {workers.stats(names, 'size')}", 10)
 
 
 @pytest.mark.slow
@@ -232,10 +229,11 @@ def test_restarted_worker_warm_starts_from_delta(workers_factory, api, tmp_path:
         asyncio.run(produce(kafka, events))
         assert wait_for_messages(kafka, kafka.entity_rows_topic, len(events)) == len(events)
         assert exports(api, projects) == dict.fromkeys(projects, 1)
-        deadline = time.monotonic() + 60  # until the writer has the projects in Delta
-        while time.monotonic() < deadline and table_row_counts(str(tables), list(TABLES)).get("claimx_projects", 0) < len(projects):
-            time.sleep(0.5)
-        assert table_row_counts(str(tables), list(TABLES))["claimx_projects"] == len(projects)
+        wait_until(
+            lambda: table_row_counts(str(tables), list(TABLES)).get("claimx_projects", 0) == len(projects),
+            lambda: f"the writer's {len(projects)} projects rows in Delta",
+            timeout_s=60,
+        )
 
         workers.procs["w1"].stop(20)
         workers.start("w1")

@@ -1,69 +1,18 @@
-"""The in-process ProjectCache (L1): hits, expiry, single-flight, pending/confirm, absent, LRU."""
+"""The ProjectCache as its parts compose: hits, expiry, single flight, pending/confirm, absent,
+LRU, refresh-ahead, and the answers of a shared tier (a recording double; the real Redis tier is
+in test_redis_tier)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from kafka_pipeline.claimx.cache.project_cache import NoCache, ProjectCache, ProjectSnapshot, Verification
+from kafka_pipeline.claimx.cache.shared import SharedAnswer
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.errors import PermanentError, TransientError
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Loader:
-    """Counts loads; optionally slow, failing, or 404."""
-
-    def __init__(self, *, delay: float = 0.0, error: BaseException | None = None) -> None:
-        self.calls: list[str] = []
-        self.delay = delay
-        self.error = error
-
-    def for_project(self, project_id: str) -> Callable[[], Awaitable[ProjectSnapshot]]:
-        async def load() -> ProjectSnapshot:
-            self.calls.append(project_id)
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            if self.error is not None:
-                raise self.error
-            return snapshot(project_id, version=len(self.calls))
-
-        return load
-
-
-def snapshot(project_id: str, version: int = 1) -> ProjectSnapshot:
-    return ProjectSnapshot(
-        project_id,
-        {
-            "claimx_projects": [{"project_id": project_id, "status": f"v{version}"}],
-            "claimx_contacts": [{"project_id": project_id, "contact_email": "a@b.c", "contact_type": "CLAIM_REP"}],
-        },
-    )
-
-
-def make_cache(clock: FakeClock, **overrides: float | int) -> ProjectCache:
-    values: dict[str, float | int] = {"ttl_s": 100.0, "refresh_after_s": 50.0, "absent_ttl_s": 10.0, "ttl_jitter_s": 0.0}
-    values.update(overrides)
-    return ProjectCache(CacheSettings(**values), clock=clock)  # type: ignore[arg-type]
-
-
-async def verify_confirmed(cache: ProjectCache, project_id: str, loader: Loader) -> Verification:
-    result = await cache.verify(project_id, loader.for_project(project_id))
-    if result.snapshot is not None:
-        cache.confirm(project_id)
-    return result
+from tests.claimx.cache.helpers import FakeClock, Loader, RecordingTier, make_cache, until, verify_confirmed
 
 
 async def test_miss_loads_then_confirmed_project_is_a_hit() -> None:
@@ -210,7 +159,7 @@ async def test_refresh_joins_an_in_flight_load() -> None:
     clock, loader = FakeClock(), Loader(delay=0.02)
     cache = make_cache(clock)
     plain = asyncio.ensure_future(cache.verify("p1", loader.for_project("p1")))
-    await asyncio.sleep(0)
+    await until(lambda: loader.calls == ["p1"], "the first load in flight")
     refreshed = await cache.verify("p1", loader.for_project("p1"), refresh=True)
     assert refreshed.outcome == "coalesced" and (await plain).outcome == "loaded"
     assert loader.calls == ["p1"]
@@ -253,9 +202,8 @@ async def test_cancelled_caller_does_not_cancel_the_shared_load() -> None:
     clock, loader = FakeClock(), Loader(delay=0.05)
     cache = make_cache(clock)
     first = asyncio.ensure_future(cache.verify("p1", loader.for_project("p1")))
-    await asyncio.sleep(0.01)
+    await until(lambda: loader.calls == ["p1"], "the load in flight")
     second = asyncio.ensure_future(cache.verify("p1", loader.for_project("p1")))
-    await asyncio.sleep(0)
     first.cancel()
     result = await second
     assert result.outcome == "coalesced" and result.snapshot is not None
@@ -269,27 +217,25 @@ async def test_background_refresh_fires_once_after_refresh_after() -> None:
     async def emit(fresh: ProjectSnapshot) -> None:
         emitted.append(fresh)
 
-    cache = ProjectCache(
-        CacheSettings(ttl_s=100, refresh_after_s=50, ttl_jitter_s=0), clock=clock, on_background_refresh=emit
-    )
+    cache = ProjectCache(CacheSettings(ttl_s=100, refresh_after_s=50, ttl_jitter_s=0), clock=clock, on_background_refresh=emit)
     await verify_confirmed(cache, "p1", loader)
     clock.advance(49)
-    assert (await cache.verify("p1", loader.for_project("p1"))).outcome == "hit"
-    await asyncio.sleep(0.03)
-    assert loader.calls == ["p1"]  # not stale yet
+    not_due = Loader()  # a refresh started by this hit would load through it
+    assert (await cache.verify("p1", not_due.for_project("p1"))).outcome == "hit"
     clock.advance(2)
     results = [await cache.verify("p1", loader.for_project("p1")) for _ in range(20)]
     assert {r.outcome for r in results} == {"hit"}  # still answered as hits
-    await asyncio.sleep(0.05)
-    assert loader.calls == ["p1", "p1"]  # one reload for twenty stale hits
+    await until(lambda: cache.stats().background_refreshes == 1, "the background refresh")
+    assert not_due.calls == [] and loader.calls == ["p1", "p1"]  # one reload for twenty stale hits
     assert [s.rows["claimx_projects"][0]["status"] for s in emitted] == ["v2"]
-    assert cache.stats().background_refreshes == 1
     clock.advance(49)  # 49 s after the refresh was confirmed: fresh, no further reload
-    await cache.verify("p1", loader.for_project("p1"))
-    await asyncio.sleep(0.03)
-    assert loader.calls == ["p1", "p1"]
-    clock.advance(9)  # 109 s after the first confirm, past its ttl: the refreshed entry is a hit
-    assert (await cache.verify("p1", loader.for_project("p1"))).outcome == "hit"
+    fresh = Loader()
+    assert (await cache.verify("p1", fresh.for_project("p1"))).outcome == "hit"
+    clock.advance(9)  # 109 s after the first confirm, past its ttl: the refreshed entry is a hit, due again
+    again = Loader()
+    assert (await cache.verify("p1", again.for_project("p1"))).outcome == "hit"
+    await until(lambda: cache.stats().background_refreshes == 2, "the second refresh")
+    assert fresh.calls == [] and again.calls == ["p1"]
     await cache.close()
 
 
@@ -305,14 +251,16 @@ async def test_failed_background_refresh_keeps_the_entry_and_backs_off() -> None
     cache = ProjectCache(CacheSettings(ttl_s=100, refresh_after_s=40, ttl_jitter_s=0), clock=clock, on_background_refresh=emit)
     await verify_confirmed(cache, "p1", loader)
     clock.advance(45)
+    assert (await cache.verify("p1", loader.for_project("p1"))).outcome == "hit"
+    await until(lambda: cache.stats().background_refresh_failures == 1, "the failed refresh")
+    backing_off = Loader()
     for _ in range(5):
-        assert (await cache.verify("p1", loader.for_project("p1"))).outcome == "hit"
-        await asyncio.sleep(0.01)
-    assert calls == 1 and cache.stats().background_refresh_failures == 1
+        assert (await cache.verify("p1", backing_off.for_project("p1"))).outcome == "hit"
     clock.advance(10)  # back-off (refresh_after / 4) over: one more attempt
-    await cache.verify("p1", loader.for_project("p1"))
-    await asyncio.sleep(0.01)
-    assert calls == 2
+    retry = Loader()
+    assert (await cache.verify("p1", retry.for_project("p1"))).outcome == "hit"
+    await until(lambda: cache.stats().background_refresh_failures == 2, "the second attempt")
+    assert backing_off.calls == [] and retry.calls == ["p1"] and calls == 2
     await cache.close()
 
 
@@ -343,6 +291,58 @@ async def test_no_cache_loads_every_time() -> None:
     cache = NoCache(CacheSettings())
     results = await asyncio.gather(*(cache.verify("p1", loader.for_project("p1")) for _ in range(5)))
     assert {r.outcome for r in results} == {"loaded"} and len(loader.calls) == 5
-    cache.confirm("p1")
+    results[0].confirm()  # settling holds nothing: the next call loads again
     assert (await cache.verify("p1", loader.for_project("p1"))).outcome == "loaded"
     assert cache.stats().misses == 6 and cache.invalidate() == 0
+
+
+# --- the shared tier's answers, through a recording double --------------------------------------
+
+
+async def test_a_project_the_shared_tier_verified_is_a_hit_without_a_load() -> None:
+    clock, loader = FakeClock(), Loader()
+    tier = RecordingTier(SharedAnswer(verified_age=30.0))
+    cache = ProjectCache(CacheSettings(ttl_s=100, refresh_after_s=50, ttl_jitter_s=0), clock=clock, shared_tier=tier)
+    assert await cache.verify("p1", loader.for_project("p1")) == Verification("hit")
+    assert loader.calls == [] and cache.stats().l2_hits == 1 and "p1" in cache
+    clock.advance(70)  # it was 30 s old when adopted: expired now
+    assert "p1" not in cache
+
+
+async def test_the_load_lock_goes_with_the_confirm_or_is_released_on_abandon() -> None:
+    clock, loader = FakeClock(), Loader()
+    tier = RecordingTier(SharedAnswer(token="t1"))
+    cache = ProjectCache(CacheSettings(ttl_jitter_s=0), clock=clock, shared_tier=tier)
+    with await cache.verify("p1", loader.for_project("p1")):
+        pass  # the rows were acknowledged
+    with pytest.raises(RuntimeError), await cache.verify("p2", loader.for_project("p2")):
+        raise RuntimeError("produce failed")
+    refreshed = await cache.verify("p1", loader.for_project("p1"), refresh=True)
+    refreshed.confirm()
+    assert [call for call in tier.calls if call[0] in ("confirm", "release")] == [
+        ("confirm", "p1", "t1", False),
+        ("release", "p2", "t1"),
+        ("confirm", "p1", "t1", True),  # a refresh tells the other workers to drop their entry
+    ]
+    assert "p1" in cache and "p2" not in cache
+
+
+async def test_a_project_the_shared_tier_knows_absent_is_not_found_here_too() -> None:
+    clock, loader = FakeClock(), Loader()
+    tier = RecordingTier(SharedAnswer(absent_remaining=5.0))
+    cache = ProjectCache(CacheSettings(), clock=clock, shared_tier=tier)
+    for _ in range(2):
+        with pytest.raises(PermanentError, match="not found"):
+            await cache.verify("p1", loader.for_project("p1"))
+    assert loader.calls == [] and cache.stats().absent_hits == 1  # the second answered in process
+
+
+async def test_an_invalidation_from_another_worker_drops_the_entry_without_echo() -> None:
+    clock, loader = FakeClock(), Loader()
+    tier = RecordingTier()
+    cache = ProjectCache(CacheSettings(), clock=clock, shared_tier=tier)
+    await verify_confirmed(cache, "p1", loader)
+    tier.invalidated_by_others(["p1"])
+    assert "p1" not in cache and ("invalidate", ["p1"]) not in tier.calls
+    cache.invalidate(["p2"])
+    assert ("invalidate", ["p2"]) in tier.calls
