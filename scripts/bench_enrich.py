@@ -45,6 +45,7 @@ from kafka_pipeline.claimx.cache.project_cache import NoCache
 from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker
+from kafka_pipeline.runtime import event_loop
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from kafka_pipeline.runtime.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench_enrich.py: error: --events must be at least --projects", file=sys.stderr)
         return 2
     configure_logging("bench", level="WARNING")
-    results = asyncio.run(bench(args))
+    results = event_loop.run(bench(args))  # the loop `kafka-pipeline enrich` runs on
     optimized, naive = results
     speedup = optimized.events_per_s / naive.events_per_s
     if args.json:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import structlog
 
-from kafka_pipeline.claimx.api.client import ClaimXApiClient, ShardedTransport, TokenBucket, parse_retry_after
+from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, parse_retry_after
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
@@ -257,32 +257,6 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
     assert time.monotonic() - started >= 0.09
 
 
-async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
-    transport = ShardedTransport(8, per_shard=2)
-    assert len(transport._shards) == 4
-    answered: list[int] = []
-
-    class Shard(httpx.AsyncBaseTransport):
-        def __init__(self, index: int) -> None:
-            self.index = index
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/boom":
-                raise httpx.ConnectError("refused")
-            await asyncio.sleep(0.01)
-            answered.append(self.index)
-            return httpx.Response(200, json={"shard": self.index})
-
-    transport._shards = [Shard(i) for i in range(4)]
-    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-        responses = await asyncio.gather(*(client.get("/") for _ in range(8)))
-        assert sorted(r.json()["shard"] for r in responses) == [0, 0, 1, 1, 2, 2, 3, 3]  # least busy first
-        assert transport._active == [0, 0, 0, 0]  # released once each body was read
-        with pytest.raises(httpx.ConnectError):
-            await client.get("/boom")
-        assert transport._active == [0, 0, 0, 0]
-
-
 async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) -> None:
     """An operator rotates the token file; the client sends the new token and never shows either."""
     token_file = tmp_path / "token"
@@ -423,6 +397,17 @@ async def test_hostile_api_slow_loris_is_cut_at_the_attempt_deadline() -> None:
         assert (await client.get_project("123"))["project"]["projectId"] == 123  # the client is still fine
     # the body alone takes ~4 s at a byte per 0.1 s; httpx's per-read timeout (0.5 s) never fires
     assert elapsed < 1.5, elapsed
+
+
+async def test_connections_are_kept_alive_and_bounded_by_max_concurrency() -> None:
+    async with HostileApi() as api, hostile_client(api, max_concurrency=4) as client:
+        for _ in range(10):  # one after another: one connection, reused
+            assert (await client.get_project("123"))["project"]["projectId"] == 123
+        assert len(api.writers) == 1
+        answers = await asyncio.gather(*(client.get_project("123") for _ in range(40)))
+    assert [a["project"]["projectId"] for a in answers] == [123] * 40
+    assert len(api.paths) == 50
+    assert 1 < len(api.writers) <= 4  # concurrent calls open more, never past the bound
 
 
 @pytest.mark.parametrize("project_id", ["2", "3", "17"])

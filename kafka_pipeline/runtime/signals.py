@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime import event_loop
 from kafka_pipeline.runtime.logging import configure_logging
 
 
@@ -30,5 +31,5 @@ def run_worker(settings: Settings, make_worker: Callable[[], Worker]) -> int:
     """The body of every worker command: logging as the settings say, then run until signalled.
     A failure of the worker itself (`errors.WorkerFailed`) reaches the CLI, which prints it."""
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
-    asyncio.run(run_until_signalled(make_worker))
+    event_loop.run(run_until_signalled(make_worker))
     return 0
