@@ -12,7 +12,7 @@ from deltalake.exceptions import DeltaError
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import TableDescription, describe
+from kafka_pipeline.delta.maintenance import TableDescription, describe, format_size
 from kafka_pipeline.delta.storage import TableRoot, storage_error, table_root
 from kafka_pipeline.errors import UsageError
 
@@ -60,17 +60,9 @@ def _show(root: TableRoot, names: list[str], samples: int) -> None:
 def _summary(name: str, info: TableDescription) -> str:
     when = info.last_commit_at.isoformat(timespec="seconds") if info.last_commit_at else "-"
     return (
-        f"{name}: version {info.version}, {info.rows} rows, {info.files} files, {_size(info.size_bytes)}, "
+        f"{name}: version {info.version}, {info.rows} rows, {info.files} files, {format_size(info.size_bytes)}, "
         f"last commit {when} ({info.last_operation or '-'})"
     )
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return f"{size} B"
 
 
 def _compact(row: dict[str, Any]) -> dict[str, Any]:

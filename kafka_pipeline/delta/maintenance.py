@@ -16,7 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
+from deltalake.fs import DeltaStorageHandler
 
 from kafka_pipeline.delta.table_writer import open_table, table_uri
 
@@ -57,6 +59,24 @@ def describe(uri: str, *, samples: int = 0, storage_options: Mapping[str, str] |
         last_operation=last.get("operation"),
         samples=sample_rows,
     )
+
+
+def disk_bytes(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """Bytes of everything stored under the table's location: live data files, files removed
+    but not vacuumed yet, files no commit names, the log. What the storage bills for the table
+    (one listing of its prefix)."""
+    storage = pafs.PyFileSystem(DeltaStorageHandler(uri, options=dict(storage_options or {})))
+    return sum(info.size or 0 for info in storage.get_file_info(pafs.FileSelector("", recursive=True)) if info.type == pafs.FileType.File)
+
+
+def format_size(size: int) -> str:
+    """`size` bytes for a person: 512 B, 1.5 KB, 20.3 MB, 1.2 GB."""
+    amount = float(size)
+    for unit in ("B", "KB", "MB"):
+        if amount < 1024:
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GB"
 
 
 @dataclass
