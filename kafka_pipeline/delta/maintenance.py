@@ -102,8 +102,9 @@ def maintain(
 ) -> MaintenanceReport | None:
     """Compact (or sort by `sort_by`), checkpoint and vacuum one table (None if absent).
 
-    Vacuum deletes files no longer in the table and older than `retention_hours`; with
-    `dry_run` it only lists them.
+    Vacuum deletes files no longer in the table and older than `retention_hours`, whether a
+    commit removed them or none ever named them (a failed commit's): it lists the storage,
+    which the writer's own vacuum pass does not. With `dry_run` it only lists them.
     """
     table = open_table(uri, storage_options)
     if table is None:
@@ -116,7 +117,7 @@ def maintain(
         table.create_checkpoint()
         report.checkpoint_version = table.version()
     if vacuum:
-        report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+        report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True)
     return report
 
 
