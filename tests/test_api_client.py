@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -145,6 +146,33 @@ async def test_timeouts_and_connection_errors_are_transient() -> None:
         with pytest.raises(TransientError, match="ConnectError") as raised:
             await api.get_project_media("3")
     assert raised.value.error_type == "ConnectionError"
+
+
+async def test_a_refused_or_dropped_connection_is_a_connection_error_not_a_timeout() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with ClaimXApiClient(make_settings(url=f"http://127.0.0.1:{port}/api", retries=0)) as api:
+        with pytest.raises(TransientError) as refused:
+            await api.get_project("1")
+    assert refused.value.error_type == "ConnectionError" and "ConnectError" in str(refused.value)
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        await writer.drain()
+        writer.close()  # mid-body
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with ClaimXApiClient(make_settings(url=f"http://127.0.0.1:{port}/api", retries=0)) as api:
+            with pytest.raises(TransientError) as dropped:
+                await api.get_project("1")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert dropped.value.error_type == "ConnectionError", dropped.value
 
 
 async def test_429_waits_retry_after_before_retrying() -> None:

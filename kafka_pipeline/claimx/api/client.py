@@ -48,7 +48,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -99,7 +99,43 @@ def pooled_transport(max_connections: int) -> httpx.AsyncBaseTransport:
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=keepalive_s, ssl=httpx.create_ssl_context())
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
-    return AiohttpTransport(client=session)
+    return _AiohttpTransport(client=session)
+
+
+class _AiohttpTransport(AiohttpTransport):
+    """httpx-aiohttp maps every aiohttp connection error to httpx.ConnectTimeout, so a refused
+    or dropped connection would read as a timeout; here only a real timeout stays one."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            raise _timeout_or(exc, httpx.ConnectError) from exc.__cause__
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _BodyStream(response.stream)
+        return response
+
+
+class _BodyStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except httpx.ConnectTimeout as exc:
+            raise _timeout_or(exc, httpx.ReadError) from exc.__cause__
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _timeout_or(exc: httpx.ConnectTimeout, error: type[httpx.TransportError]) -> httpx.TransportError:
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+        return error(str(exc))
+    return exc
 
 
 class TokenBucket:
