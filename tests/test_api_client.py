@@ -16,7 +16,7 @@ import httpx
 import pytest
 import structlog
 
-from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, parse_retry_after
+from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, environment_proxy, parse_retry_after
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
@@ -173,6 +173,31 @@ async def test_a_refused_or_dropped_connection_is_a_connection_error_not_a_timeo
         server.close()
         await server.wait_closed()
     assert dropped.value.error_type == "ConnectionError", dropped.value
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        body = json.dumps({"project": {"projectId": 5}}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    try:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        async with ClaimXApiClient(make_settings(url="http://claimx.test/api", retries=0)) as api:
+            assert (await api.get_project("5"))["project"]["projectId"] == 5
+        monkeypatch.setenv("NO_PROXY", "claimx.test")
+        assert environment_proxy("http://claimx.test/api") is None
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"GET http://claimx.test/api/export/project/5 HTTP/1.1"]
 
 
 async def test_429_waits_retry_after_before_retrying() -> None:
