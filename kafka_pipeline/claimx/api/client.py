@@ -87,10 +87,9 @@ def pooled_transport(max_connections: int, url: str) -> httpx.AsyncBaseTransport
 
     httpcore's pool does Python work proportional to its connections for every request
     (expiry probes, assignment passes) and h11 parses in Python; aiohttp's connector hands out
-    a free connection in constant time and parses responses in C. Measured against the
-    simulator (another process) on this project's 2-core machine: about 950 µs of CPU per call
-    through httpcore (sixteen pools of four), about 400 µs through this transport. No cookie
-    jar (the API authenticates every request; filtering cookies was a tenth of a call), and
+    a free connection in constant time and parses responses in C: less than half the CPU per
+    call (README, "What it costs"). No cookie jar (the API authenticates every request;
+    filtering the jar was a tenth of a call's CPU), and
     certificates checked as httpx checks them, through the proxy the environment names for
     `url` as httpx's own transport would be. aiohttp does not decompress here: httpx does, so
     the size cap counts decoded bytes.
