@@ -27,7 +27,9 @@ memory after an incremental update) and does what the table needs:
   `delta.deletedFileRetentionDuration` (so other Delta tools agree, and fractional hours work);
   a reader holding a snapshot younger than the retention still finds every file of it. Only
   the log is read ("lite" vacuum): files a failed commit left behind, which the log never
-  names, stay for `kafka-pipeline maintain --apply`, which lists the storage.
+  names, stay for `kafka-pipeline maintain --apply`, which lists the storage. Finding the
+  expired files reads the checkpoint's tombstones, so a table is looked at every quarter of
+  the retention, an hour at most: a file outlives its retention by that much at worst.
 
 Exactly once. Compaction commits are ordinary Delta commits with `dataChange=false`; they carry
 no app transaction and keep the ones in the log. A compaction that loses a race with a
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +70,7 @@ TARGET_SIZE_PROPERTY = "delta.targetFileSize"
 DEFAULT_TARGET_BYTES = 100 * 1024 * 1024  # delta-rs's default target size
 TIER_RATIO = 8
 MIN_TIER_BYTES = 64 * 1024  # below this a file is mostly Parquet footer: no tier smaller
+VACUUM_CHECK_MAX_S = 3600.0
 
 
 def tier_sizes(target_bytes: int) -> list[int]:
@@ -168,6 +172,8 @@ class TableMaintainer:
         self._tables: dict[str, DeltaTable] = {}
         self._compacted_at: dict[str, int] = {}  # label -> table version of our last compaction
         self._checkpointed_at: dict[str, int] = {}  # label -> version of our last checkpoint
+        self._vacuum_checked_at: dict[str, float] = {}  # label -> monotonic time of our last look for expired files
+        self._vacuum_check_s = min(VACUUM_CHECK_MAX_S, policy.vacuum_retention_hours * 3600 / 4)
 
     def run_once(self) -> CycleReport:
         """One pass: every existing table is assessed and maintained. Never raises for one table."""
@@ -261,6 +267,10 @@ class TableMaintainer:
         """Delete the data files removed from the table longer ago than the retention; the
         number deleted. Reads the log only; commits (VACUUM START/END) only when there is
         something to delete."""
+        now = time.monotonic()
+        if now - self._vacuum_checked_at.get(label, -math.inf) < self._vacuum_check_s:
+            return 0
+        self._vacuum_checked_at[label] = now
         table = self._tables[label]
         self._ensure_retention(table)
         if not table.vacuum(dry_run=True, full=False):
