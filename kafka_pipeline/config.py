@@ -199,8 +199,8 @@ class WriterSettings(Section):
 
 
 class MaintenanceSettings(Section):
-    """Table maintenance the writer deployment runs by itself (compaction, checkpoints, log
-    cleanup); vacuum stays an operator's `kafka-pipeline maintain --apply`."""
+    """Table maintenance the writer deployment runs by itself (compaction, vacuum, checkpoints,
+    log cleanup)."""
 
     enabled: bool = True
     interval_s: float = Field(30.0, gt=0)  # how often every table is looked at
@@ -208,6 +208,9 @@ class MaintenanceSettings(Section):
     compact_after_commits: int = Field(200, ge=1)  # ... or this many commits since the last compaction
     checkpoint_after_commits: int = Field(50, ge=1)
     log_retention_hours: float = Field(168.0, ge=0)  # commits older than this (and than a checkpoint) are deleted
+    # data files removed from a table longer ago than this are deleted (Delta's default: a week of
+    # time travel, and room for slow readers); fractional hours allowed, 0 needs delta.single_writer_acknowledged
+    vacuum_retention_hours: float = Field(168.0, ge=0)
 
 
 class RetrySettings(Section):
@@ -248,6 +251,17 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @model_validator(mode="after")
+    def _vacuum_retention_needs_a_single_writer(self) -> Settings:
+        # as delta-rs refuses a retention below the table's own unless told otherwise: at 0 a file
+        # is deleted the moment a commit removes it, under a MERGE or a reader still reading it
+        if self.maintenance.vacuum_retention_hours == 0 and not self.delta.single_writer_acknowledged:
+            raise ValueError(
+                "maintenance.vacuum_retention_hours 0 deletes files that a running MERGE or reader may still need; "
+                "give a retention above 0 (fractional hours are fine), or set delta.single_writer_acknowledged: true"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

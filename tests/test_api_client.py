@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import structlog
 
-from kafka_pipeline.claimx.api.client import ClaimXApiClient, ShardedTransport, TokenBucket, parse_retry_after
+from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, environment_proxy, parse_retry_after
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
@@ -147,6 +148,58 @@ async def test_timeouts_and_connection_errors_are_transient() -> None:
     assert raised.value.error_type == "ConnectionError"
 
 
+async def test_a_refused_or_dropped_connection_is_a_connection_error_not_a_timeout() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with ClaimXApiClient(make_settings(url=f"http://127.0.0.1:{port}/api", retries=0)) as api:
+        with pytest.raises(TransientError) as refused:
+            await api.get_project("1")
+    assert refused.value.error_type == "ConnectionError" and "ConnectError" in str(refused.value)
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        await writer.drain()
+        writer.close()  # mid-body
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with ClaimXApiClient(make_settings(url=f"http://127.0.0.1:{port}/api", retries=0)) as api:
+            with pytest.raises(TransientError) as dropped:
+                await api.get_project("1")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert dropped.value.error_type == "ConnectionError", dropped.value
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        body = json.dumps({"project": {"projectId": 5}}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    try:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        async with ClaimXApiClient(make_settings(url="http://claimx.test/api", retries=0)) as api:
+            assert (await api.get_project("5"))["project"]["projectId"] == 5
+        monkeypatch.setenv("NO_PROXY", "claimx.test")
+        assert environment_proxy("http://claimx.test/api") is None
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"GET http://claimx.test/api/export/project/5 HTTP/1.1"]
+
+
 async def test_429_waits_retry_after_before_retrying() -> None:
     recorder = Recorder(httpx.Response(429, headers={"Retry-After": "1.5"}), httpx.Response(200, json={"assignmentId": 1}))
     sleeps = Sleeps()
@@ -255,32 +308,6 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
     started = time.monotonic()
     await asyncio.gather(*(bucket.acquire() for _ in range(3)))
     assert time.monotonic() - started >= 0.09
-
-
-async def test_sharded_transport_spreads_requests_and_frees_shards() -> None:
-    transport = ShardedTransport(8, per_shard=2)
-    assert len(transport._shards) == 4
-    answered: list[int] = []
-
-    class Shard(httpx.AsyncBaseTransport):
-        def __init__(self, index: int) -> None:
-            self.index = index
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/boom":
-                raise httpx.ConnectError("refused")
-            await asyncio.sleep(0.01)
-            answered.append(self.index)
-            return httpx.Response(200, json={"shard": self.index})
-
-    transport._shards = [Shard(i) for i in range(4)]
-    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-        responses = await asyncio.gather(*(client.get("/") for _ in range(8)))
-        assert sorted(r.json()["shard"] for r in responses) == [0, 0, 1, 1, 2, 2, 3, 3]  # least busy first
-        assert transport._active == [0, 0, 0, 0]  # released once each body was read
-        with pytest.raises(httpx.ConnectError):
-            await client.get("/boom")
-        assert transport._active == [0, 0, 0, 0]
 
 
 async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) -> None:
@@ -423,6 +450,17 @@ async def test_hostile_api_slow_loris_is_cut_at_the_attempt_deadline() -> None:
         assert (await client.get_project("123"))["project"]["projectId"] == 123  # the client is still fine
     # the body alone takes ~4 s at a byte per 0.1 s; httpx's per-read timeout (0.5 s) never fires
     assert elapsed < 1.5, elapsed
+
+
+async def test_connections_are_kept_alive_and_bounded_by_max_concurrency() -> None:
+    async with HostileApi() as api, hostile_client(api, max_concurrency=4) as client:
+        for _ in range(10):  # one after another: one connection, reused
+            assert (await client.get_project("123"))["project"]["projectId"] == 123
+        assert len(api.writers) == 1
+        answers = await asyncio.gather(*(client.get_project("123") for _ in range(40)))
+    assert [a["project"]["projectId"] for a in answers] == [123] * 40
+    assert len(api.paths) == 50
+    assert 1 < len(api.writers) <= 4  # concurrent calls open more, never past the bound
 
 
 @pytest.mark.parametrize("project_id", ["2", "3", "17"])

@@ -1,22 +1,29 @@
-"""The maintenance loop on real Delta tables: what it schedules, and that a compaction racing a
-writer's flush, in either order, loses no row, no commit and no app-transaction version."""
+"""The maintenance loop on real Delta tables: what it schedules, that a compaction racing a
+writer's flush, in either order, loses no row, no commit and no app-transaction version, and that
+vacuum brings the disk back to the live files once the retention has passed, and not before."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.claimx.schemas import TABLES
-from kafka_pipeline.config import KafkaSettings, MaintenanceSettings
+from kafka_pipeline.config import KafkaSettings, MaintenanceSettings, load_settings
 from kafka_pipeline.delta import DeltaTableWriter, clock_table_uri, table_uri
+from kafka_pipeline.delta.maintenance import disk_bytes
 from kafka_pipeline.delta.maintenance_loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
+from kafka_pipeline.errors import ConfigError
+from kafka_pipeline.ops.status import table_statuses
 from kafka_pipeline.writer.entity_writer import EntityWriter
+from tests.test_enrich_worker import until
 from tests.test_entity_writer import build_stream, encoded, produce, read_rows, table_contents, wait_committed, writer_settings
 from tests.test_entity_writer import reference as reference_tables
 from tests.test_table_writer import P0, batch, content
@@ -179,3 +186,73 @@ async def test_the_entity_writer_compacts_its_tables_while_it_writes(kafka_setti
         await asyncio.wait_for(task, 60)
     assert compactions() >= 2 and writer.flushes >= 3
     assert table_contents(str(tmp_path)) == reference_tables(stream)
+
+
+def data_bytes(uri: str) -> tuple[int, int]:
+    """(bytes of the current version's data files, bytes of every data file on disk)."""
+    live = sum(action["size_bytes"] for action in pa.table(DeltaTable(uri).get_add_actions(flatten=True)).to_pylist())
+    on_disk = sum(path.stat().st_size for path in Path(uri).rglob("*.parquet") if "_delta_log" not in path.parts)
+    return live, on_disk
+
+
+async def test_vacuum_returns_the_disk_to_the_live_files_after_the_retention_and_spares_younger_snapshots(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    retention_s = 4.0
+    registry = CollectorRegistry()
+    tables = maintainer(root, registry, compact_small_files=4, vacuum_retention_hours=retention_s / 3600)
+    writer = DeltaTableWriter(SPEC, root)
+    flushes = FLUSHES[:8]  # six flushes of new keys (a file each), then two that update rows: their MERGEs rewrite files
+    for i, keys in flushes:
+        writer.write(flush(i, keys), {P0: last_offset(i, keys)})
+    uris = {SPEC.name: table_uri(root, SPEC.name), f"{SPEC.name}/clocks": clock_table_uri(root, SPEC.name)}
+    reader = DeltaTable(uris[SPEC.name])  # holds the snapshot before the compaction
+    snapshot = sorted(reader.to_pyarrow_table().to_pylist(), key=lambda row: row["project_id"])
+
+    first = tables.run_once()
+    compacted_at = time.monotonic()
+    assert first.compacted[SPEC.name] >= 4 and not first.errors
+    for label, uri in uris.items():
+        live, on_disk = data_bytes(uri)
+        assert on_disk > 2 * live, (label, live, on_disk)  # every flush and the compaction left files behind
+    # inside the retention the reader still finds every file of its (now replaced) snapshot
+    assert sorted(reader.to_pyarrow_table().to_pylist(), key=lambda row: row["project_id"]) == snapshot
+
+    vacuumed: dict[str, int] = {}
+
+    def vacuumed_both() -> bool:
+        for label, deleted in tables.run_once().vacuumed.items():
+            vacuumed[label] = vacuumed.get(label, 0) + deleted
+        return all(label in vacuumed for label in uris) and time.monotonic() - compacted_at > retention_s
+
+    await until(vacuumed_both, timeout_s=60)
+    for label, uri in uris.items():
+        live, on_disk = data_bytes(uri)
+        assert on_disk <= 2 * live, (label, live, on_disk)
+        assert registry.get_sample_value("delta_vacuumed_files_total", {"table": label}) == vacuumed[label] >= first.compacted[label]
+        assert registry.get_sample_value("delta_table_bytes", {"table": label}) == live
+    assert content(read_rows(root, SPEC.name)) == reference(tmp_path, flushes)  # nothing live was deleted
+    assert DeltaTable(uris[SPEC.name]).transaction_version(P0) == last_offset(*flushes[-1])
+
+    # the pass after a vacuum checkpointed: its tombstones are gone, so nothing more, and no commit
+    versions = {label: DeltaTable(uri).version() for label, uri in uris.items()}
+    tables._vacuum_checked_at.clear()  # look for expired files at once, not a quarter of the retention later
+    assert tables.run_once().vacuumed == {}
+    assert {label: DeltaTable(uri).version() for label, uri in uris.items()} == versions
+
+    # `kafka-pipeline status` shows the table's bytes: live, and on disk with the log
+    settings = load_settings(delta={"tables_root": root})
+    status = next(t for t in table_statuses(settings) if t.table == SPEC.name)
+    live_total = sum(data_bytes(uri)[0] for uri in uris.values())
+    assert status.live_bytes == live_total and status.disk_bytes is not None
+    assert status.disk_bytes == disk_bytes(uris[SPEC.name]) + disk_bytes(uris[f"{SPEC.name}/clocks"]) > live_total
+
+
+def test_a_zero_vacuum_retention_needs_the_single_writer_acknowledgement() -> None:
+    with pytest.raises(ConfigError, match="vacuum_retention_hours 0 deletes files") as refused:
+        load_settings(maintenance={"vacuum_retention_hours": 0})
+    assert "\n" not in str(refused.value) and "single_writer_acknowledged" in str(refused.value)
+    acknowledged = load_settings(maintenance={"vacuum_retention_hours": 0}, delta={"single_writer_acknowledged": True})
+    assert acknowledged.maintenance.vacuum_retention_hours == 0
+    assert load_settings(maintenance={"vacuum_retention_hours": 0.25}).maintenance.vacuum_retention_hours == 0.25
+    with pytest.raises(ConfigError, match="greater than or equal to 0"):
+        load_settings(maintenance={"vacuum_retention_hours": -1})

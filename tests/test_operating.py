@@ -284,6 +284,7 @@ def test_status_of_a_healthy_then_lagging_stack(running: Running) -> None:
     counts = table_row_counts(settings.delta.tables_root, list(TABLES))
     assert {t["table"]: t["rows"] for t in report["tables"]} == counts and all(counts.values())
     assert all(t["version"] >= 1 and t["freshness_s"] < 300 for t in report["tables"])
+    assert all(t["disk_bytes"] > t["live_bytes"] > 0 for t in report["tables"]), report["tables"]  # the log is on disk too
     assert healthy.returncode == 1 and report["problems"] == [f"2 dead letters on {kafka.dlq_topic} (kafka-pipeline dlq list)"]
 
     running.stack.workers["enrich"].stop(30)  # leaves its group: the events below wait

@@ -40,6 +40,7 @@ from kafka_pipeline.delta.storage import (
     storage_error,
 )
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
+from kafka_pipeline.ops.status import table_statuses
 from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
 from kafka_pipeline.writer.row_conversion import BatchBuilder
 from tests.fixtures.s3 import S3Server
@@ -259,6 +260,10 @@ async def test_writer_tables_maintain_and_warm_start_on_s3(kafka_settings: Kafka
     assert "merge clocks: version" in shown.stdout
 
     files_before = len(projects.file_uris())
+    status_settings = s3_writer_settings(kafka_settings, s3_root, group)
+    bytes_before = next(t for t in table_statuses(status_settings) if t.table == "claimx_projects")
+    assert bytes_before.disk_bytes is not None and bytes_before.live_bytes is not None
+    assert bytes_before.disk_bytes > bytes_before.live_bytes > 0  # the merges' replaced files and the log are stored too
     started = time.monotonic()
     maintained = cli("maintain", "--table", "claimx_projects", "--sort-by-key", "--apply", "--retention-hours", "0", env=env)
     print(f"maintain: {time.monotonic() - started:.1f}s")
@@ -269,6 +274,8 @@ async def test_writer_tables_maintain_and_warm_start_on_s3(kafka_settings: Kafka
     projects.update_incremental()
     assert len(projects.file_uris()) == 1 <= files_before  # the merges may already keep one live file
     assert contents(s3_root) == expected  # compaction and vacuum changed no row
+    bytes_after = next(t for t in table_statuses(status_settings) if t.table == "claimx_projects")
+    assert bytes_after.disk_bytes is not None and bytes_after.disk_bytes < bytes_before.disk_bytes  # vacuum gave space back
 
     # warm start of the project cache from the projects table on S3
     now = max(r["event_time"] for r in expected["claimx_projects"]) + timedelta(hours=1)

@@ -16,7 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
+from deltalake.fs import DeltaStorageHandler
 
 from kafka_pipeline.delta.table_writer import open_table, table_uri
 
@@ -61,6 +63,14 @@ def describe(uri: str, *, samples: int = 0, storage_options: Mapping[str, str] |
     )
 
 
+def disk_bytes(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """Bytes of everything stored under the table's location: live data files, files removed
+    but not vacuumed yet, files no commit names, the log. What the storage bills for the table
+    (one listing of its prefix)."""
+    storage = pafs.PyFileSystem(DeltaStorageHandler(uri, options=dict(storage_options or {})))
+    return sum(info.size or 0 for info in storage.get_file_info(pafs.FileSelector("", recursive=True)) if info.type == pafs.FileType.File)
+
+
 @dataclass
 class CompactionPlan:
     """What a compaction would rewrite: the files below the target size (every file when sorting)."""
@@ -96,9 +106,11 @@ def maintain(
 ) -> MaintenanceReport | None:
     """Compact (or sort by `sort_by`), checkpoint and vacuum one table (None if absent).
 
-    Vacuum deletes files no longer in the table and older than `retention_hours`. With
-    `dry_run` nothing is changed: the report holds the plan (files a compaction would rewrite,
-    the version a checkpoint would be written at, the files vacuum would delete).
+    Vacuum deletes files no longer in the table and older than `retention_hours`, whether a
+    commit removed them or none ever named them (a failed commit's): it lists the storage,
+    which the writer's own vacuum pass does not. With `dry_run` nothing is changed: the report
+    holds the plan (files a compaction would rewrite, the version a checkpoint would be written
+    at, the files vacuum would delete).
     """
     table = open_table(uri, storage_options)
     if table is None:
@@ -115,7 +127,7 @@ def maintain(
         table.create_checkpoint()
         report.checkpoint_version = table.version()
     if vacuum:
-        report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+        report.vacuumed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True)
     return report
 
 

@@ -1,4 +1,4 @@
-"""Maintenance that runs by itself beside a writer: compaction, checkpoints, log cleanup.
+"""Maintenance that runs by itself beside a writer: compaction, vacuum, checkpoints, log cleanup.
 
 Every `interval_s` the loop looks at each table (cheap: the Delta log's file list, already in
 memory after an incremental update) and does what the table needs:
@@ -20,8 +20,16 @@ memory after an incremental update) and does what the table needs:
   `delta.logRetentionDuration` (set from `log_retention_hours`) and older than the checkpoint
   go. App transactions (the writer's exactly-once progress) are log actions: a checkpoint keeps
   the latest version of each, so dropping old commits never loses one.
-- **vacuum** is not done here: deleting data files is an operator's decision
-  (`kafka-pipeline maintain --apply`, with the retention they chose).
+- **vacuum**: data files that a commit removed (a MERGE rewrote them, a compaction packed
+  them) more than `vacuum_retention_hours` ago are deleted, then the table is checkpointed so
+  their tombstones leave the log. Without it the disk grows with every flush for ever: a MERGE
+  rewrites the files holding the rows it updates. The retention is the table's
+  `delta.deletedFileRetentionDuration` (so other Delta tools agree, and fractional hours work);
+  a reader holding a snapshot younger than the retention still finds every file of it. Only
+  the log is read ("lite" vacuum): files a failed commit left behind, which the log never
+  names, stay for `kafka-pipeline maintain --apply`, which lists the storage. Finding the
+  expired files reads the checkpoint's tombstones, so a table is looked at every quarter of
+  the retention, an hour at most: a file outlives its retention by that much at worst.
 
 Exactly once. Compaction commits are ordinary Delta commits with `dataChange=false`; they carry
 no app transaction and keep the ones in the log. A compaction that loses a race with a
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,8 +66,10 @@ from kafka_pipeline.runtime.logging import get_logger
 log = get_logger("kafka_pipeline.delta.maintenance")
 
 LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
+DELETED_FILE_RETENTION_PROPERTY = "delta.deletedFileRetentionDuration"
 TIER_RATIO = 8
 MIN_TIER_BYTES = 64 * 1024  # below this a file is mostly Parquet footer: no tier smaller
+VACUUM_CHECK_MAX_S = 3600.0
 
 
 def tier_sizes(target_bytes: int) -> list[int]:
@@ -69,9 +80,11 @@ def tier_sizes(target_bytes: int) -> list[int]:
     return sizes[::-1]
 
 
-def log_retention_value(hours: float) -> str:
-    """`delta.logRetentionDuration` for `hours` (Delta's interval syntax, whole seconds)."""
-    return f"interval {int(hours * 3600)} seconds"
+def interval_value(hours: float) -> str:
+    """A retention property's value for `hours` (Delta's interval syntax): whole seconds, or
+    milliseconds when that is not a whole number of seconds."""
+    milliseconds = round(hours * 3_600_000)
+    return f"interval {milliseconds // 1000} seconds" if milliseconds % 1000 == 0 else f"interval {milliseconds} milliseconds"
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class MaintenancePolicy:
     compact_after_commits: int = 200
     checkpoint_after_commits: int = 50
     log_retention_hours: float = 168.0
+    vacuum_retention_hours: float = 168.0
     max_conflict_retries: int = 10
     backoff_base_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -109,6 +123,7 @@ class CycleReport:
     """What one pass over the tables did."""
 
     compacted: dict[str, int] = field(default_factory=dict)  # label -> files removed
+    vacuumed: dict[str, int] = field(default_factory=dict)  # label -> files deleted
     checkpointed: list[str] = field(default_factory=list)
     conflicts: int = 0
     errors: dict[str, str] = field(default_factory=dict)
@@ -117,6 +132,11 @@ class CycleReport:
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.files = Gauge("delta_table_files", "Data files in the table's current version", ["table"], registry=registry)
+        self.bytes = Gauge("delta_table_bytes", "Bytes of the data files in the table's current version", ["table"], registry=registry)
+        self.vacuumed_files = Counter(
+            "delta_vacuumed_files", "Data files deleted by vacuum (removed from the table longer ago than the retention)", ["table"],
+            registry=registry,
+        )
         self.small_files = Gauge("delta_table_small_files", "Data files below the table's target file size", ["table"], registry=registry)
         self.compactions = Counter("delta_compactions", "Compactions committed", ["table"], registry=registry)
         self.compaction_seconds = Histogram(
@@ -151,6 +171,8 @@ class TableMaintainer:
         self._tables: dict[str, DeltaTable] = {}
         self._compacted_at: dict[str, int] = {}  # label -> table version of our last compaction
         self._checkpointed_at: dict[str, int] = {}  # label -> version of our last checkpoint
+        self._vacuum_checked_at: dict[str, float] = {}  # label -> monotonic time of our last look for expired files
+        self._vacuum_check_s = min(VACUUM_CHECK_MAX_S, policy.vacuum_retention_hours * 3600 / 4)
 
     def run_once(self) -> CycleReport:
         """One pass: every existing table is assessed and maintained. Never raises for one table."""
@@ -163,7 +185,10 @@ class TableMaintainer:
                 if state.compact:
                     removed = self.compact(state, report)
                     report.compacted[label] = removed
-                if state.compact or state.checkpoint:
+                deleted = self.vacuum(label)
+                if deleted:
+                    report.vacuumed[label] = deleted
+                if state.compact or state.checkpoint or deleted:  # after a vacuum: drops its tombstones from the log
                     self.checkpoint(label)
                     report.checkpointed.append(label)
             except Exception as exc:  # noqa: BLE001 - one table's failure must not stop the others
@@ -188,7 +213,9 @@ class TableMaintainer:
             return int(pc.sum(pc.less(sizes, pa.scalar(size, pa.int64()))).as_py() or 0) if files else 0
 
         small = below(target)
+        size_bytes = int(pc.sum(sizes).as_py() or 0) if files else 0
         self.metrics.files.labels(label).set(files)
+        self.metrics.bytes.labels(label).set(size_bytes)
         self.metrics.small_files.labels(label).set(small)
         since_compaction = version - self._compacted_at.setdefault(label, version)
         since_checkpoint = version - self._checkpointed_at.get(label, -1)
@@ -201,7 +228,7 @@ class TableMaintainer:
             version=version,
             files=files,
             small_files=small,
-            size_bytes=int(pc.sum(sizes).as_py() or 0) if files else 0,
+            size_bytes=size_bytes,
             target_bytes=target,
             compact_to=tier,
             checkpoint=since_checkpoint >= self.policy.checkpoint_after_commits,
@@ -235,29 +262,62 @@ class TableMaintainer:
                  seconds=round(time.monotonic() - started, 3), conflicts=attempt)
         return removed
 
+    def vacuum(self, label: str) -> int:
+        """Delete the data files removed from the table longer ago than the retention; the
+        number deleted. Reads the log only; commits (VACUUM START/END) only when there is
+        something to delete."""
+        now = time.monotonic()
+        if now - self._vacuum_checked_at.get(label, -math.inf) < self._vacuum_check_s:
+            return 0
+        self._vacuum_checked_at[label] = now
+        table = self._tables[label]
+        self._ensure_retention(table)
+        if not table.vacuum(dry_run=True, full=False):
+            return 0
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                deleted = len(table.vacuum(dry_run=False, full=False))
+                break
+            except CommitFailedError:  # its START or END commit lost a race: files deleted twice are no harm
+                attempt += 1
+                if attempt > self.policy.max_conflict_retries:
+                    raise
+                time.sleep(backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s))
+                table.update_incremental()
+        self.metrics.vacuumed_files.labels(label).inc(deleted)
+        log.info("table vacuumed", table=label, files_deleted=deleted, retention_hours=self.policy.vacuum_retention_hours,
+                 seconds=round(time.monotonic() - started, 3))
+        return deleted
+
     def checkpoint(self, label: str) -> None:
         """Checkpoint the table's current version, then drop log entries past the retention."""
         table = self._tables[label]
         table.update_incremental()
-        self._ensure_log_retention(table)
+        self._ensure_retention(table)
         table.create_checkpoint()
         table.cleanup_metadata()
         self._checkpointed_at[label] = table.version()
         self.metrics.checkpoints.labels(label).inc()
 
-    def _ensure_log_retention(self, table: DeltaTable) -> None:
-        """Tables created before this setting existed get it once (a metadata commit)."""
-        wanted = log_retention_value(self.policy.log_retention_hours)
-        if table.metadata().configuration.get(LOG_RETENTION_PROPERTY) == wanted:
+    def _ensure_retention(self, table: DeltaTable) -> None:
+        """The table's retention properties say what the policy says: set once per table and
+        change of setting (a metadata commit)."""
+        wanted = {
+            LOG_RETENTION_PROPERTY: interval_value(self.policy.log_retention_hours),
+            DELETED_FILE_RETENTION_PROPERTY: interval_value(self.policy.vacuum_retention_hours),
+        }
+        configuration = table.metadata().configuration
+        if all(configuration.get(name) == value for name, value in wanted.items()):
             return
         for attempt in range(1, self.policy.max_conflict_retries + 1):
             try:
-                table.alter.set_table_properties({LOG_RETENTION_PROPERTY: wanted})
+                table.alter.set_table_properties(wanted)
                 return
             except CommitFailedError:
                 time.sleep(backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s))
                 table.update_incremental()
-        table.alter.set_table_properties({LOG_RETENTION_PROPERTY: wanted})
+        table.alter.set_table_properties(wanted)
 
     def _open(self, label: str) -> DeltaTable | None:
         table = self._tables.get(label)
@@ -285,11 +345,12 @@ async def run_maintenance(
             if stop.is_set() or not should_run():
                 continue
             report = await loop.run_in_executor(pool, maintainer.run_once)
-            if report.compacted or report.errors:
-                # one line: `table=files removed` pairs and the error count, not the raw dicts (each error was logged already)
+            if report.compacted or report.vacuumed or report.errors:
+                # one line: `table=files` pairs and the error count, not the raw dicts (each error was logged already)
                 compacted = " ".join(f"{label}={removed}" for label, removed in sorted(report.compacted.items()))
-                log.info("maintenance cycle", compacted=compacted or "none", checkpointed=len(report.checkpointed),
-                         conflicts=report.conflicts, errors=len(report.errors))
+                vacuumed = " ".join(f"{label}={deleted}" for label, deleted in sorted(report.vacuumed.items()))
+                log.info("maintenance cycle", compacted=compacted or "none", vacuumed=vacuumed or "none",
+                         checkpointed=len(report.checkpointed), conflicts=report.conflicts, errors=len(report.errors))
 
 
 def table_labels(names: Sequence[str], uri_of: Callable[[str], str], clock_uri_of: Callable[[str], str]) -> dict[str, str]:

@@ -8,7 +8,9 @@ Everything is read, nothing is joined or committed, and the parts are read concu
 - the retry backlog: the messages after the retry group's committed offsets, and when the
   first of them is due;
 - per Delta table: version, last commit, freshness, and the row count from the add actions'
-  `numRecords` statistics (the log is read, no data file);
+  `numRecords` statistics (the log is read, no data file); its bytes, with its merge-clock
+  table's: live (the current version's data files) and on disk (one listing of each table's
+  location: what the storage bills; above live by the files vacuum has not deleted yet);
 - given ops URLs, each worker's `/health/ready` and a few of its `/metrics` (`KEY_METRICS`).
 
 `problems` lists what needs a person: a group with lag and no member, dead letters, a retry
@@ -36,10 +38,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings
-from kafka_pipeline.delta.maintenance import describe
-from kafka_pipeline.delta.table_writer import table_uri
+from kafka_pipeline.delta.maintenance import describe, disk_bytes
+from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 from kafka_pipeline.dlq import operations as dlq_ops
-from kafka_pipeline.ops.text import ago_text
+from kafka_pipeline.ops.text import ago_text, size_text
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, parse_retry_headers
 from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
@@ -105,6 +107,8 @@ class TableStatus:
     last_commit_at: datetime | None = None
     freshness_s: float | None = None
     rows: int | None = None
+    live_bytes: int | None = None  # data files of the current version, the merge-clock table's included
+    disk_bytes: int | None = None  # everything stored under the table and its merge-clock table
 
 
 @dataclass
@@ -170,7 +174,7 @@ async def collect(settings: Settings, ops_urls: Sequence[str] | Mapping[str, str
         groups, dlq, tables, workers = await asyncio.gather(
             asyncio.gather(*(_group(admin, group, topic, ends[topic]) for group, topic in pairs)),
             _dlq(kafka),
-            asyncio.get_running_loop().run_in_executor(None, _tables, settings),
+            asyncio.get_running_loop().run_in_executor(None, table_statuses, settings),
             asyncio.gather(*(_worker(url, name) for name, url in workers_by_name)),
         )
     finally:
@@ -266,17 +270,22 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
     return RetryStatus(group.topic, waiting, next_due, scanned)
 
 
-def _tables(settings: Settings) -> list[TableStatus]:
+def table_statuses(settings: Settings) -> list[TableStatus]:
+    """Each table: version, freshness, rows, bytes live and on disk (with its merge-clock table)."""
     now = datetime.now(UTC)
     found = []
+    root, options = settings.delta.tables_root, settings.delta.storage_options
     for name in TABLES:
-        description = describe(table_uri(settings.delta.tables_root, name), storage_options=settings.delta.storage_options)
+        description = describe(table_uri(root, name), storage_options=options)
         if description is None:
             found.append(TableStatus(name, exists=False))
             continue
         at = description.last_commit_at
+        clocks = describe(clock_table_uri(root, name), storage_options=options)
+        live = description.size_bytes + (clocks.size_bytes if clocks is not None else 0)
+        disk = disk_bytes(table_uri(root, name), options) + (disk_bytes(clock_table_uri(root, name), options) if clocks is not None else 0)
         found.append(TableStatus(
-            name, True, description.version, at, round((now - at).total_seconds(), 1) if at else None, description.rows
+            name, True, description.version, at, round((now - at).total_seconds(), 1) if at else None, description.rows, live, disk
         ))
     return found
 
@@ -377,11 +386,12 @@ def format_status(status: Status) -> str:
         due = f"{retry.next_due_at:%H:%M:%S} UTC (" + (f"in {_ago(delta)}" if delta >= 0 else f"{_ago(-delta)} overdue") + ")"
     lines.append(f"retry backlog {retry.topic}: {retry.waiting} waiting, next due {due}")
     lines.append("")
-    lines.append(f"tables ({status.tables_root})")
+    lines.append(f"tables ({status.tables_root}; bytes count each table with its merge clocks)")
     rows = [(t.table, "-" if t.version is None else str(t.version),
              f"{t.last_commit_at:%Y-%m-%d %H:%M:%S}" if t.last_commit_at else "-", _ago(t.freshness_s),
-             "-" if t.rows is None else str(t.rows)) for t in status.tables]
-    lines += _table(("table", "version", "last commit (UTC)", "freshness", "rows"), rows, {1, 3, 4})
+             "-" if t.rows is None else str(t.rows), "-" if t.live_bytes is None else size_text(t.live_bytes),
+             "-" if t.disk_bytes is None else size_text(t.disk_bytes)) for t in status.tables]
+    lines += _table(("table", "version", "last commit (UTC)", "freshness", "rows", "live", "on disk"), rows, {1, 3, 4, 5, 6})
     if status.workers:
         lines.append("")
         lines.append("workers")

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kafka_pipeline.config import Settings
+from kafka_pipeline.runtime import event_loop
 from kafka_pipeline.runtime.kafka import set_client_name
 from kafka_pipeline.runtime.logging import configure_logging
 from kafka_pipeline.runtime.tracing import configure_tracing, shutdown
@@ -35,7 +36,7 @@ def run_worker(settings: Settings, make_worker: Callable[[], Worker]) -> int:
     set_client_name(settings.worker.name)
     configure_tracing(settings.worker.name)  # only when OTEL_* asks for traces
     try:
-        asyncio.run(run_until_signalled(make_worker))
+        event_loop.run(run_until_signalled(make_worker))
     finally:
         shutdown()  # export the spans still buffered
     return 0

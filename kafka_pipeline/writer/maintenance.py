@@ -1,5 +1,5 @@
-"""The entity writer's table maintenance: the maintenance loop over the eight tables and their
-clock tables, run by the one writer of the group that owns partition 0 of the entity-rows topic.
+"""The entity writer's table maintenance: the maintenance loop (compaction, vacuum, checkpoints)
+over the eight tables and their clock tables, run by the one writer of the group that owns partition 0 of the entity-rows topic.
 
 Why partition 0: the consumer group already elects exactly one owner per partition, and a
 revoke completes before the next assignment, so there is no lease to build, expire or lose.
@@ -30,6 +30,7 @@ def policy(settings: MaintenanceSettings) -> MaintenancePolicy:
         compact_after_commits=settings.compact_after_commits,
         checkpoint_after_commits=settings.checkpoint_after_commits,
         log_retention_hours=settings.log_retention_hours,
+        vacuum_retention_hours=settings.vacuum_retention_hours,
     )
 
 
