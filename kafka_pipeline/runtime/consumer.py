@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute
 from kafka_pipeline.config import KafkaSettings, WorkerSettings
 from kafka_pipeline.runtime.app import ConsumerApp
 from kafka_pipeline.runtime.consumer_lag import ConsumerLag
-from kafka_pipeline.runtime.dead_letter import Maker
+from kafka_pipeline.runtime.dead_letter import Maker, RecordView
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
@@ -181,11 +181,15 @@ class ConsumerRuntime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room_changed.wait(), timeout_s)
             room = self._apply_room(app)
-            if room > 0:
-                # never more than there is room for: records handed back by a seek are fetched again
-                records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
-            else:  # still none: poll with every partition paused, so the group keeps this member
-                records = await self.consumer.getmany(timeout_ms=0)
+            try:
+                if room > 0:
+                    # never more than there is room for: records handed back by a seek are fetched again
+                    records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
+                else:  # still none: poll with every partition paused, so the group keeps this member
+                    records = await self.consumer.getmany(timeout_ms=0)
+            except UnicodeDecodeError:
+                await self._pass_undecodable(app, timeout_s)
+                records = {}
             await self._admit(app, records)
             finished = await self.while_polling(app.flush())
             if finished or time.monotonic() >= next_commit:
@@ -241,6 +245,48 @@ class ConsumerRuntime:
                 except Exception as exc:  # noqa: BLE001 - the error boundary: a message never stops the worker
                     await self.reject(tp, record, exc)
 
+    async def _pass_undecodable(self, app: ConsumerApp, timeout_s: float) -> None:
+        """A fetched record the client cannot decode (aiokafka decodes header keys as UTF-8 while
+        it unpacks a fetch, and raises from `getmany`): find it and dead-letter it by position.
+
+        The failed `getmany` may have moved other partitions past records it never returned, so
+        every partition goes back to the record after the last one admitted; then each is read
+        alone, and the one that fails again is stepped through one record at a time: the
+        consumer's position when it fails is the undecodable record. Its letter has the
+        position and the client's error; its bytes are not reachable through the client."""
+        assert self.consumer is not None
+        await self._rewind()
+        for tp in sorted(self.consumer.assignment() - self.consumer.paused(), key=lambda tp: (tp.topic, tp.partition)):
+            while app.failure is None and tp in self.assigned and app.room(tp) > 0:
+                start = await self.consumer.position(tp)
+                try:
+                    batch = await self.consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
+                except UnicodeDecodeError as exc:
+                    offset = await self.consumer.position(tp)
+                    log.error("record the client cannot decode; dead-lettering it by position", topic=tp.topic, partition=tp.partition, offset=offset)
+                    self.tracker.track(tp, offset)
+                    await self.reject(tp, RecordView(tp.topic, tp.partition, offset, None, None), exc)
+                    self.consumer.seek(tp, offset + 1)
+                    break
+                if not batch:
+                    break
+                await self._admit(app, batch)
+                if await self.consumer.position(tp) <= start:
+                    break
+
+    async def _rewind(self) -> None:
+        """Every assigned partition back to the record after the last one admitted (the
+        committed offset when none was): what a failed `getmany` consumed unreturned is read again."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            resume = self.tracker.next_offset(tp)
+            if resume is None:
+                resume = await self.consumer.committed(tp)
+            if resume is None:
+                await self.consumer.seek_to_beginning(tp)  # auto_offset_reset is earliest
+            else:
+                self.consumer.seek(tp, resume)
+
     async def reject(self, tp: TopicPartition, record: Any, exc: BaseException, *, trace_id: str | None = None) -> None:
         """The error boundary: dead-letter `record` with `exc`'s type and message, mark it done.
 
@@ -269,7 +315,12 @@ class ConsumerRuntime:
             self.consumer.pause(*self.consumer.assignment())
             paused = True
             self._last_turn = time.monotonic()
-            for tp, records in (await self.consumer.getmany(timeout_ms=0)).items():
+            try:
+                fetched = await self.consumer.getmany(timeout_ms=0)
+            except UnicodeDecodeError:  # a partition assigned meanwhile: the main loop finds the record
+                await self._rewind()
+                continue
+            for tp, records in fetched.items():
                 if records:
                     self.consumer.seek(tp, records[0].offset)
         if paused:
