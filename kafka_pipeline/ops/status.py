@@ -11,6 +11,12 @@ Everything is read, nothing is joined or committed, and the parts are read concu
   `numRecords` statistics (the log is read, no data file);
 - given ops URLs, each worker's `/health/ready`.
 
+What is read is bounded, whoever wrote it: the DLQ read ends after `DLQ_READ_S`, a retry
+message's `retry-due-at` is taken only up to now plus the longest configured delay (what the
+scheduler itself clamps it to), and an ops URL's answer must come within `READY_TIMEOUT_S` in
+all, be at most `MAX_READY_BYTES`, nest at most `MAX_READY_DEPTH` deep and have the readiness
+shape; anything else is a worker that did not answer properly.
+
 `problems` lists what needs a person: a group with lag and no member, dead letters, a retry
 overdue by more than `OVERDUE_S` (the scheduler is not forwarding), a worker not ready or not
 answering. The command exits 1 when there is any.
@@ -19,6 +25,7 @@ answering. The command exits 1 when there is any.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -36,9 +43,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings
 from kafka_pipeline.delta.maintenance import describe
+from kafka_pipeline.delta.storage import storage_error
 from kafka_pipeline.delta.table_writer import table_uri
 from kafka_pipeline.dlq import operations as dlq_ops
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, parse_retry_headers
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, now_ms, parse_retry_headers
 from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
 
@@ -46,6 +54,9 @@ CONNECT_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 1.0
 OVERDUE_S = 60.0  # a retry this late means the scheduler does not forward
 MAX_RETRY_SCAN = 100_000  # retry messages read to find the next due time (the count is exact anyway)
+DLQ_READ_S = 10.0
+MAX_READY_BYTES = 65_536  # a /health/ready answer is a few hundred bytes
+MAX_READY_DEPTH = 8
 
 
 @dataclass
@@ -93,6 +104,7 @@ class TableStatus:
     last_commit_at: datetime | None = None
     freshness_s: float | None = None
     rows: int | None = None
+    error: str | None = None  # the store could not be read (one line)
 
 
 @dataclass
@@ -159,7 +171,7 @@ async def collect(settings: Settings, ops_urls: list[str] | tuple[str, ...] = ()
     finally:
         await _close(admin)
     retry_group = groups[2]
-    retry = await _retry(kafka, retry_group)
+    retry = await _retry(kafka, retry_group, max_delay_s=max(settings.retry.delays_s))
     status = Status(
         at=datetime.now(UTC),
         bootstrap_servers=kafka.bootstrap_servers,
@@ -209,13 +221,14 @@ def _short(member_id: str) -> str:
 
 
 async def _dlq(kafka: KafkaSettings) -> DlqStatus:
-    snapshot = await dlq_ops.read_dlq(kafka, kafka.dlq_topic, idle_timeout_s=1.0)
+    snapshot = await dlq_ops.read_dlq(kafka, kafka.dlq_topic, idle_timeout_s=1.0, max_read_s=DLQ_READ_S)
     by_category = Counter(e.letter.error_category for e in snapshot.pending if e.letter is not None)
     return DlqStatus(kafka.dlq_topic, sum(by_category.values()), dict(sorted(by_category.items())), snapshot.complete)
 
 
-async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
-    """The retry group's backlog, read from its committed offsets to the end for the next due time."""
+async def _retry(kafka: KafkaSettings, group: GroupStatus, *, max_delay_s: float) -> RetryStatus:
+    """The retry group's backlog, read from its committed offsets to the end for the next due time
+    (a due time beyond now + `max_delay_s` counts as that: the scheduler clamps it the same way)."""
     waiting = group.lag
     if not waiting:
         return RetryStatus(group.topic, 0, None, 0)
@@ -239,6 +252,7 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
                         at = parse_retry_headers(record.headers).due_at_ms
                     except InvalidRetryHeaders:
                         continue  # the scheduler dead-letters it as soon as it reads it
+                    at = min(at, now_ms() + round(max_delay_s * 1000))
                     due = at if due is None else min(due, at)
                 if records and records[-1].offset + 1 >= lagging[tp].end:
                     consumer.pause(tp)
@@ -253,7 +267,13 @@ def _tables(settings: Settings) -> list[TableStatus]:
     now = datetime.now(UTC)
     found = []
     for name in TABLES:
-        description = describe(table_uri(settings.delta.tables_root, name), storage_options=settings.delta.storage_options)
+        uri = table_uri(settings.delta.tables_root, name)
+        try:
+            description = describe(uri, storage_options=settings.delta.storage_options)
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises its own types: shown as one line, never a traceback
+            known = storage_error(exc, uri)
+            found.append(TableStatus(name, exists=False, error=str(known) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"))
+            continue
         if description is None:
             found.append(TableStatus(name, exists=False))
             continue
@@ -267,14 +287,35 @@ def _tables(settings: Settings) -> list[TableStatus]:
 async def _worker(url: str) -> WorkerStatus:
     target = url.rstrip("/") + "/health/ready"
     try:
-        async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
-            response = await client.get(target)
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        async with asyncio.timeout(READY_TIMEOUT_S), httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
+            async with client.stream("GET", target) as response:
+                raw = bytearray()
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_READY_BYTES:
+                        return WorkerStatus(url, False, [f"answer over {MAX_READY_BYTES} bytes"])
+        if _depth(bytes(raw)) > MAX_READY_DEPTH:
+            return WorkerStatus(url, False, [f"answer nested deeper than {MAX_READY_DEPTH}"])
+        body = json.loads(raw)
+    except (httpx.HTTPError, ValueError, TimeoutError) as exc:
         return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"])
-    checks = body.get("checks", {}) if isinstance(body, dict) else {}
-    failing = sorted(name for name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
-    return WorkerStatus(url, response.status_code == 200 and bool(body.get("ready")), failing)
+    if not isinstance(body, dict) or not isinstance(body.get("checks", {}), dict):
+        return WorkerStatus(url, False, ["answer is not a readiness report"])
+    checks = body.get("checks", {})
+    failing = sorted(str(name)[:80] for name, check in checks.items() if not (isinstance(check, dict) and check.get("ready") is True))
+    return WorkerStatus(url, response.status_code == 200 and body.get("ready") is True, failing[:20])
+
+
+def _depth(raw: bytes) -> int:
+    """How deep JSON text nests (brackets inside strings count too: an over-estimate, never under)."""
+    depth = deepest = 0
+    for byte in raw:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
 
 
 def problems(status: Status) -> list[str]:
@@ -286,6 +327,9 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dlq.not_replayed} dead letters on {status.dlq.topic} (kafka-pipeline dlq list)")
     if status.retry.next_due_at is not None and (status.at - status.retry.next_due_at).total_seconds() > OVERDUE_S:
         found.append(f"retries overdue since {status.retry.next_due_at:%H:%M:%S}: is the retry scheduler running?")
+    for table in status.tables:
+        if table.error:
+            found.append(f"table {table.table} unreadable: {table.error}")
     for worker in status.workers:
         if not worker.ready:
             found.append(f"worker {worker.url} not ready: {', '.join(worker.failing) or 'unknown'}")
