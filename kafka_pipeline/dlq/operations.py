@@ -69,6 +69,7 @@ from kafka_pipeline.retry.routing import strip_retry_headers
 from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, EncodedBytes
 from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
 
 MARKER_HEADER = "dlq-marker"
 MAX_RECORD_BYTES = 2 * MAX_DLQ_MESSAGE_BYTES  # our letters are under MAX_DLQ_MESSAGE_BYTES
@@ -133,26 +134,34 @@ async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 
         tps = [TopicPartition(topic, p) for p in sorted(ends)]
         consumer.assign(tps)
         pending: set[TopicPartition] = set()
+        read_to: dict[TopicPartition, int] = {}  # next offset to read, per partition
         for tp in tps:
             purged_to = await consumer.committed(tp) or 0
             snapshot.start[tp.partition] = min(purged_to, ends[tp.partition])
             if purged_to < ends[tp.partition]:
                 consumer.seek(tp, purged_to)
                 pending.add(tp)
+                read_to[tp] = purged_to
         for tp in set(tps) - pending:
             consumer.pause(tp)
         replayed: set[tuple[int, int]] = set()
         idle_since = time.monotonic()
         give_up_at = time.monotonic() + max_read_s
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=200)
-            if any(batch.values()):
+            batch, undecodable = await getmany_past_undecodable(consumer, sorted(pending, key=lambda tp: tp.partition), read_to, timeout_ms=200)
+            if any(batch.values()) or undecodable:
                 idle_since = time.monotonic()
+            for tp, offset in undecodable:
+                read_to[tp] = offset + 1
+                if offset < ends[tp.partition]:
+                    snapshot.entries.append(DlqEntry(tp.partition, offset, None, None, None,
+                                                     unreadable="the Kafka client cannot decode it (a header name that is not UTF-8)"))
             for tp, records in batch.items():
                 end = ends[tp.partition]
                 for record in records:
                     if record.offset >= end:
                         break
+                    read_to[tp] = record.offset + 1
                     marker = _marker_target(record)
                     if marker is not None:
                         snapshot.markers += 1

@@ -49,6 +49,7 @@ from kafka_pipeline.dlq import operations as dlq_ops
 from kafka_pipeline.retry.routing import InvalidRetryHeaders, now_ms, parse_retry_headers
 from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
 
 CONNECT_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 1.0
@@ -239,14 +240,23 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus, *, max_delay_s: float
     try:
         lagging = {TopicPartition(group.topic, p.partition): p for p in group.partitions if p.lag}
         consumer.assign(list(lagging))
-        for tp, part in lagging.items():
-            consumer.seek(tp, part.committed or 0)
+        read_to = {tp: part.committed or 0 for tp, part in lagging.items()}
+        for tp, offset in read_to.items():
+            consumer.seek(tp, offset)
         deadline = time.monotonic() + 2.0
         while lagging and scanned < MAX_RETRY_SCAN and time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(*lagging, timeout_ms=200)).items():
+            batch, undecodable = await getmany_past_undecodable(consumer, list(lagging), read_to, timeout_ms=200)
+            for tp, offset in undecodable:  # the scheduler dead-letters it as soon as it reads it
+                read_to[tp] = offset + 1
+                scanned += 1
+                if read_to[tp] >= lagging[tp].end and not batch.get(tp):
+                    consumer.pause(tp)
+                    del lagging[tp]
+            for tp, records in batch.items():
                 for record in records:
                     if record.offset >= lagging[tp].end:
                         break
+                    read_to[tp] = record.offset + 1
                     scanned += 1
                     try:
                         at = parse_retry_headers(record.headers).due_at_ms

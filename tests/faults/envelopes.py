@@ -8,6 +8,7 @@ Kafka checks a batch's CRC and sizes, not the text of header names.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from dataclasses import dataclass, field
 
@@ -53,14 +54,16 @@ def gzip_ratio(value: bytes) -> float:
 
 
 async def send_raw(producer: AIOKafkaProducer, topic: str, partition: int, record: Envelope) -> int:
-    """Send `record` as a batch of its own; the offset it got."""
+    """Send `record` as a batch of its own; the offset it got. `producer` must not be idempotent
+    (aiokafka stamps producer state only into its own C-built batches)."""
     batch = producer.create_batch()
     batch._builder = _DefaultRecordBatchBuilderPy(  # noqa: SLF001 - the C builder refuses non-UTF-8 names
         2, CODECS[record.codec], 0, -1, -1, 0, max(16_384, len(record.value or b"") + len(record.key or b"") + 4096)
     )
     headers = [(RawName(name), value) for name, value in record.headers]
     batch._builder.append(0, timestamp=record.timestamp_ms, key=record.key, value=record.value, headers=headers)  # noqa: SLF001
+    batch._relative_offset = 1  # noqa: SLF001 - the record count aiokafka keeps (an empty batch is never sent)
     batch.close()
     delivery = await producer.send_batch(batch, topic, partition=partition)
-    metadata = await delivery
+    metadata = await asyncio.wait_for(delivery, 30)
     return int(metadata.offset)

@@ -1,0 +1,48 @@
+"""Reading past records the Kafka client cannot decode, for the readers that assign partitions
+by hand (`dlq`, `status`).
+
+aiokafka decodes header names as UTF-8 while it unpacks a fetch and raises `UnicodeDecodeError`
+from `getmany`; anyone who can produce to a topic can write such a record. `getmany_past_undecodable`
+answers like `getmany` and, when that happens, finds the record: the partitions go back to
+`resume_at` (what the caller has read up to), each is read one record at a time until the one that
+fails, whose offset is the consumer's position then; it is skipped (`seek` past it) and reported.
+(The consumer runtime does the same for the workers, with dead letters: `runtime.consumer`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def getmany_past_undecodable(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], resume_at: Mapping[TopicPartition, int], *, timeout_ms: int
+) -> tuple[dict[TopicPartition, list[Any]], list[tuple[TopicPartition, int]]]:
+    """(records by partition, the (partition, offset) of each record skipped as undecodable)."""
+    try:
+        return await consumer.getmany(*partitions, timeout_ms=timeout_ms), []
+    except UnicodeDecodeError:
+        pass
+    records: dict[TopicPartition, list[Any]] = {}
+    skipped: list[tuple[TopicPartition, int]] = []
+    for tp in partitions:
+        if tp in resume_at:
+            consumer.seek(tp, resume_at[tp])
+    for tp in partitions:
+        while True:
+            start = await consumer.position(tp)
+            try:
+                batch = await consumer.getmany(tp, timeout_ms=timeout_ms, max_records=1)
+            except UnicodeDecodeError:
+                offset = await consumer.position(tp)
+                skipped.append((tp, offset))
+                consumer.seek(tp, offset + 1)
+                break
+            if not batch.get(tp) or await consumer.position(tp) <= start:
+                break
+            records.setdefault(tp, []).extend(batch[tp])
+            if len(records[tp]) >= 500:  # enough for one call: the rest comes with the next one
+                break
+    return records, skipped
