@@ -30,9 +30,11 @@ parse is bounded: a record over `MAX_RECORD_BYTES` is unreadable without being p
 is read only when it is small and shallow JSON, an envelope is parsed by pydantic (whose parser
 refuses nesting past its own limit), `inspect`'s decoding of values falls back to text on deep
 or huge JSON, and the whole read ends after `max_read_s`. A letter is re-validated before
-`replay` sends it: an events-topic letter must parse as an event (no `ingested_at` beyond the
-future skew), an entity-rows letter must be rows the writer would take (no future `event_time`);
-a forged envelope claiming `made_by: write` therefore cannot put a row into a table.
+`replay` sends it: an entity-rows letter must be rows the writer would take (every column of the
+contract, no `event_time` beyond the future skew), so a forged envelope claiming `made_by: write`
+cannot put a row into a table. An events-topic letter is sent as it is (within the event size
+limit): the enrichment worker parses it again, the future skew included, and a letter dead-lettered
+by an older parser may be an event now.
 
 Purge. Kafka deletes no single records, and tansu does not implement DeleteRecords (it closes
 the connection), so `purge` commits the current high watermark of every DLQ partition as the
@@ -60,7 +62,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.events import parse_event
+from kafka_pipeline.claimx.events import MAX_EVENT_BYTES
 from kafka_pipeline.claimx.row_conversion import BatchBuilder
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.dlq.terminal import printable
@@ -468,10 +470,10 @@ def replay_refusal(letter: DeadLetter, kafka: KafkaSettings) -> str | None:
         return "truncated: only a prefix of the original is kept"
     value = letter.value.raw() if letter.value is not None else None
     if letter.original_topic == kafka.events_topic:
-        try:
-            parse_event(value)
-        except PermanentError as exc:
-            return f"not a valid event: {str(exc)[:120]}"
+        # the enrichment worker parses it again (a fixed parser may now take what it refused);
+        # only its size is checked here, so that what is sent fits what the worker reads
+        if value is not None and len(value) > MAX_EVENT_BYTES:
+            return f"value of {len(value)} bytes is over the {MAX_EVENT_BYTES} bytes an event may have"
         return None
     if letter.original_topic == kafka.entity_rows_topic:
         if letter.made_by != "write":
