@@ -46,6 +46,7 @@ from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.offset_tracker import OffsetTracker
 from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.runtime.undecodable import UNDECODABLE
 
 log = get_logger(__name__)
 
@@ -187,7 +188,7 @@ class ConsumerRuntime:
                     records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
                 else:  # still none: poll with every partition paused, so the group keeps this member
                     records = await self.consumer.getmany(timeout_ms=0)
-            except UnicodeDecodeError:
+            except UNDECODABLE:
                 await self._pass_undecodable(app, timeout_s)
                 records = {}
             await self._admit(app, records)
@@ -246,8 +247,9 @@ class ConsumerRuntime:
                     await self.reject(tp, record, exc)
 
     async def _pass_undecodable(self, app: ConsumerApp, timeout_s: float) -> None:
-        """A fetched record the client cannot decode (aiokafka decodes header keys as UTF-8 while
-        it unpacks a fetch, and raises from `getmany`): find it and dead-letter it by position.
+        """A fetched record the client cannot decode (`runtime.undecodable`: a header name that is
+        not UTF-8, a batch that does not decompress; aiokafka raises from `getmany`): find it and
+        dead-letter it by position (every record of a batch that does not decompress, one by one).
 
         The failed `getmany` may have moved other partitions past records it never returned, so
         every partition goes back to the record after the last one admitted; then each is read
@@ -261,7 +263,7 @@ class ConsumerRuntime:
                 start = await self.consumer.position(tp)
                 try:
                     batch = await self.consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
-                except UnicodeDecodeError as exc:
+                except UNDECODABLE as exc:
                     offset = await self.consumer.position(tp)
                     log.error("record the client cannot decode; dead-lettering it by position", topic=tp.topic, partition=tp.partition, offset=offset)
                     self.tracker.track(tp, offset)
@@ -317,7 +319,7 @@ class ConsumerRuntime:
             self._last_turn = time.monotonic()
             try:
                 fetched = await self.consumer.getmany(timeout_ms=0)
-            except UnicodeDecodeError:  # a partition assigned meanwhile: the main loop finds the record
+            except UNDECODABLE:  # a partition assigned meanwhile: the main loop finds the record
                 await self._rewind()
                 continue
             for tp, records in fetched.items():

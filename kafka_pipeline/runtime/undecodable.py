@@ -2,7 +2,9 @@
 by hand (`dlq`, `status`).
 
 aiokafka decodes header names as UTF-8 while it unpacks a fetch and raises `UnicodeDecodeError`
-from `getmany`; anyone who can produce to a topic can write such a record. `getmany_past_undecodable`
+from `getmany`; it raises the codec's own error for a compressed batch that does not decompress
+and `UnsupportedCodecError` for a codec id it does not know (Apache Kafka refuses both at produce
+time; tansu stores them). Anyone who can produce to a topic can write such a record. `getmany_past_undecodable`
 answers like `getmany` and, when that happens, finds the record: the partitions go back to
 `resume_at` (what the caller has read up to), each is read one record at a time until the one that
 fails, whose offset is the consumer's position then; it is skipped (`seek` past it) and reported.
@@ -11,10 +13,17 @@ fails, whose offset is the consumer's position then; it is skipped (`seek` past 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
+from gzip import BadGzipFile
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from cramjam import DecompressionError
+
+# What `getmany` raises while it unpacks a record it cannot decode (never a broker or network error).
+UNDECODABLE = (UnicodeDecodeError, BadGzipFile, EOFError, zlib.error, DecompressionError, UnsupportedCodecError, CorruptRecordException)
 
 
 async def getmany_past_undecodable(
@@ -23,7 +32,7 @@ async def getmany_past_undecodable(
     """(records by partition, the (partition, offset) of each record skipped as undecodable)."""
     try:
         return await consumer.getmany(*partitions, timeout_ms=timeout_ms), []
-    except UnicodeDecodeError:
+    except UNDECODABLE:
         pass
     records: dict[TopicPartition, list[Any]] = {}
     skipped: list[tuple[TopicPartition, int]] = []
@@ -35,7 +44,7 @@ async def getmany_past_undecodable(
             start = await consumer.position(tp)
             try:
                 batch = await consumer.getmany(tp, timeout_ms=timeout_ms, max_records=1)
-            except UnicodeDecodeError:
+            except UNDECODABLE:
                 offset = await consumer.position(tp)
                 skipped.append((tp, offset))
                 consumer.seek(tp, offset + 1)
