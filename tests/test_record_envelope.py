@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from kafka_pipeline.argument_types import duration, point_in_time
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
+from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.entity_rows import MAX_MESSAGE_BYTES, EntityRowsMessage
 from kafka_pipeline.claimx.events import MAX_EVENT_BYTES, parse_event
 from kafka_pipeline.claimx.handlers.base import RefreshLimit
@@ -328,3 +329,19 @@ async def test_a_project_answer_without_project_id_is_invalid() -> None:
         with pytest.raises(PermanentError, match="no projectId") as error:
             await api.get_project("5000001")
     assert error.value.error_type == "InvalidResponse"
+
+
+async def test_a_long_rate_limit_pause_shows_in_the_enrichment_workers_readiness() -> None:
+    settings = load_settings(api={"url": "http://claimx.test/service/cxedirest", "token": TOKEN, "backoff_max_s": 2},
+                             worker={"name": "ready-test"})
+    worker = EnrichmentWorker(settings)
+    try:
+        ready, details = worker._api_ready()
+        assert ready and details["rate_limit_paused_s"] == 0
+        worker.api._bucket.pause(1.0)  # within an in-process backoff: still ready
+        assert worker._api_ready()[0]
+        worker.api._bucket.pause(250.0)  # a Retry-After, capped: the API asked us to stop
+        ready, details = worker._api_ready()
+        assert not ready and 240 < details["rate_limit_paused_s"] <= 250
+    finally:
+        await worker.api.aclose()
