@@ -345,3 +345,13 @@ async def test_a_long_rate_limit_pause_shows_in_the_enrichment_workers_readiness
         assert not ready and 240 < details["rate_limit_paused_s"] <= 250
     finally:
         await worker.api.aclose()
+
+
+def test_status_names_an_unreachable_table_store_in_one_line_without_its_secrets() -> None:
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    settings = Settings(delta={"tables_root": "s3://bucket/tables", "storage_options": {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret}})
+    tables = status_module._tables(settings)
+    assert tables and all(not t.exists and t.error == "storage unreachable at s3://bucket/tables (cannot connect)" for t in tables)
+    assert all(secret not in (t.error or "") for t in tables)

@@ -276,13 +276,19 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus, *, max_delay_s: float
 def _tables(settings: Settings) -> list[TableStatus]:
     now = datetime.now(UTC)
     found = []
+    unreachable: str | None = None  # the store did not answer: the other tables are not tried (each try takes seconds)
     for name in TABLES:
         uri = table_uri(settings.delta.tables_root, name)
+        if unreachable is not None:
+            found.append(TableStatus(name, exists=False, error=unreachable))
+            continue
         try:
             description = describe(uri, storage_options=settings.delta.storage_options)
         except Exception as exc:  # noqa: BLE001 - delta-rs raises its own types: shown as one line, never a traceback
-            known = storage_error(exc, uri)
-            found.append(TableStatus(name, exists=False, error=str(known) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"))
+            known = storage_error(exc, settings.delta.tables_root)
+            error = str(known) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            unreachable = error if known else None
+            found.append(TableStatus(name, exists=False, error=error))
             continue
         if description is None:
             found.append(TableStatus(name, exists=False))
