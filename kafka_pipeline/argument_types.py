@@ -55,26 +55,45 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Durations and points in time are range-checked: Kafka record times start at the epoch (a
+# negative lookup time means "latest"/"earliest" to the broker), and a timedelta or a datetime
+# past its range raises OverflowError.
+MAX_DURATION_S = 50 * 365 * 86_400
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def duration(text: str) -> timedelta:
-    """`12h`, `90m`, `1d12h`, `30s`, `2w` -> a timedelta."""
+    """`12h`, `90m`, `1d12h`, `30s`, `2w` -> a timedelta of at most 50 years."""
     compact = text.strip().lower()
     parts = _DURATION.findall(compact)
     if not parts or "".join(n + u for n, u in parts) != compact:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 12h, 90m or 1d12h, got {text!r}")
-    return timedelta(seconds=sum(float(n) * _UNIT_S[u] for n, u in parts))
+        raise argparse.ArgumentTypeError(f"expected a duration such as 12h, 90m or 1d12h, got {_shown(text)}")
+    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+    if not seconds <= MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"must be at most 50 years ({MAX_DURATION_S // 86_400}d), got {_shown(text)}")
+    return timedelta(seconds=seconds)
 
 
 def point_in_time(text: str) -> datetime:
-    """An ISO-8601 time (naive = UTC) or a duration ago (`12h`: twelve hours before now), UTC-aware."""
-    try:
+    """An ISO-8601 time (naive = UTC) or a duration ago (`12h`: twelve hours before now), UTC-aware,
+    between 1970-01-01 and 9999-12-31 in UTC."""
+    if _DURATION.match(text.strip().lower()):
         return datetime.now(UTC) - duration(text)
-    except argparse.ArgumentTypeError:
-        pass
     try:
         value = datetime.fromisoformat(text.strip())
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an ISO time (2026-01-05T14:00:00Z) or a duration ago (12h), got {text!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        raise argparse.ArgumentTypeError(f"expected an ISO time (2026-01-05T14:00:00Z) or a duration ago (12h), got {_shown(text)}") from None
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is out of range in UTC") from None
+    if value < EARLIEST:
+        raise argparse.ArgumentTypeError(f"must be 1970-01-01 or later (Kafka record times start there), got {_shown(text)}")
+    return value
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def port(text: str) -> int:

@@ -88,6 +88,8 @@ class ApiSettings(Section):
     retries: int = Field(3, ge=0)
     backoff_base_s: float = Field(0.2, ge=0)
     backoff_max_s: float = Field(5.0, ge=0)
+    # a 429's Retry-After pauses every request for at most this long (the header is the API's word, not ours)
+    max_retry_after_s: float = Field(300.0, gt=0)
     breaker_failure_threshold: int = Field(20, ge=1)
     breaker_cooldown_s: float = Field(15.0, gt=0)
     # while the API rejects the credentials (401): how often to re-read the token and try again
@@ -117,8 +119,9 @@ class ApiSettings(Section):
 
 class DeltaSettings(Section):
     tables_root: str = "./data/delta"  # a folder or a URI: s3://bucket/prefix, az://..., gs://...
-    # delta-rs storage options (AWS_ENDPOINT_URL, AWS_REGION, ...; see the README)
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    # delta-rs storage options (AWS_ENDPOINT_URL, AWS_REGION, ...; see the README). They hold
+    # credentials (AWS_SECRET_ACCESS_KEY, ...): never in repr, never echoed by a config error.
+    storage_options: dict[str, str] = Field(default_factory=dict, repr=False)
     # AWS_S3_ALLOW_UNSAFE_RENAME is refused unless this says only one writer ever runs
     single_writer_acknowledged: bool = False
 
@@ -166,6 +169,14 @@ class CacheSettings(Section):
             raise ValueError("must name a socket path (unix:///path/to/redis.sock)")
         return text
 
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        """A blank token would pass the off-loopback check and switch the routes' auth off."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be blank: set a token, or leave the setting out")
+        return value
+
     @model_validator(mode="after")
     def _refresh_below_ttl(self) -> CacheSettings:
         if self.refresh_after_s >= self.ttl_s:
@@ -180,6 +191,8 @@ class EnrichSettings(Section):
     # media events of one project arriving within this window share one media-list call
     media_window_s: float = Field(0.005, ge=0)
     max_future_skew_s: float = Field(86_400.0, gt=0)  # an ingested_at later than now + this is malformed
+    # a `refresh-project` header is honoured at most once per project per this many seconds
+    refresh_min_interval_s: float = Field(60.0, ge=0)
 
 
 class WriterSettings(Section):
@@ -365,8 +378,14 @@ def format_validation_error(exc: ValidationError) -> str:
     return f"config error: {where}: {first['msg']}{shown}{more}"
 
 
+# Settings that are not SecretStr but hold secrets all the same.
+_SECRET_SETTINGS = {("delta", "storage_options")}
+
+
 def _is_secret(loc: tuple[int | str, ...]) -> bool:
-    """Is the setting at `loc` (or any setting it is part of) a SecretStr?"""
+    """Is the setting at `loc` (or any setting it is part of) a SecretStr, or one that holds secrets?"""
+    if tuple(loc[:2]) in _SECRET_SETTINGS:
+        return True
     model: Any = Settings
     for part in loc:
         fields = getattr(model, "model_fields", None)

@@ -240,7 +240,7 @@ async def test_breaker_opens_and_fails_fast_without_calling() -> None:
 
 async def test_breaker_half_open_trial_closes_it() -> None:
     now = [0.0]
-    recorder = Recorder(httpx.Response(500), httpx.Response(500), httpx.Response(200, json={"project": {}}))
+    recorder = Recorder(httpx.Response(500), httpx.Response(500), httpx.Response(200, json={"project": {"projectId": 1}}))
     api = client_for(recorder, retries=0, breaker_failure_threshold=2, breaker_cooldown_s=5)
     api.breaker.clock = lambda: now[0]
     async with api:
@@ -249,7 +249,7 @@ async def test_breaker_half_open_trial_closes_it() -> None:
                 await api.get_project("1")
         assert api.breaker.state == "open"
         now[0] = 6.0
-        assert (await api.get_project("1")) == {"project": {}}
+        assert (await api.get_project("1")) == {"project": {"projectId": 1}}
         assert api.breaker.state == "closed"
 
 

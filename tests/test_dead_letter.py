@@ -18,8 +18,10 @@ from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.runtime.dead_letter import (
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
+    EncodedBytes,
     RecordView,
     dead_letter_for,
+    dlq_key,
 )
 from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from tests.faults.poison import corpus
@@ -34,7 +36,7 @@ def letter_for(value: bytes | None, *, key: bytes | None = b"k", headers: list[t
 
 
 def message_size(letter: DeadLetter) -> int:
-    return len(letter.key.raw() if letter.key else b"") + len(letter.to_bytes())
+    return len(dlq_key(letter.key.raw() if letter.key else None) or b"") + len(letter.to_bytes())
 
 
 @pytest.mark.parametrize(
@@ -44,7 +46,7 @@ def message_size(letter: DeadLetter) -> int:
 )
 def test_an_envelope_over_the_limit_keeps_a_prefix_its_size_and_sha256(value: bytes) -> None:
     letter = letter_for(value)
-    assert len(letter.model_dump_json().encode()) > MAX_DLQ_MESSAGE_BYTES  # whole, it would not fit
+    assert len(EncodedBytes.of(value).model_dump_json().encode()) > MAX_DLQ_MESSAGE_BYTES  # whole, it would not fit
     assert message_size(letter) <= MAX_DLQ_MESSAGE_BYTES
     back = DeadLetter.from_bytes(letter.to_bytes())
     assert back.truncated is True
@@ -114,7 +116,7 @@ async def test_the_producer_takes_every_cut_envelope(kafka_settings: KafkaSettin
     try:
         for value in (bytes([1]) * 300_000, os.urandom(800_000), b"p" * 3_000_000):
             letter = letter_for(value, key=b"K" * 50_000)
-            metadata = await producer.send_and_wait(kafka_settings.dlq_topic, letter.to_bytes(), key=letter.key.raw() if letter.key else None)
+            metadata = await producer.send_and_wait(kafka_settings.dlq_topic, letter.to_bytes(), key=dlq_key(letter.key.raw() if letter.key else None))
             assert metadata.offset >= 0
     finally:
         await producer.stop()

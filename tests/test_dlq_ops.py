@@ -13,7 +13,7 @@ from kafka_pipeline.cli import main
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.dlq.operations import MARKER_HEADER, read_dlq
 from kafka_pipeline.retry.routing import RETRY_ATTEMPT, Failure, RetryMessage, next_hop
-from kafka_pipeline.runtime.dead_letter import DeadLetter, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes, dead_letter_for
 from kafka_pipeline.runtime.dead_letter import RecordView as Record
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 
@@ -214,6 +214,10 @@ async def test_a_twice_dead_lettered_original_is_counted_and_replayed_once(kafka
 # --- hostile letters (issue 10) ------------------------------------------------------------------
 
 
+VALID_ROWS = json.dumps({"trace_id": "t-1", "event_type": "PROJECT_CREATED", "project_id": "1",
+                         "event_time": "2026-01-01T00:00:00Z", "rows": {}}).encode()
+
+
 def letter_of(kafka: KafkaSettings, n: int, *, topic: str, made_by, **update) -> DeadLetter:  # noqa: ANN001
     record = Record(topic, 0, n, f"p{n}".encode(), f"value {n}".encode(), [])
     letter = dead_letter_for(record, error_type="SchemaMismatch", error_message="x", category="permanent",
@@ -233,7 +237,8 @@ async def test_replay_goes_only_to_configured_topics_that_can_have_made_the_lett
     assert isinstance(from_worker, DeadLetter) and from_worker.original_topic == kafka.events_topic
     letters = [
         from_worker,
-        letter_of(kafka, 1, topic=kafka.entity_rows_topic, made_by="write"),  # the writer's own: may go back
+        # the writer's own, rows the writer takes now: may go back (rows it refuses are not sent)
+        letter_of(kafka, 1, topic=kafka.entity_rows_topic, made_by="write", value=EncodedBytes.of(VALID_ROWS)),
         letter_of(kafka, 2, topic=kafka.entity_rows_topic, made_by="enrich"),  # forged envelope
         letter_of(kafka, 3, topic=kafka.entity_rows_topic, made_by=None),  # older or forged: no maker
         letter_of(kafka, 4, topic=kafka.retry_topic, made_by="retry-scheduler"),  # not a replay target
@@ -246,7 +251,7 @@ async def test_replay_goes_only_to_configured_topics_that_can_have_made_the_lett
     assert f"refused 2: names {kafka.entity_rows_topic} but was not made by the entity writer" in out
     assert "refused 1: original topic is not a configured replay target" in out
     assert "refused 1: truncated: only a prefix of the original is kept" in out
-    assert [r.value for r in await consume(kafka, kafka.entity_rows_topic, quiet_s=0.5)] == [b"value 1"]
+    assert [r.value for r in await consume(kafka, kafka.entity_rows_topic, quiet_s=0.5)] == [VALID_ROWS]
     assert [r.value for r in await consume(kafka, kafka.events_topic, quiet_s=0.5)] == [forged_value]
 
 

@@ -80,7 +80,7 @@ async def test_an_open_circuit_routes_events_to_retry_and_readiness_follows_the_
         assert api.stats()["project"] == 3  # after three failures the circuit kept the rest off the API
         unready = await ready(worker)
         assert unready.status_code == 503
-        assert unready.json()["checks"]["claimx_api"] == {"ready": False, "breaker": "open", "auth_failed": False}
+        assert unready.json()["checks"]["claimx_api"] == {"ready": False, "breaker": "open", "auth_failed": False, "rate_limit_paused_s": 0.0}
         retries = await read_topic(settings.kafka, settings.kafka.retry_topic, 8)
         assert len(retries) == 8 and {dict(r.headers)["retry-error-category"] for r in retries} == {b"transient"}
         assert sum(b"CircuitOpen" in dict(r.headers)["retry-error"] for r in retries) == 5

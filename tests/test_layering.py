@@ -27,7 +27,7 @@ RULES: dict[str, frozenset[str]] = {name: frozenset(allowed) for name, allowed i
     "delta": ("config", "errors", "runtime"),
     "offsets": ("config", "errors", "runtime"),
     "retry": ("config", "errors", "runtime"),
-    "dlq": ("config", "errors", "retry", "runtime"),
+    "dlq": ("claimx", "config", "errors", "retry", "runtime", "writer"),  # replay re-validates letters as their consumer will
     # the ClaimX domain and its clients
     "claimx": ("config", "errors"),
     "claimx.api": ("config", "errors", "runtime"),

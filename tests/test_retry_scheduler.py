@@ -171,7 +171,7 @@ async def test_forwards_when_due_and_not_before(kafka_settings: KafkaSettings) -
 async def test_memory_is_bounded_per_partition(kafka_settings: KafkaSettings) -> None:
     kafka = kafka_settings
     await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
-    settings = scheduler_settings(kafka, [1])
+    settings = scheduler_settings(kafka, [1, 2])  # 2: the scheduler holds nothing longer than its longest delay
     scheduler = RetryScheduler(settings, max_waiting_per_partition=3)
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
@@ -207,7 +207,8 @@ async def test_kill_and_restart_loses_nothing_and_is_never_early(kafka_settings:
         "KAFKA_RETRY_TOPIC": kafka.retry_topic,
         "KAFKA_EVENTS_TOPIC": kafka.events_topic,
         "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
-        "KP_RETRY__DELAYS_S": "[1,2]",
+        # the messages below are due up to ~10 s out: the scheduler holds nothing past its longest delay
+        "KP_RETRY__DELAYS_S": "[1,2,12]",
         "KP_RETRY__GROUP_ID": group,
         "KP_KAFKA__PARTITIONS": "3",
         "KP_KAFKA__SESSION_TIMEOUT_MS": "6000",  # tansu joins in half of it; the killed member expires soon
@@ -276,7 +277,7 @@ async def test_kill_and_restart_loses_nothing_and_is_never_early(kafka_settings:
 async def test_rebalance_to_a_second_scheduler_loses_nothing(kafka_settings: KafkaSettings) -> None:
     kafka = kafka_settings
     await ensure_topics(kafka, [kafka.events_topic, kafka.retry_topic, kafka.dlq_topic])
-    settings = scheduler_settings(kafka, [1, 2])
+    settings = scheduler_settings(kafka, [1, 2, 8])  # due ~7 s out: within the longest delay, which bounds every hold
     first = RetryScheduler(settings)
     second = RetryScheduler(settings.model_copy(update={"worker": settings.worker.model_copy(update={"name": "second"})}))
     stop = asyncio.Event()

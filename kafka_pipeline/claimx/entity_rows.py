@@ -15,6 +15,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 Row = dict[str, Any]
 
+# A value is refused before it is parsed past this size (a compressed batch can decode to anything).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
 
 class EntityRowsMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,6 +33,9 @@ class EntityRowsMessage(BaseModel):
 
     @classmethod
     def from_bytes(cls, value: bytes) -> EntityRowsMessage:
+        """The message, or ValueError (pydantic's ValidationError included) naming what is wrong."""
+        if len(value) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"message of {len(value)} bytes is over the {MAX_MESSAGE_BYTES} bytes allowed")
         return cls.model_validate_json(value)
 
     def row_count(self) -> int:

@@ -51,6 +51,9 @@ ID_FIELDS = ("project_id", "event_id", "media_id", "task_assignment_id", "video_
 API_ID_FIELDS = ("project_id", "media_id", "task_assignment_id", "video_collaboration_id")
 API_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_EVENT_ID_CHARS = 128
+# A value is refused before it is parsed past this size: compressed batches make a 100 MB value of
+# a 100 KB record, and json.loads of it would cost several times that again.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 MAX_EVENT_TYPE_CHARS = 100
 # An `ingested_at` later than now plus this is malformed: under newest-wins a far-future time
 # would pin the row's columns for good (`settings.enrich.max_future_skew_s` overrides it).
@@ -250,6 +253,8 @@ def parse_event(
     Never raises anything else, whatever the bytes (see the module docstring)."""
     if raw is None:
         raise PermanentError("not JSON: empty message (no value)", error_type="MalformedEvent")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise PermanentError(f"message of {len(raw)} bytes is over the {MAX_EVENT_BYTES} bytes an event may have", error_type="MalformedEvent")
     try:
         obj = json.loads(raw)
     except RecursionError:

@@ -25,6 +25,17 @@ consumer-group offset could not express. A crash between the replay sends and th
 means those envelopes are replayed again next time (at-least-once; the merges make it
 harmless). Anything else reading the DLQ topic should skip records with the `dlq-marker` header.
 
+Bounded reading. Whoever can write to the DLQ topic writes what `read_dlq` parses, so every
+parse is bounded: a record over `MAX_RECORD_BYTES` is unreadable without being parsed, a marker
+is read only when it is small and shallow JSON, an envelope is parsed by pydantic (whose parser
+refuses nesting past its own limit), `inspect`'s decoding of values falls back to text on deep
+or huge JSON, and the whole read ends after `max_read_s`. A letter is re-validated before
+`replay` sends it: an entity-rows letter must be rows the writer would take (every column of the
+contract, no `event_time` beyond the future skew), so a forged envelope claiming `made_by: write`
+cannot put a row into a table. An events-topic letter is sent as it is (within the event size
+limit): the enrichment worker parses it again, the future skew included, and a letter dead-lettered
+by an older parser may be an event now.
+
 Purge. Kafka deletes no single records, and tansu does not implement DeleteRecords (it closes
 the connection), so `purge` commits the current high watermark of every DLQ partition as the
 offset of the consumer group ``kafka-pipeline-dlq-purged.<dlq topic>``. Every read starts from
@@ -50,15 +61,24 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.events import MAX_EVENT_BYTES
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.dlq.terminal import printable
-from kafka_pipeline.errors import BrokerUnreachable
+from kafka_pipeline.errors import BrokerUnreachable, PermanentError
 from kafka_pipeline.retry.routing import strip_retry_headers
-from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes
+from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, EncodedBytes
 from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact, make_consumer, make_producer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
+from kafka_pipeline.writer.row_conversion import BatchBuilder
 
 MARKER_HEADER = "dlq-marker"
+MAX_RECORD_BYTES = 2 * MAX_DLQ_MESSAGE_BYTES  # our letters are under MAX_DLQ_MESSAGE_BYTES
+MAX_MARKER_BYTES = 4_096
+MAX_INSPECT_JSON_BYTES = MAX_DLQ_MESSAGE_BYTES
+MAX_JSON_DEPTH = 64  # nesting shown parsed by `inspect`; deeper values are shown as text
+DEFAULT_MAX_READ_S = 120.0
 REPLAYED = b"replayed"
 PURGE_GROUP_PREFIX = "kafka-pipeline-dlq-purged."
 
@@ -102,8 +122,9 @@ class DlqSnapshot:
         return [e for e in self.entries if e.letter is not None and not e.replayed]
 
 
-async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 5.0) -> DlqSnapshot:
-    """Everything on the DLQ topic after the purge point, up to its current end."""
+async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 5.0, max_read_s: float = DEFAULT_MAX_READ_S) -> DlqSnapshot:
+    """Everything on the DLQ topic after the purge point, up to its current end (partial, and
+    marked incomplete, past `max_read_s`)."""
     with first_contact(kafka):
         ends = await high_watermarks(kafka, topic)
     if not ends:
@@ -115,25 +136,34 @@ async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 
         tps = [TopicPartition(topic, p) for p in sorted(ends)]
         consumer.assign(tps)
         pending: set[TopicPartition] = set()
+        read_to: dict[TopicPartition, int] = {}  # next offset to read, per partition
         for tp in tps:
             purged_to = await consumer.committed(tp) or 0
             snapshot.start[tp.partition] = min(purged_to, ends[tp.partition])
             if purged_to < ends[tp.partition]:
                 consumer.seek(tp, purged_to)
                 pending.add(tp)
+                read_to[tp] = purged_to
         for tp in set(tps) - pending:
             consumer.pause(tp)
         replayed: set[tuple[int, int]] = set()
         idle_since = time.monotonic()
+        give_up_at = time.monotonic() + max_read_s
         while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=200)
-            if any(batch.values()):
+            batch, undecodable = await getmany_past_undecodable(consumer, sorted(pending, key=lambda tp: tp.partition), read_to, timeout_ms=200)
+            if any(batch.values()) or undecodable:
                 idle_since = time.monotonic()
+            for tp, offset in undecodable:
+                read_to[tp] = offset + 1
+                if offset < ends[tp.partition]:
+                    snapshot.entries.append(DlqEntry(tp.partition, offset, None, None, None,
+                                                     unreadable="the Kafka client cannot decode it (a header name that is not UTF-8)"))
             for tp, records in batch.items():
                 end = ends[tp.partition]
                 for record in records:
                     if record.offset >= end:
                         break
+                    read_to[tp] = record.offset + 1
                     marker = _marker_target(record)
                     if marker is not None:
                         snapshot.markers += 1
@@ -146,7 +176,7 @@ async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 
             for tp in list(pending):  # a partition whose tail is a gap (compaction, control records)
                 if await consumer.position(tp) >= ends[tp.partition]:
                     pending.discard(tp)
-            if pending and time.monotonic() - idle_since > idle_timeout_s:
+            if pending and (time.monotonic() - idle_since > idle_timeout_s or time.monotonic() > give_up_at):
                 snapshot.complete = False
                 break
         for entry in snapshot.entries:
@@ -160,11 +190,15 @@ async def read_dlq(kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 
 def _marker_target(record: Any) -> tuple[int, int] | None:
     if not any(name == MARKER_HEADER for name, _ in record.headers or ()):
         return None
+    nothing = (-1, -1)  # a marker that names nothing is still not a dead letter
+    value = record.value
+    if not isinstance(value, bytes) or len(value) > MAX_MARKER_BYTES or value.count(b"[") + value.count(b"{") > MAX_JSON_DEPTH:
+        return nothing
     try:
-        body = json.loads(record.value)
+        body = json.loads(value)
         return int(body["partition"]), int(body["offset"])
-    except (TypeError, ValueError, KeyError):
-        return (-1, -1)  # a marker that names nothing is still not a dead letter
+    except (TypeError, ValueError, KeyError, RecursionError):
+        return nothing
 
 
 def _entry(record: Any) -> DlqEntry:
@@ -173,8 +207,13 @@ def _entry(record: Any) -> DlqEntry:
     if record.value is None:
         entry.unreadable = "empty value"
         return entry
+    if len(record.value) > MAX_RECORD_BYTES:
+        entry.unreadable = f"not a dead-letter envelope: {len(record.value)} bytes, over {MAX_RECORD_BYTES}"
+        return entry
     try:
         entry.letter = DeadLetter.from_bytes(record.value)
+    except RecursionError:
+        entry.unreadable = "not a dead-letter envelope: nested too deeply"
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "value"
@@ -280,10 +319,23 @@ def _decoded(data: EncodedBytes | None) -> Any:
         return None
     if data.encoding == "base64":
         return {"base64": data.data}
+    if len(data.data) > MAX_INSPECT_JSON_BYTES or data.data.count("[") + data.data.count("{") > 10_000:
+        return data.data  # shown as text: parsing it would cost more than showing it
     try:
-        return json.loads(data.data)
-    except ValueError:
+        return _shallow(json.loads(data.data))
+    except (ValueError, RecursionError):
         return data.data
+
+
+def _shallow(value: Any, depth: int = 0) -> Any:
+    """`value`, with what is nested past MAX_JSON_DEPTH as JSON text (printing it cannot recurse)."""
+    if isinstance(value, dict | list) and depth >= MAX_JSON_DEPTH:
+        return json.dumps(value)[:10_000]
+    if isinstance(value, dict):
+        return {k: _shallow(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shallow(v, depth + 1) for v in value]
+    return value
 
 
 def inspect_entries(snapshot: DlqSnapshot, *, trace_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -416,12 +468,21 @@ def replay_refusal(letter: DeadLetter, kafka: KafkaSettings) -> str | None:
     have made it (the envelope's topic may come from a forged message), and it must be whole."""
     if letter.truncated:
         return "truncated: only a prefix of the original is kept"
+    value = letter.value.raw() if letter.value is not None else None
     if letter.original_topic == kafka.events_topic:
+        # the enrichment worker parses it again (a fixed parser may now take what it refused);
+        # only its size is checked here, so that what is sent fits what the worker reads
+        if value is not None and len(value) > MAX_EVENT_BYTES:
+            return f"value of {len(value)} bytes is over the {MAX_EVENT_BYTES} bytes an event may have"
         return None
     if letter.original_topic == kafka.entity_rows_topic:
-        if letter.made_by == "write":
-            return None
-        return f"names {kafka.entity_rows_topic} but was not made by the entity writer"
+        if letter.made_by != "write":
+            return f"names {kafka.entity_rows_topic} but was not made by the entity writer"
+        try:
+            BatchBuilder().add(EntityRowsMessage.from_bytes(value or b""), app="dlq-replay", offset=0)
+        except (ValueError, PermanentError) as exc:
+            return f"not valid entity rows: {str(exc).splitlines()[0][:120]}"
+        return None
     return "original topic is not a configured replay target"
 
 

@@ -137,6 +137,11 @@ class KafkaBroker:
     scram_username: str = "kafka-pipeline"
     scram_password: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
     sasl_ssl_port: int = 0
+    # more SCRAM users on the SASL_SSL listener (same password as scram_username): one per principal
+    extra_scram_users: tuple[str, ...] = ()
+    # Kafka's StandardAuthorizer with no access without an ACL; super users: the PLAINTEXT listener
+    # (ANONYMOUS: inter-broker, controller and the plain tests) and scram_username
+    authorizer: bool = False
     controller_port: int = 0
     tls: TlsFiles | None = field(default=None, init=False, repr=False)
     version: str = field(default="", init=False)
@@ -225,6 +230,12 @@ class KafkaBroker:
                 f"ssl.keystore.password={self.tls.keystore_password}",
                 f"ssl.key.password={self.tls.keystore_password}",
             ]
+        if self.authorizer:
+            lines += [
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                f"super.users=User:ANONYMOUS;User:{self.scram_username}",
+                "allow.everyone.if.no.acl.found=false",
+            ]
         lines += [
             f"listeners={','.join(listeners)}",
             f"advertised.listeners={','.join(advertised)}",
@@ -235,7 +246,8 @@ class KafkaBroker:
     def _format(self, base: list[str], properties: Path) -> None:
         command = [*base, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(properties)]
         if self.sasl_ssl:
-            command += ["--add-scram", f"{SCRAM_MECHANISM}=[name={self.scram_username},password={self.scram_password}]"]
+            for user in (self.scram_username, *self.extra_scram_users):
+                command += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={self.scram_password}]"]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]

@@ -13,6 +13,12 @@ Everything is read, nothing is joined or committed, and the parts are read concu
   location: what the storage bills; above live by the files vacuum has not deleted yet);
 - given ops URLs, each worker's `/health/ready` and a few of its `/metrics` (`KEY_METRICS`).
 
+What is read is bounded, whoever wrote it: the DLQ read ends after `DLQ_READ_S`, a retry
+message's `retry-due-at` is taken only up to now plus the longest configured delay (what the
+scheduler itself clamps it to), and an ops URL's answer must come within `READY_TIMEOUT_S` in
+all, be at most `MAX_READY_BYTES`, nest at most `MAX_READY_DEPTH` deep and have the readiness
+shape; anything else is a worker that did not answer properly.
+
 `problems` lists what needs a person: a group with lag and no member, dead letters, a retry
 overdue by more than `OVERDUE_S` (the scheduler is not forwarding), a worker not ready or not
 answering. The command exits 1 when there is any.
@@ -21,6 +27,7 @@ answering. The command exits 1 when there is any.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -39,12 +46,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings
 from kafka_pipeline.delta.maintenance import describe, disk_bytes
+from kafka_pipeline.delta.storage import storage_error
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 from kafka_pipeline.dlq import operations as dlq_ops
 from kafka_pipeline.ops.text import ago_text, size_text
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, parse_retry_headers
+from kafka_pipeline.retry.routing import InvalidRetryHeaders, now_ms, parse_retry_headers
 from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
 
 CONNECT_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 1.0
@@ -60,6 +69,10 @@ KEY_METRICS = {
     "retry_scheduler_waiting": "retries waiting",
     "kafka_pipeline_dead_letters_total": "dead letters",
 }
+DLQ_READ_S = 10.0
+MAX_READY_BYTES = 65_536  # a /health/ready answer is a few hundred bytes
+MAX_READY_DEPTH = 8
+MAX_METRICS_BYTES = 8 * 1024 * 1024  # a worker's /metrics: tens of KB; more is not an exposition of ours
 
 
 @dataclass
@@ -109,6 +122,7 @@ class TableStatus:
     rows: int | None = None
     live_bytes: int | None = None  # data files of the current version, the merge-clock table's included
     disk_bytes: int | None = None  # everything stored under the table and its merge-clock table
+    error: str | None = None  # the store could not be read (one line)
 
 
 @dataclass
@@ -180,7 +194,7 @@ async def collect(settings: Settings, ops_urls: Sequence[str] | Mapping[str, str
     finally:
         await _close(admin)
     retry_group = groups[2]
-    retry = await _retry(kafka, retry_group)
+    retry = await _retry(kafka, retry_group, max_delay_s=max(settings.retry.delays_s))
     status = Status(
         at=datetime.now(UTC),
         bootstrap_servers=kafka.bootstrap_servers,
@@ -230,13 +244,14 @@ def _short(member_id: str) -> str:
 
 
 async def _dlq(kafka: KafkaSettings) -> DlqStatus:
-    snapshot = await dlq_ops.read_dlq(kafka, kafka.dlq_topic, idle_timeout_s=1.0)
+    snapshot = await dlq_ops.read_dlq(kafka, kafka.dlq_topic, idle_timeout_s=1.0, max_read_s=DLQ_READ_S)
     by_category = Counter(e.letter.error_category for e in snapshot.pending if e.letter is not None)
     return DlqStatus(kafka.dlq_topic, sum(by_category.values()), dict(sorted(by_category.items())), snapshot.complete)
 
 
-async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
-    """The retry group's backlog, read from its committed offsets to the end for the next due time."""
+async def _retry(kafka: KafkaSettings, group: GroupStatus, *, max_delay_s: float) -> RetryStatus:
+    """The retry group's backlog, read from its committed offsets to the end for the next due time
+    (a due time beyond now + `max_delay_s` counts as that: the scheduler clamps it the same way)."""
     waiting = group.lag
     if not waiting:
         return RetryStatus(group.topic, 0, None, 0)
@@ -247,19 +262,29 @@ async def _retry(kafka: KafkaSettings, group: GroupStatus) -> RetryStatus:
     try:
         lagging = {TopicPartition(group.topic, p.partition): p for p in group.partitions if p.lag}
         consumer.assign(list(lagging))
-        for tp, part in lagging.items():
-            consumer.seek(tp, part.committed or 0)
+        read_to = {tp: part.committed or 0 for tp, part in lagging.items()}
+        for tp, offset in read_to.items():
+            consumer.seek(tp, offset)
         deadline = time.monotonic() + 2.0
         while lagging and scanned < MAX_RETRY_SCAN and time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(*lagging, timeout_ms=200)).items():
+            batch, undecodable = await getmany_past_undecodable(consumer, list(lagging), read_to, timeout_ms=200)
+            for tp, offset in undecodable:  # the scheduler dead-letters it as soon as it reads it
+                read_to[tp] = offset + 1
+                scanned += 1
+                if read_to[tp] >= lagging[tp].end and not batch.get(tp):
+                    consumer.pause(tp)
+                    del lagging[tp]
+            for tp, records in batch.items():
                 for record in records:
                     if record.offset >= lagging[tp].end:
                         break
+                    read_to[tp] = record.offset + 1
                     scanned += 1
                     try:
                         at = parse_retry_headers(record.headers).due_at_ms
                     except InvalidRetryHeaders:
                         continue  # the scheduler dead-letters it as soon as it reads it
+                    at = min(at, now_ms() + round(max_delay_s * 1000))
                     due = at if due is None else min(due, at)
                 if records and records[-1].offset + 1 >= lagging[tp].end:
                     consumer.pause(tp)
@@ -275,8 +300,20 @@ def table_statuses(settings: Settings) -> list[TableStatus]:
     now = datetime.now(UTC)
     found = []
     root, options = settings.delta.tables_root, settings.delta.storage_options
+    unreachable: str | None = None  # the store did not answer: the other tables are not tried (each try takes seconds)
     for name in TABLES:
-        description = describe(table_uri(root, name), storage_options=options)
+        uri = table_uri(root, name)
+        if unreachable is not None:
+            found.append(TableStatus(name, exists=False, error=unreachable))
+            continue
+        try:
+            description = describe(uri, storage_options=options)
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises its own types: shown as one line, never a traceback
+            known = storage_error(exc, root)
+            error = str(known) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            unreachable = error if known else None
+            found.append(TableStatus(name, exists=False, error=error))
+            continue
         if description is None:
             found.append(TableStatus(name, exists=False))
             continue
@@ -293,16 +330,47 @@ def table_statuses(settings: Settings) -> list[TableStatus]:
 async def _worker(url: str, name: str = "") -> WorkerStatus:
     base = url.rstrip("/")
     try:
-        async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
-            response, exported = await asyncio.gather(client.get(base + "/health/ready"), client.get(base + "/metrics"))
-        body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        async with asyncio.timeout(READY_TIMEOUT_S), httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
+            (status, raw), (metrics_status, exposition) = await asyncio.gather(
+                _bounded_get(client, base + "/health/ready", MAX_READY_BYTES), _bounded_get(client, base + "/metrics", MAX_METRICS_BYTES)
+            )
+        if raw is None:
+            return WorkerStatus(url, False, [f"answer over {MAX_READY_BYTES} bytes"], name)
+        if _depth(raw) > MAX_READY_DEPTH:
+            return WorkerStatus(url, False, [f"answer nested deeper than {MAX_READY_DEPTH}"], name)
+        body = json.loads(raw)
+    except (httpx.HTTPError, ValueError, TimeoutError) as exc:
         return WorkerStatus(url, False, [f"no answer ({type(exc).__name__})"], name)
-    checks = body.get("checks", {}) if isinstance(body, dict) else {}
-    failing = sorted(check_name for check_name, check in checks.items() if isinstance(check, dict) and not check.get("ready"))
-    ready = response.status_code == 200 and bool(body.get("ready"))
-    metrics = key_metrics(exported.text) if exported.status_code == 200 else {}
-    return WorkerStatus(url, ready, failing, name, metrics, _progress_notes(checks.get("progress")))
+    if not isinstance(body, dict) or not isinstance(body.get("checks", {}), dict):
+        return WorkerStatus(url, False, ["answer is not a readiness report"], name)
+    checks = body.get("checks", {})
+    failing = sorted(str(check_name)[:80] for check_name, check in checks.items() if not (isinstance(check, dict) and check.get("ready") is True))
+    metrics = key_metrics(exposition.decode(errors="replace")) if metrics_status == 200 and exposition is not None else {}
+    ready = status == 200 and body.get("ready") is True
+    return WorkerStatus(url, ready, failing[:20], name, metrics, _progress_notes(checks.get("progress")))
+
+
+async def _bounded_get(client: httpx.AsyncClient, target: str, limit: int) -> tuple[int, bytes | None]:
+    """The answer's status and body; None for a body over `limit` bytes (read no further)."""
+    async with client.stream("GET", target) as response:
+        raw = bytearray()
+        async for chunk in response.aiter_bytes():
+            raw += chunk
+            if len(raw) > limit:
+                return response.status_code, None
+        return response.status_code, bytes(raw)
+
+
+def _depth(raw: bytes) -> int:
+    """How deep JSON text nests (brackets inside strings count too: an over-estimate, never under)."""
+    depth = deepest = 0
+    for byte in raw:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
 
 
 def key_metrics(exposition: str) -> dict[str, float]:
@@ -344,6 +412,9 @@ def problems(status: Status) -> list[str]:
         found.append(f"{status.dlq.not_replayed} dead letters on {status.dlq.topic} (kafka-pipeline dlq list)")
     if status.retry.next_due_at is not None and (status.at - status.retry.next_due_at).total_seconds() > OVERDUE_S:
         found.append(f"retries overdue since {status.retry.next_due_at:%H:%M:%S}: is the retry scheduler running?")
+    for table in status.tables:
+        if table.error:
+            found.append(f"table {table.table} unreadable: {table.error}")
     for worker in status.workers:
         if not worker.ready:
             found.append(f"worker {worker.name or worker.url} not ready: {', '.join(worker.failing) or 'unknown'}")

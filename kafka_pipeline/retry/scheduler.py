@@ -20,6 +20,8 @@ module is only the scheduler's own logic: a heap of messages ordered by due time
   acknowledged the send; the runtime commits a partition only up to its finished prefix. A crash therefore loses nothing; it
   re-sends what was forwarded after the last commit (at-least-once; the workers' merges make a
   duplicate harmless).
+- A `retry-due-at` later than now plus the longest configured delay is taken as that: nothing
+  the retry topic carries can hold a message, or its partition's commit, longer.
 - A message whose retry headers are missing or do not parse, or whose target topic does not
   exist, goes to the dead-letter topic with the reason. A send that fails is tried again a
   second later (`retry.send_retry_backoff_s`); its offset stays uncommitted until it succeeds.
@@ -172,7 +174,10 @@ class RetryScheduler(ConsumerWorker):
             self.metrics.dead_lettered.inc()
             self.require_handle().done(tp, record.offset)
             return
-        self._push(_Entry(info.due_at_ms, next(self._seq), tp, record, info.target_topic))
+        # No retry is due later than the longest delay from now: a forged `retry-due-at` of 2^63-1
+        # would hold the message, and its partition's commit, for ever.
+        due_at = min(info.due_at_ms, now_ms() + round(max(self.settings.retry.delays_s) * 1000))
+        self._push(_Entry(due_at, next(self._seq), tp, record, info.target_topic))
 
     async def flush(self) -> bool:
         """Forward everything that is due; True when some of it was acknowledged."""

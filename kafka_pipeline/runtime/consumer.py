@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from kafka_pipeline.config import KafkaSettings, Settings, WorkerSettings
 from kafka_pipeline.runtime.app import ConsumerApp, ConsumerSpec
 from kafka_pipeline.runtime.consumer_lag import ConsumerLag
+from kafka_pipeline.runtime.dead_letter import RecordView
 from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
 from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.logging import get_logger
@@ -45,6 +46,7 @@ from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.offset_tracker import OffsetTracker
 from kafka_pipeline.runtime.ops_server import OpsServer
 from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.runtime.undecodable import UNDECODABLE
 
 log = get_logger(__name__)
 
@@ -200,11 +202,15 @@ class ConsumerRuntime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room_changed.wait(), timeout_s)
             room = self._apply_room(app)
-            if room > 0:
-                # never more than there is room for: records handed back by a seek are fetched again
-                records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
-            else:  # still none: poll with every partition paused, so the group keeps this member
-                records = await self.consumer.getmany(timeout_ms=0)
+            try:
+                if room > 0:
+                    # never more than there is room for: records handed back by a seek are fetched again
+                    records = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=min(room, self.spec.max_poll_records))
+                else:  # still none: poll with every partition paused, so the group keeps this member
+                    records = await self.consumer.getmany(timeout_ms=0)
+            except UNDECODABLE:
+                await self._pass_undecodable(app, timeout_s)
+                records = {}
             await self._admit(app, records)
             finished = await self.while_polling(app.flush())
             if finished or time.monotonic() >= next_commit:
@@ -264,6 +270,49 @@ class ConsumerRuntime:
                 except Exception as exc:  # noqa: BLE001 - the error boundary: a message never stops the worker
                     await self.reject(tp, record, exc)
 
+    async def _pass_undecodable(self, app: ConsumerApp, timeout_s: float) -> None:
+        """A fetched record the client cannot decode (`runtime.undecodable`: a header name that is
+        not UTF-8, a batch that does not decompress; aiokafka raises from `getmany`): find it and
+        dead-letter it by position (every record of a batch that does not decompress, one by one).
+
+        The failed `getmany` may have moved other partitions past records it never returned, so
+        every partition goes back to the record after the last one admitted; then each is read
+        alone, and the one that fails again is stepped through one record at a time: the
+        consumer's position when it fails is the undecodable record. Its letter has the
+        position and the client's error; its bytes are not reachable through the client."""
+        assert self.consumer is not None
+        await self._rewind()
+        for tp in sorted(self.consumer.assignment() - self.consumer.paused(), key=lambda tp: (tp.topic, tp.partition)):
+            while self.failure is None and tp in self.assigned and app.room(tp) > 0:
+                start = await self.consumer.position(tp)
+                try:
+                    batch = await self.consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
+                except UNDECODABLE as exc:
+                    offset = await self.consumer.position(tp)
+                    log.error("record the client cannot decode; dead-lettering it by position", topic=tp.topic, partition=tp.partition, offset=offset)
+                    self.tracker.track(tp, offset)
+                    await self.reject(tp, RecordView(tp.topic, tp.partition, offset, None, None), exc)
+                    self.consumer.seek(tp, offset + 1)
+                    break
+                if not batch:
+                    break
+                await self._admit(app, batch)
+                if await self.consumer.position(tp) <= start:
+                    break
+
+    async def _rewind(self) -> None:
+        """Every assigned partition back to the record after the last one admitted (the
+        committed offset when none was): what a failed `getmany` consumed unreturned is read again."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            resume = self.tracker.next_offset(tp)
+            if resume is None:
+                resume = await self.consumer.committed(tp)
+            if resume is None:
+                await self.consumer.seek_to_beginning(tp)  # auto_offset_reset is earliest
+            else:
+                self.consumer.seek(tp, resume)
+
     async def reject(self, tp: TopicPartition, record: Any, exc: BaseException, *, trace_id: str | None = None) -> bool:
         """The error boundary: dead-letter `record` with `exc`'s type and message, mark it done.
 
@@ -291,7 +340,12 @@ class ConsumerRuntime:
             self.consumer.pause(*self.consumer.assignment())
             paused = True
             self._last_turn = time.monotonic()
-            for tp, records in (await self.consumer.getmany(timeout_ms=0)).items():
+            try:
+                fetched = await self.consumer.getmany(timeout_ms=0)
+            except UNDECODABLE:  # a partition assigned meanwhile: the main loop finds the record
+                await self._rewind()
+                continue
+            for tp, records in fetched.items():
                 if records:
                     self.consumer.seek(tp, records[0].offset)
         if paused:

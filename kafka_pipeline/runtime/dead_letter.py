@@ -8,7 +8,14 @@ on top. `DeadLetter.to_bytes` is the one place every worker serialises an envelo
 the DLQ message (key plus envelope) under `MAX_DLQ_MESSAGE_BYTES`: an envelope over it keeps a
 prefix of the original value (and key, if needed), their sizes and SHA-256, and
 `truncated: true`; the original headers go if they still do not fit (`dropped_headers` counts
-them). A truncated letter can be inspected but not replayed.
+them). A truncated letter can be inspected but not replayed. The sizes come from the raw bytes,
+before anything is JSON-encoded: `dead_letter_for` never copies more than `MAX_DLQ_MESSAGE_BYTES`
+of a key or value into an envelope (a 100 MB decompressed value costs one SHA-256 pass, not a
+100 MB JSON string), and the DLQ record's own key is `dlq_key(key)`: the key itself, or its
+SHA-256 when it is longer than `MAX_DLQ_KEY_BYTES` (Kafka takes a 1 MB key; the DLQ could not).
+
+The envelope's fields from the record's metadata are input too: a broker timestamp outside
+years 1970-9999 (a producer sets any `timestamp_ms`, -2^63 included) is kept as absent.
 
 Hostile text. Every text field is made valid UTF-8 (a lone surrogate becomes `\\udxxx`) and the
 reason is bounded, so building and serialising an envelope never raises on what a message held.
@@ -31,6 +38,12 @@ from kafka_pipeline.errors import Category
 # Kafka's default message.max.bytes are 1 MiB, and the record batch adds its own overhead.
 MAX_DLQ_MESSAGE_BYTES = 1_000_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
+# The DLQ record's key: the original key up to this size, its SHA-256 (hex) beyond.
+MAX_DLQ_KEY_BYTES = 4_096
+# Headers kept in an envelope (a record may carry any number; the rest are counted as dropped).
+MAX_HEADERS = 1_000
+# A broker timestamp is kept when it lies in 1970-01-01 .. 9999-12-31 (epoch ms).
+MAX_TIMESTAMP_MS = 253_402_300_799_999
 # The worker kinds that make dead letters (the CLI commands that run them).
 Maker = Literal["enrich", "write", "retry-scheduler"]
 
@@ -120,30 +133,38 @@ class DeadLetter(BaseModel):
 
     def to_bytes(self, max_message_bytes: int = MAX_DLQ_MESSAGE_BYTES) -> bytes:
         """The envelope as the DLQ message's value, cut to fit (see the module docstring)."""
-        data = self.model_dump_json().encode()
-        key_bytes = len(self.key.raw()) if self.key is not None else 0  # the DLQ record's key
-        if key_bytes + len(data) <= max_message_bytes:
-            return data
-        return self._cut(max_message_bytes).model_dump_json().encode()
-
-    def _cut(self, max_message_bytes: int) -> DeadLetter:
         key = self.key.raw() if self.key is not None else b""
         value = self.value.raw() if self.value is not None else b""
-        cut = self.model_copy(update={"truncated": True, "value": None, "headers": [], "dropped_headers": len(self.headers)})
-        if self.value is not None:
+        record_key = len(dlq_key(key) or b"")
+        headers = sum(len(name) + len(v.data) for name, v in self.headers)
+        # Raw sizes first: past the limit before any escaping, the whole envelope is never built.
+        if record_key + len(key) + len(value) + headers <= max_message_bytes:
+            data = self.model_dump_json().encode()
+            if record_key + len(data) <= max_message_bytes:
+                return data
+        return self._cut(key, value, max_message_bytes - record_key).model_dump_json().encode()
+
+    def _cut(self, key: bytes, value: bytes, room: int) -> DeadLetter:
+        """A copy within `room` bytes of JSON: key and value prefixes (sizes and SHA-256 kept),
+        the headers when they fit beside them. JSON takes at most 6 bytes per byte (a control byte escaped)."""
+        cut = self.model_copy(update={
+            "truncated": True, "key": None, "value": None, "headers": [],
+            "dropped_headers": self.dropped_headers + len(self.headers),
+        })
+        if self.value is not None and cut.value_size is None:
             cut.value_size, cut.value_sha256 = len(value), hashlib.sha256(value).hexdigest()
-        room = max_message_bytes - len(key) - len(cut.model_dump_json().encode()) - 64
-        if room < len(key) * 6 + 64 and self.key is not None:  # the key's own copy must shrink too
-            cut.key, cut.key_size, cut.key_sha256 = None, len(key), hashlib.sha256(key).hexdigest()
-            room = max_message_bytes - len(key) - len(cut.model_dump_json().encode()) - 64
-            cut.key = _prefix(key, room // 3)
+        if self.key is not None and cut.key_size is None and len(key) * 6 > room // 4:
+            cut.key_size, cut.key_sha256 = len(key), hashlib.sha256(key).hexdigest()
+        room -= len(cut.model_dump_json().encode()) + 256  # the skeleton, and the fields still to come
+        if self.key is not None:
+            cut.key = EncodedBytes.of(key) if cut.key_size is None else _prefix(key, max(0, room // 4) // 6)
             room -= len(cut.key.model_dump_json().encode())
         headers_size = sum(len(name.encode()) + len(v.model_dump_json()) + 8 for name, v in self.headers)
         if self.headers and headers_size <= room // 2:  # headers fit beside a value prefix
-            cut.headers, cut.dropped_headers = list(self.headers), 0
+            cut.headers, cut.dropped_headers = list(self.headers), self.dropped_headers
             room -= headers_size
         if self.value is not None:
-            cut.value = _prefix(value, max(0, room) // 6)  # JSON escaping: at most 6 bytes per byte
+            cut.value = _prefix(value, max(0, room) // 6)
         return cut
 
     @classmethod
@@ -185,19 +206,20 @@ def dead_letter_for(
     """Envelope for an aiokafka ConsumerRecord (or anything with its attributes).
 
     `original_topic` overrides `record.topic` (the retry scheduler's letters name the topic the
-    retry was for); `made_by` is the kind of worker making the letter.
+    retry was for); `made_by` is the kind of worker making the letter. A key or value longer
+    than `MAX_DLQ_MESSAGE_BYTES` is kept as a prefix with its size and SHA-256 at once.
     """
-    timestamp = (
-        datetime.fromtimestamp(record.timestamp / 1000, tz=UTC) if getattr(record, "timestamp", None) is not None else None
-    )
+    key, key_size, key_sha = _bounded(record.key)
+    headers = list(record.headers or ())
+    value, value_size, value_sha = _bounded(record.value)
     return DeadLetter(
         original_topic=original_topic or record.topic,
         partition=record.partition,
         offset=record.offset,
-        key=EncodedBytes.of(record.key) if record.key is not None else None,
-        value=EncodedBytes.of(record.value) if record.value is not None else None,
-        headers=[(safe_text(name), EncodedBytes.of(value or b"")) for name, value in (record.headers or ())],
-        timestamp=timestamp,
+        key=key,
+        value=value,
+        headers=[(header_name(name), _bounded(value or b"")[0] or EncodedBytes.of(b"")) for name, value in headers[:MAX_HEADERS]],
+        timestamp=record_time(getattr(record, "timestamp", None)),
         error_type=error_type,
         error_message=error_message,
         error_category=category,
@@ -206,4 +228,40 @@ def dead_letter_for(
         worker=worker,
         trace_id=trace_id,
         made_by=made_by,
+        truncated=key_size is not None or value_size is not None,
+        key_size=key_size,
+        key_sha256=key_sha,
+        value_size=value_size,
+        value_sha256=value_sha,
+        dropped_headers=max(0, len(headers) - MAX_HEADERS),
     )
+
+
+def _bounded(raw: bytes | None, limit: int = MAX_DLQ_MESSAGE_BYTES) -> tuple[EncodedBytes | None, int | None, str | None]:
+    """(`raw` as text, None, None), or past `limit` bytes (a prefix, its size, its SHA-256)."""
+    if raw is None:
+        return None, None, None
+    if len(raw) <= limit:
+        return EncodedBytes.of(raw), None, None
+    return _prefix(raw, limit), len(raw), hashlib.sha256(raw).hexdigest()
+
+
+def header_name(name: str | bytes) -> str:
+    """A header name as valid text: bytes that are not UTF-8 are backslash-escaped."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return safe_text(name)
+
+
+def record_time(timestamp_ms: Any) -> datetime | None:
+    """A record's broker timestamp, or None when absent or outside 1970..9999 (never raises)."""
+    if not isinstance(timestamp_ms, int) or not 0 <= timestamp_ms <= MAX_TIMESTAMP_MS:
+        return None
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+
+
+def dlq_key(key: bytes | None) -> bytes | None:
+    """The DLQ record's key: the original key, or its SHA-256 (hex) when over `MAX_DLQ_KEY_BYTES`."""
+    if key is None or len(key) <= MAX_DLQ_KEY_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry, Counter
 
 from kafka_pipeline.errors import Category, WorkerFailed
-from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for
+from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for, dlq_key
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
 
@@ -80,7 +80,7 @@ class DeadLetterSink:
         try:
             for letter in letters:
                 value = self.envelope(letter).to_bytes()
-                deliveries.append(await self.producer.send(self.topic, value, key=letter.record.key))
+                deliveries.append(await self.producer.send(self.topic, value, key=dlq_key(letter.record.key)))
             await asyncio.gather(*deliveries)
         except (KafkaError, MessageSizeTooLargeError) as exc:
             for delivery in deliveries:

@@ -81,6 +81,13 @@ class OffsetTracker(Generic[P]):
             return len(state.pending) if state else 0
         return sum(len(s.pending) for s in self._partitions.values())
 
+    def next_offset(self, partition: P) -> int | None:
+        """One past the last offset tracked on `partition` (None: nothing tracked since assigned)."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return None
+        return state.pending[-1] + 1 if state.pending else state.position
+
     def drop(self, partitions: Iterable[P]) -> None:
         """Forget partitions (revoked): late `done` calls for them are ignored."""
         for partition in partitions:

@@ -488,7 +488,7 @@ class EntityWriter(ConsumerWorker):
 
     def _write_batch(self, batch: _Batch) -> FlushResult:
         """Runs in a worker thread: convert, dead-letter misfits, merge every table (concurrently)."""
-        builder = BatchBuilder()
+        builder = BatchBuilder(max_future_skew_s=self.settings.enrich.max_future_skew_s)
         dead = list(batch.undecodable)
         for record, message in batch.messages:
             try:

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
-from kafka_pipeline.claimx.events import to_utc
+from kafka_pipeline.claimx.events import DEFAULT_MAX_FUTURE_SKEW_S, check_not_future, to_utc
 from kafka_pipeline.claimx.schemas import METADATA_COLUMN_NAMES, TABLES, TableSpec
 from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.errors import PermanentError
@@ -174,14 +174,25 @@ class BatchBuilder:
 
     `add` is all-or-nothing per message: a message with one bad row adds nothing and raises
     `SchemaMismatch`, so the caller can dead-letter it and go on with the rest of the batch.
+
+    A message whose `event_time` is later than now + `max_future_skew_s` is refused too: it would
+    win every newest-wins merge of its keys for ever. The enrichment worker refuses such an
+    `ingested_at` already; this holds for whatever else reaches the entity-rows topic.
     """
 
-    def __init__(self, tables: Iterable[TableSpec] = TABLES.values()) -> None:
+    def __init__(self, tables: Iterable[TableSpec] = TABLES.values(), *, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> None:
         self._tables = {spec.name: _TableConverter(spec) for spec in tables}
         self._seq = 0
+        self.max_future_skew_s = max_future_skew_s
 
     def add(self, message: EntityRowsMessage, *, app: str, offset: int) -> int:
         """Add one message's rows (tagged with their partition's app id and offset); returns the row count."""
+        try:
+            check_not_future(message.event_time.astimezone(UTC), "event_time", self.max_future_skew_s)
+        except OverflowError:
+            raise SchemaMismatch(f"event_time: {message.event_time.isoformat()} is out of range in UTC") from None
+        except ValueError as exc:
+            raise SchemaMismatch(str(exc)) from None
         converted: list[tuple[_TableConverter, list[dict[str, Any]]]] = []
         for name, rows in message.rows.items():
             table = self._tables.get(name)

@@ -153,7 +153,8 @@ def _timeout_or(exc: httpx.ConnectTimeout, error: type[httpx.TransportError]) ->
 class TokenBucket:
     """At most `rate` acquisitions per second on average, bursts of up to `burst`.
 
-    `pause(seconds)` holds every acquisition until then (a 429's Retry-After).
+    `pause(seconds)` holds every acquisition until then (a 429's Retry-After, capped by the
+    client at `max_retry_after_s`); `paused_for()` says how long that still is.
     """
 
     def __init__(
@@ -176,6 +177,10 @@ class TokenBucket:
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def paused_for(self) -> float:
+        """Seconds until acquisitions go on again (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
 
     async def acquire(self) -> None:
         async with self._lock:  # waiters are served in arrival order
@@ -260,6 +265,10 @@ class ClaimXApiClient:
 
     # --- the four calls of the contract ------------------------------------------------------
 
+    def rate_limit_paused_s(self) -> float:
+        """How long every request still waits on a 429's Retry-After (0: not paused)."""
+        return self._bucket.paused_for()
+
     async def get_project(self, project_id: str) -> dict[str, Any]:
         """`GET /export/project/{id}` -> `{"project": {...}, "teamMembers": [...], "companyName": ...}`."""
         path = f"/export/project/{path_id(project_id, 'project_id')}"
@@ -268,6 +277,8 @@ class ClaimXApiClient:
             body = body["data"]
         if not isinstance(body, Mapping) or not isinstance(body.get("project"), Mapping):
             raise PermanentError(f"GET {path}: response has no project object", error_type="InvalidResponse")
+        if body["project"].get("projectId") is None:  # an answer that names no project is about none
+            raise PermanentError(f"GET {path}: response has no projectId", error_type="InvalidResponse")
         _same_id(f"GET {path}", "projectId", body["project"].get("projectId"), project_id)
         return dict(body)
 
@@ -447,6 +458,8 @@ class ClaimXApiClient:
             return AuthError(f"{where}: credentials rejected", error_type="Unauthorized")
         if status == 429:
             retry_after = parse_retry_after(headers.get("Retry-After"))
+            if retry_after is not None:  # a Retry-After of years must not stop the worker for years
+                retry_after = min(retry_after, self.settings.max_retry_after_s)
             return TransientError(f"{where}: rate limited", error_type="RateLimited", retry_after_s=retry_after)
         if status >= 500:
             return TransientError(where, error_type=f"Http{status}")

@@ -38,6 +38,7 @@ class EnrichMetrics:
     awaiting_ack: Any
     breaker_open: Any
     credentials_rejected: Any
+    rate_limit_paused: Any
 
     @classmethod
     def _declare(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
@@ -57,6 +58,10 @@ class EnrichMetrics:
             breaker_open=metric(registry, Gauge, "claimx_api_breaker_open", "1 while the ClaimX API circuit breaker is open.", ["worker"]),
             credentials_rejected=metric(
                 registry, Gauge, "claimx_api_credentials_rejected", "1 while the ClaimX API rejects our credentials (401).", ["worker"]
+            ),
+            rate_limit_paused=metric(
+                registry, Gauge, "claimx_api_rate_limit_paused_seconds",
+                "Seconds every ClaimX API request still waits on a 429's Retry-After (capped by api.max_retry_after_s).", ["worker"],
             ),
         )
 
@@ -88,14 +93,16 @@ class EnrichMetrics:
         awaiting_ack: Callable[[], float],
         breaker_open: Callable[[], float],
         credentials_rejected: Callable[[], float],
+        rate_limit_paused: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Gauges read at scrape time."""
         self.in_flight.labels(worker).set_function(in_flight)
         self.awaiting_ack.labels(worker).set_function(awaiting_ack)
         self.breaker_open.labels(worker).set_function(breaker_open)
         self.credentials_rejected.labels(worker).set_function(credentials_rejected)
+        self.rate_limit_paused.labels(worker).set_function(rate_limit_paused)
 
     def forget(self, worker: str) -> None:
-        for gauge in (self.in_flight, self.awaiting_ack, self.breaker_open, self.credentials_rejected):
+        for gauge in (self.in_flight, self.awaiting_ack, self.breaker_open, self.credentials_rejected, self.rate_limit_paused):
             with contextlib.suppress(KeyError):
                 gauge.remove(worker)

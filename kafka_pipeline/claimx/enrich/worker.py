@@ -59,7 +59,7 @@ from kafka_pipeline.claimx.enrich.outcomes import OUTCOMES, Outcome, WorkerCount
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
-from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, refresh_requested
+from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, RefreshLimit, refresh_requested
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
@@ -119,6 +119,7 @@ class EnrichmentWorker(ConsumerWorker):
         self.media = MediaBatcher(self.api, window_s=settings.enrich.media_window_s)
         self.context = HandlerContext(api=self.api, cache=self.cache, media=self.media)
         self.credentials = CredentialsGate(self.api, probe_interval_s=settings.api.auth_probe_interval_s)
+        self.refresh_limit = RefreshLimit(settings.enrich.refresh_min_interval_s)
         self.lanes = ProjectLanes()
         kafka = settings.kafka
         self.spec = ConsumerSpec(
@@ -185,6 +186,7 @@ class EnrichmentWorker(ConsumerWorker):
             awaiting_ack=lambda: self.counts.awaiting_ack,
             breaker_open=lambda: float(self.api.breaker.state == "open"),
             credentials_rejected=lambda: float(self.credentials.rejected),
+            rate_limit_paused=self.api.rate_limit_paused_s,
         )
         log.info(
             "enrichment worker started",
@@ -311,7 +313,8 @@ class EnrichmentWorker(ConsumerWorker):
             await turn.wait_previous()  # keeps the project's line intact for the events behind it
             return "skipped"
         try:
-            refresh = refresh_requested(record.headers)  # `replay --refresh-projects`: refetch, not the cache
+            # `replay --refresh-projects`: refetch, not the cache (a header anyone can set: rate-bound per project)
+            refresh = refresh_requested(record.headers) and self.refresh_limit.allow(event.project_id)
             result: HandlerResult = await self.credentials.call(
                 lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=event.trace_id
             )
@@ -426,7 +429,11 @@ class EnrichmentWorker(ConsumerWorker):
     def _api_ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.api.breaker.state
         rejected = self.credentials.rejected
-        return state != "open" and not rejected, {"breaker": state, "auth_failed": rejected}
+        # paused by a 429 for longer than an in-process backoff: the API asked us to stop
+        paused_s = self.api.rate_limit_paused_s()
+        limited = paused_s > self.settings.api.backoff_max_s
+        details = {"breaker": state, "auth_failed": rejected, "rate_limit_paused_s": round(paused_s, 1)}
+        return state != "open" and not rejected and not limited, details
 
     def _sample(self) -> CycleSnapshot:
         gauges: dict[str, Any] = {"in_flight": self.counts.in_flight, "awaiting_ack": self.counts.awaiting_ack}

@@ -22,13 +22,17 @@ it raises.
 Refetch on request: an event carrying the `refresh-project` header (set by `kafka-pipeline
 replay --refresh-projects`) is handled with `refresh=True`: its project is loaded from the API
 whatever the cache holds, as PROJECT_CREATED always is, so a backfill writes current values.
-The header only costs an export call; it never chooses where a message goes.
+The header only costs an export call; it never chooses where a message goes. Anyone who can
+produce to the events topic can set it, so `RefreshLimit` honours it at most once per project
+per `enrich.refresh_min_interval_s` (a replay's later events of that project find the project
+just refetched): a flood of forged headers costs one export call per project per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -207,6 +211,28 @@ def register(handler_class: H) -> H:
 
 def handler_for(event_type: str) -> EventHandler | None:
     return HANDLERS.get(event_type)
+
+
+class RefreshLimit:
+    """Header-requested refetches: at most one per project per `interval_s` (module docstring)."""
+
+    def __init__(self, interval_s: float, *, max_projects: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.max_projects = max_projects
+        self._clock = clock
+        self._last: dict[str, float] = {}  # project id -> when its last refetch was granted
+
+    def allow(self, project_id: str) -> bool:
+        now = self._clock()
+        last = self._last.get(project_id)
+        if last is not None and now - last < self.interval_s:
+            return False
+        if len(self._last) >= self.max_projects:  # bounded: forget the grants that no longer limit anything
+            self._last = {p: t for p, t in self._last.items() if now - t < self.interval_s}
+            if len(self._last) >= self.max_projects:
+                return False
+        self._last[project_id] = now
+        return True
 
 
 def refresh_requested(headers: Iterable[tuple[str, bytes]] | None) -> bool:
