@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
+from aiokafka.errors import ClusterAuthorizationFailedError, GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+
 from kafka_pipeline import __version__, commands
 from kafka_pipeline.errors import UserError, WorkerFailed
 
@@ -45,6 +47,10 @@ def build_parser(modules: Sequence[ModuleType]) -> argparse.ArgumentParser:
     return parser
 
 
+# what a broker with ACLs answers a principal it does not allow (one line, never a traceback)
+AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the first argument names the command: only its module is imported (`--help` and typos get all)
@@ -60,6 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (UserError, FileNotFoundError) as exc:  # the user's to fix: one line, no traceback
         print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except AUTHORIZATION_ERRORS as exc:  # the broker's ACLs do not allow this principal what the command asked
+        what = ", ".join(str(arg) for arg in exc.args if arg) or "-"
+        print(f"kafka-pipeline {args.command}: the broker refused the principal ({type(exc).__name__}: {what[:200]}); "
+              "its ACLs are listed by `kafka-pipeline acls`", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # any other answer of the broker a command could not go on with (a coordinator still loading...)
+        print(f"kafka-pipeline {args.command}: the broker answered {type(exc).__name__}: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
         return 2
     except WorkerFailed as exc:  # the worker stopped on a failure of its own; what it finished is committed
         print(f"kafka-pipeline {args.command}: {exc}", file=sys.stderr)

@@ -141,7 +141,8 @@ def test_who_may_write_and_read_each_topic() -> None:
     assert roles(k.entity_rows_topic, "Write") == {"enrich", "operator"}
     assert roles(k.retry_topic, "Write") == {"enrich"}
     assert roles(k.dlq_topic, "Write") == {"enrich", "writer", "retry-scheduler", "operator"}
-    assert roles(k.events_topic, "Read") == {"enrich"} and roles(k.entity_rows_topic, "Read") == {"writer"}
+    # the operator reads every topic (status finds where each ends; replay --from-topic); consumers read only their own
+    assert roles(k.events_topic, "Read") == {"enrich", "operator"} and roles(k.entity_rows_topic, "Read") == {"writer", "operator"}
     assert roles(k.retry_topic, "Read") == {"retry-scheduler", "operator"} and roles(k.dlq_topic, "Read") == {"operator"}
     groups = {(role_of[a.principal], a.name) for a in acls if a.resource == "group"}
     assert {("enrich", settings.enrich.group_id), ("writer", settings.writer.group_id), ("retry-scheduler", settings.retry.group_id)} <= groups

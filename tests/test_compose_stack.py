@@ -163,8 +163,9 @@ def host_cli_env(env_file: Path) -> dict[str, str]:
 
 async def test_the_secure_override_serves_the_host_over_sasl_ssl(tmp_path: Path) -> None:
     """config/docker/compose.secure.yml: kafka-tls makes the certificates, the broker comes up with the
-    SCRAM user, and the host's CLI gets in on localhost:29092 with the CA from the volume and the
-    .env password, and only so; after a stop and a start on the same volumes, it still does. (The containers' listener `kafka:9092` is not tried: its
+    SCRAM users and its authorizer, the kafka-acls command creates the topics and ACLs, and the
+    host's CLI gets in on localhost:29092 as the operator with the CA from the volume and the
+    .env password, and only so (the writer's user may not send events); after a stop and a start on the same volumes, it still does. (The containers' listener `kafka:9092` is not tried: its
     certificate names `kafka`, which only Docker's DNS resolves.)"""
     env_file = make_env_file(tmp_path / ".env")
     values = read_env_file(env_file)
@@ -176,13 +177,35 @@ async def test_the_secure_override_serves_the_host_over_sasl_ssl(tmp_path: Path)
         secure = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": values["KAFKA_CLIENT_USER"],
                   "KAFKA_SASL_PASSWORD": values["KAFKA_CLIENT_PASSWORD"], "KAFKA_SSL_CAFILE": str(ca)}
 
+        # the topics and every worker's ACLs, as the kafka-acls service makes them (its own command
+        # line, run from the host: its certificate names `localhost`, not `kafka`)
+        admin = {**secure, "KAFKA_SASL_USERNAME": "kafka-pipeline-admin", "KAFKA_SASL_PASSWORD": values["KAFKA_ADMIN_PASSWORD"]}
+        applied = host_cli(env_file, *stack.compose["services"]["kafka-acls"]["command"], extra_env=admin)
+        assert applied.returncode == 0 and "created" in applied.stdout, applied.stdout + applied.stderr
+
         sent = host_cli(env_file, "replay", "--no-progress", str(bundled_sample()), extra_env=secure)
         assert sent.returncode == 0, sent.stderr
+        # the writer's user may read entity rows and write dead letters, never send events
+        as_writer = {**secure, "KAFKA_SASL_USERNAME": "kafka-pipeline-writer", "KAFKA_SASL_PASSWORD": values["KAFKA_WRITER_PASSWORD"]}
+        refused = host_cli(env_file, "replay", "--no-progress", str(bundled_sample()), extra_env=as_writer)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stdout + refused.stderr
+        assert "TopicAuthorizationFailedError" in refused.stderr and values["KAFKA_WRITER_PASSWORD"] not in refused.stderr
         kafka = load_settings(kafka={"bootstrap_servers": "localhost:29092", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-                                     "sasl_username": values["KAFKA_CLIENT_USER"], "sasl_password": values["KAFKA_CLIENT_PASSWORD"],
+                                     "sasl_username": "kafka-pipeline-admin", "sasl_password": values["KAFKA_ADMIN_PASSWORD"],
                                      "ssl_cafile": str(ca)}).kafka
         assert sum((await high_watermarks(kafka, kafka.events_topic)).values()) == len(bundled_sample().read_text().splitlines())
 
+        # the operator's ACLs are enough for `status` (exit 1: the events wait, no worker runs here)
+        looked: list[subprocess.CompletedProcess[str]] = []
+
+        def status_read() -> bool:  # a new broker's group coordinator takes a moment: one line (exit 2) meanwhile
+            looked.append(host_cli(env_file, "status", extra_env=secure))
+            assert looked[-1].returncode in (1, 2) and "Traceback" not in looked[-1].stderr, looked[-1].stdout + looked[-1].stderr
+            assert "refused the principal" not in looked[-1].stderr, looked[-1].stderr
+            return looked[-1].returncode == 1
+
+        await until(every(1.0, status_read), timeout_s=45)
+        assert "has no member" in looked[-1].stdout, looked[-1].stdout
         wrong_password = host_cli(env_file, "status", extra_env={**secure, "KAFKA_SASL_PASSWORD": "not-the-password"})
         assert wrong_password.returncode == 2 and "not-the-password" not in wrong_password.stderr, wrong_password.stderr
         plaintext = host_cli(env_file, "status", extra_env={"KAFKA_REQUEST_TIMEOUT_MS": "5000"})

@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from kafka_pipeline.ops.acls import parse_principal
 from kafka_pipeline.simulator.app import create_app
 from tests.fixtures.compose_stack import ComposeError, image_facts, interpolate, load_compose, merge_override, read_env_file
 
@@ -220,7 +221,7 @@ async def test_the_simulator_fault_routes_are_off_unless_asked(tmp_path: Path) -
 
 def test_every_image_is_pinned_to_a_version() -> None:
     images = [spec["image"] for spec in services().values() if spec["image"] != "kafka-pipeline:local"]
-    images += [spec["image"] for spec in compose(SECURE)["services"].values() if "image" in spec]
+    images += [spec["image"] for spec in compose(SECURE)["services"].values() if "image" in spec and spec["image"] != "kafka-pipeline:local"]
     images += re.findall(r"^FROM (\S+)", DOCKERFILE.read_text(), re.M)
     assert len(images) >= 9
     for image in images:
@@ -244,11 +245,41 @@ def test_the_secure_override_puts_every_kafka_client_on_sasl_ssl() -> None:
     # the image's `configure` sets the keystore up only if an advertised listener reads "...SSL://"
     assert "SSL://" in env["KAFKA_ADVERTISED_LISTENERS"] and "HOST_SASL_SSL://localhost:29092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
-    for name in (*WORKERS, "seed"):
+    for name in (*WORKERS, "seed", "kafka-acls"):
         client = secure[name]["environment"]
         assert client["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and client["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
-        assert client["KAFKA_SASL_PASSWORD"].startswith("${KAFKA_CLIENT_PASSWORD:?"), name
+        assert client["KAFKA_SASL_PASSWORD"].startswith("${KAFKA_") and ":?" in client["KAFKA_SASL_PASSWORD"], name
         assert client["KAFKA_SSL_CAFILE"].startswith("/"), name
+
+
+def defaults(text: str) -> str:
+    """`${VAR:-default}` as its default (what compose gives when .env leaves VAR unset)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_the_secure_override_closes_the_topics_with_each_workers_least_privilege_acls() -> None:
+    """Authorization on, nothing allowed without an ACL; each worker its own SCRAM user (created at
+    format time) whose ACLs `kafka-acls` applies as the admin, with `kafka-pipeline acls`'s set:
+    the principals it names are the users the workers log in as."""
+    secure = compose(SECURE)["services"]
+    env = {k: str(v) for k, v in secure["kafka"]["environment"].items()}
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert set(env["KAFKA_SUPER_USERS"].split(";")) == {"User:ANONYMOUS", "User:kafka-pipeline-admin"}
+    scram_users = {entry.split("=", 1)[0] for entry in defaults(env["KP_SCRAM_USERS"]).split()}
+    acls = secure["kafka-acls"]
+    command = [defaults(part) for part in acls["command"]]
+    assert command[:3] == ["acls", "--apply", "--create-topics"]
+    principals = dict(parse_principal(value) for flag, value in zip(command[3::2], command[4::2], strict=True) if flag == "--principal")
+    users = {"enrich": secure["enrich"], "writer": secure["write"], "retry-scheduler": secure["retry-scheduler"], "operator": secure["seed"]}
+    for role, service in users.items():
+        user = defaults(service["environment"]["KAFKA_SASL_USERNAME"])
+        assert principals[role] == f"User:{user}" and user in scram_users, role
+        assert service["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}, role
+    assert len({s["environment"]["KAFKA_SASL_USERNAME"] for s in users.values()}) == len(users)  # one user each
+    assert set(principals) == {"enrich", "writer", "retry-scheduler", "operator"}  # `source` is the events' producer, not the stack's
+    assert acls["environment"]["KAFKA_SASL_USERNAME"] == "kafka-pipeline-admin" and "kafka-pipeline-admin" in scram_users
+    assert acls["depends_on"] == {"kafka": {"condition": "service_healthy"}} and acls["restart"] == "no"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +391,8 @@ def test_override_files_merge_as_compose_merges_them() -> None:
     merged = merge_override(compose(), compose(SECURE))["services"]
     assert merged["enrich"]["environment"]["WORKER_NAME"] == "enrich" and merged["enrich"]["environment"]["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert merged["enrich"]["ports"] == ["127.0.0.1:9101:9100"]
-    assert set(merged["enrich"]["depends_on"]) == {"kafka", "redis", "minio-init", "claimx-simulator", "kafka-tls"}
+    assert set(merged["enrich"]["depends_on"]) == {"kafka", "redis", "minio-init", "claimx-simulator", "kafka-tls", "kafka-acls"}
+    assert merged["enrich"]["environment"]["KAFKA_SASL_USERNAME"] == "kafka-pipeline-enrich"
     assert merged["kafka"]["ports"] == ["127.0.0.1:29092:29092"]
     assert [str(v).split(":")[1] for v in merged["kafka"]["volumes"]] == ["/var/lib/kafka/data", "/usr/local/share/kafka-pipeline/kafka-start.sh", "/etc/kafka/secrets"]
     assert merged["kafka"]["healthcheck"]["test"][-2] == "localhost:9094" and merged["kafka"]["healthcheck"]["interval"] == "5s"

@@ -6,11 +6,12 @@
 # (once: an existing log directory is left alone), then the image's start script, which reads the
 # KAFKA_* variables and finds the directory formatted. To change the password later, inside the
 # container: kafka-configs.sh --bootstrap-server localhost:9094 --alter --entity-type users
-#   --entity-name "$KP_CLIENT_USER" --add-config 'SCRAM-SHA-512=[password=...]'
-# (ACLs, when the authorizer is turned on, are written the same way with kafka-acls.sh through
-# the loopback listener localhost:9094, whose principal User:ANONYMOUS is then the super user.)
+#   --entity-name <user> --add-config 'SCRAM-SHA-512=[password=...]'
+# (ACLs can be written the same way with kafka-acls.sh through the loopback listener
+# localhost:9094, whose principal User:ANONYMOUS is a super user; the kafka-acls service does it
+# over SASL_SSL as the admin user.)
 set -euo pipefail
-: "${CLUSTER_ID:?}" "${KAFKA_LOG_DIRS:?}" "${KP_CLIENT_USER:?}" "${KP_CLIENT_PASSWORD:?}"
+: "${CLUSTER_ID:?}" "${KAFKA_LOG_DIRS:?}" "${KP_SCRAM_USERS:?}"
 if [ ! -e "$KAFKA_LOG_DIRS/meta.properties" ]; then
   # what the storage tool needs to know of the node; the full server.properties comes later
   format_config="$(mktemp)"
@@ -24,8 +25,11 @@ listener.security.protocol.map=LOCAL:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=LOCAL
 log.dirs=$KAFKA_LOG_DIRS
 PROPERTIES
-  /opt/kafka/bin/kafka-storage.sh format --cluster-id "$CLUSTER_ID" --config "$format_config" \
-    --add-scram "SCRAM-SHA-512=[name=$KP_CLIENT_USER,password=$KP_CLIENT_PASSWORD]"
+  scram=()
+  for user in $KP_SCRAM_USERS; do  # name=password, separated by blanks
+    scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%=*},password=${user#*=}]")
+  done
+  /opt/kafka/bin/kafka-storage.sh format --cluster-id "$CLUSTER_ID" --config "$format_config" "${scram[@]}"
   rm -f "$format_config"
 fi
 exec /etc/kafka/docker/run

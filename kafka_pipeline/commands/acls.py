@@ -7,7 +7,9 @@ import asyncio
 
 from kafka_pipeline.commands.arguments import apply_overrides
 from kafka_pipeline.config import load_settings
+from kafka_pipeline.errors import UsageError
 from kafka_pipeline.ops.acls import Role, acl_lines, apply_acls, parse_principal, pipeline_acls
+from kafka_pipeline.runtime.kafka import ensure_topics
 
 NAME = "acls"
 HELP = "Print or apply the broker ACLs each worker needs."
@@ -33,12 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS / config)")
     parser.add_argument("--command-config", metavar="FILE", help="printed as kafka-acls.sh --command-config FILE")
     parser.add_argument("--apply", action="store_true", help="create the ACLs on the broker instead of printing them")
+    parser.add_argument("--create-topics", action="store_true",
+                        help="with --apply: first create the pipeline's four topics that are missing (the workers may not: "
+                             "their ACLs allow no Create)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = apply_overrides(load_settings(), {"kafka.bootstrap_servers": args.bootstrap_servers})
     acls = pipeline_acls(settings, dict(args.principal))
+    if args.create_topics and not args.apply:
+        raise UsageError("--create-topics goes with --apply")
     if args.apply:
+        if args.create_topics:
+            kafka = settings.kafka
+            asyncio.run(ensure_topics(kafka, [kafka.events_topic, kafka.entity_rows_topic, kafka.retry_topic, kafka.dlq_topic]))
         created = asyncio.run(apply_acls(settings, acls))
         print(f"created {created} ACLs on {settings.kafka.bootstrap_servers}")
     else:

@@ -11,7 +11,8 @@ principal           allowed
 enrich              Read events; Write entity-rows, retry, DLQ; Read its group
 writer              Read entity-rows; Write DLQ; Read its group
 retry-scheduler     Read retry; Write events (the messages it sends back), DLQ; Read its group
-operator            Read and Write DLQ (replay markers), Read retry (status), Write events and
+operator            Read and Write DLQ (replay markers), Read retry, events and entity-rows
+                    (`status` reads where each ends, `replay --from-topic`), Write events and
                     entity-rows (`dlq replay`, `replay`), Describe the four topics; Read the
                     purge group and the workers' groups (`dlq purge`, `reset-offsets`, `status`)
 source              Write events (the system that publishes ClaimX events)
@@ -82,6 +83,8 @@ def pipeline_acls(settings: Settings, principals: Mapping[Role, str] | None = No
         "retry-scheduler": [("topic", k.retry_topic, "Read"), ("topic", k.events_topic, "Write"), ("topic", k.dlq_topic, "Write"),
                             ("group", settings.retry.group_id, "Read")],
         "operator": [("topic", k.dlq_topic, "Read"), ("topic", k.dlq_topic, "Write"), ("topic", k.retry_topic, "Read"),
+                     # status reads where each topic ends (a fetch of its last batch), replay --from-topic reads events
+                     ("topic", k.events_topic, "Read"), ("topic", k.entity_rows_topic, "Read"),
                      ("topic", k.events_topic, "Write"), ("topic", k.entity_rows_topic, "Write"),
                      *(("topic", t, "Describe") for t in topics),
                      ("group", purge_group(k.dlq_topic), "Read"), *(("group", g, "Read") for g in worker_groups)],
