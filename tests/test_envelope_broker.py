@@ -69,9 +69,9 @@ async def test_no_envelope_stops_the_enrichment_worker(kafka_settings: KafkaSett
     ends = await high_watermarks(kafka, kafka.events_topic)
     worker = EnrichmentWorker(settings)
     async with running(worker) as task:
-        await until(lambda: worker.counts.processed + worker.runtime.rejected >= 6 + len(hostile), task)
+        await until(lambda: worker.counts.processed + (worker.handle.rejected if worker.handle else 0) >= 6 + len(hostile), task)
         dead = [DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, kafka.dlq_topic, len(hostile))]
-        await until(lambda: not task.done() and worker.runtime.tracker.committable() == {}, task)
+        await until(lambda: not task.done() and worker.handle.tracker.committable() == {}, task)
         positions = await committed(kafka, settings.enrich.group_id)
         assert not task.done()  # no record stopped the worker
     assert task.exception() is None
@@ -115,7 +115,7 @@ async def test_a_forged_due_time_is_clamped_and_a_bad_header_name_dead_lettered(
         forwarded = await read_topic(kafka, kafka.events_topic, 1, timeout_s=20)
         dead = [DeadLetter.from_bytes(r.value) for r in await read_topic(kafka, kafka.dlq_topic, 1, timeout_s=20)]
         ends = await high_watermarks(kafka, kafka.retry_topic)
-        await until(lambda: scheduler.runtime.tracker.committable() == {} and scheduler.stats.forwarded == 1, task, timeout_s=20)
+        await until(lambda: scheduler.handle.tracker.committable() == {} and scheduler.stats.forwarded == 1, task, timeout_s=20)
         assert not task.done()
     finally:
         stop.set()

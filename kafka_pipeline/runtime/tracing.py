@@ -25,6 +25,8 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
+
 from kafka_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when tracing is turned on: a worker without it does not load OpenTelemetry
@@ -95,6 +97,16 @@ def use_provider(provider: TracerProvider | None) -> None:
         return
     instrumentor.instrument(tracer_provider=provider)
     _tracer = provider.get_tracer("kafka_pipeline")
+
+
+def traced_transport(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    """`transport` with a client span and a `traceparent` header per request when tracing is on
+    (the httpx instrumentation patches httpx's own transport only; the API client has its own)."""
+    if _tracer is None:
+        return transport
+    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport  # noqa: PLC0415 - only when tracing is on
+
+    return AsyncOpenTelemetryTransport(transport, tracer_provider=_provider)
 
 
 def shutdown() -> None:

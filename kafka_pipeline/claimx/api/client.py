@@ -65,6 +65,7 @@ from kafka_pipeline.errors import AuthError, PermanentError, PipelineError, Tran
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
 from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.runtime.tracing import traced_transport
 
 log = get_logger(__name__)
 
@@ -232,7 +233,7 @@ class ClaimXApiClient:
         self.settings = settings
         self._secrets: list[str] = []
         self._base_url = settings.url.rstrip("/")
-        self._transport = transport or pooled_transport(settings.max_concurrency, settings.url)
+        self._transport = traced_transport(transport or pooled_transport(settings.max_concurrency, settings.url))
         self._http = httpx.AsyncClient(
             base_url=settings.url,
             headers={"Accept": "application/json", "User-Agent": "kafka-pipeline-claimx"},
