@@ -31,6 +31,7 @@ import pyarrow.fs as pa_fs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
+from deltalake.table import TableMerger
 
 from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, TableContract
@@ -339,54 +340,30 @@ class DeltaTableWriter:
             return
         # one row per key, with the columns an insert takes (no key has clocks: all of it is new)
         source = merge_rule.resolve(self.spec, merge_rule.combine(self.spec, fresh), None, now).source
-        metrics = (
-            main.table.merge(
-                source,
-                merge_rule.match_predicate(self.spec),
-                source_alias=merge_rule.SOURCE_ALIAS,
-                target_alias=merge_rule.TARGET_ALIAS,
-                streamed_exec=self.streamed_exec,
-                writer_properties=self.writer_properties,
-                commit_properties=progress.commit_properties(main.versions),
-            )
-            .when_not_matched_insert(self._expressions.inserts)
-            .execute()
-        )
+        metrics = self._merger(main, source, progress).when_not_matched_insert(self._expressions.inserts).execute()
         result.commits += 1
         result.files_added += _files_added(metrics)
         result.keys_changed = int(str(metrics.get("num_target_rows_inserted", 0)))
 
     def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
-        return (
-            clocks.table.merge(
-                rows,
-                merge_rule.match_predicate(self.spec),
-                source_alias=merge_rule.SOURCE_ALIAS,
-                target_alias=merge_rule.TARGET_ALIAS,
-                streamed_exec=self.streamed_exec,
-                writer_properties=self.writer_properties,
-                commit_properties=progress.commit_properties(clocks.versions),
-            )
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
+        return self._merger(clocks, rows, progress).when_matched_update_all().when_not_matched_insert_all().execute()
 
     def _merge_entities(self, main: _Snapshot, source: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
         expressions = self._expressions
-        return (
-            main.table.merge(
-                source,
-                expressions.predicate,
-                source_alias=merge_rule.SOURCE_ALIAS,
-                target_alias=merge_rule.TARGET_ALIAS,
-                streamed_exec=self.streamed_exec,
-                writer_properties=self.writer_properties,
-                commit_properties=progress.commit_properties(main.versions),
-            )
-            .when_matched_update(expressions.updates)
-            .when_not_matched_insert(expressions.inserts)
-            .execute()
+        merger = self._merger(main, source, progress, expressions.predicate)
+        return merger.when_matched_update(expressions.updates).when_not_matched_insert(expressions.inserts).execute()
+
+    def _merger(self, snapshot: _Snapshot, source: pa.Table, progress: _ProgressRecord, predicate: str | None = None) -> TableMerger:
+        """A MERGE of `source` into the snapshot's table (matched on the key, and for an event
+        log on its time), committing `progress` (its clauses are the caller's)."""
+        return snapshot.table.merge(
+            source,
+            predicate or merge_rule.match_predicate(self.spec),
+            source_alias=merge_rule.SOURCE_ALIAS,
+            target_alias=merge_rule.TARGET_ALIAS,
+            streamed_exec=self.streamed_exec,
+            writer_properties=self.writer_properties,
+            commit_properties=progress.commit_properties(snapshot.versions),
         )
 
     def _snapshot(self, table: DeltaTable, apps: list[str]) -> _Snapshot:
