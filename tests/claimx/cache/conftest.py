@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,8 +16,8 @@ async def workers(redis_url: str) -> AsyncIterator[list[ProjectCache]]:
     """Three workers' caches on one Redis, with a timeout a busy machine does not trip."""
     caches = await start_workers(settings_for(redis_url))
     yield caches
-    for cache in caches:
-        await cache.close()
+    for cache in caches:  # bounded: a close that hangs fails the test here instead of holding the suite
+        await asyncio.wait_for(cache.close(), 30)
 
 
 @pytest.fixture
@@ -24,5 +25,5 @@ async def outage_workers(redis_url: str) -> AsyncIterator[list[ProjectCache]]:
     """Three workers with the short production socket timeout, for the outage tests."""
     caches = await start_workers(settings_for(redis_url, socket_timeout_s=SOCKET_TIMEOUT_S))
     yield caches
-    for cache in caches:
-        await cache.close()
+    for cache in caches:  # bounded: a close that hangs fails the test here instead of holding the suite
+        await asyncio.wait_for(cache.close(), 30)
