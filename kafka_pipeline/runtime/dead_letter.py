@@ -72,13 +72,14 @@ class EncodedBytes(BaseModel):
             raise ValueError(f"dead letter holds invalid base64: {exc}") from None
 
 
-def safe_text(text: str) -> str:
-    """`text`, with anything that is not valid Unicode (lone surrogates) backslash-escaped."""
+def safe_text(text: str, limit: int | None = None) -> str:
+    """`text` as valid UTF-8 (lone surrogates backslash-escaped, never raised on), cut after
+    `limit` characters with "..." when a limit is given."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
 def _prefix(raw: bytes, limit: int) -> EncodedBytes:

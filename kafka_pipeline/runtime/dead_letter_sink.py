@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry, Counter
 
 from kafka_pipeline.errors import Category, WorkerFailed
-from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for, dlq_key
+from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for, dlq_key, safe_text
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.metrics import metric
 
@@ -39,15 +39,12 @@ class Letter:
     original_topic: str | None = None
 
 
-def safe_text(text: str, limit: int = 2_000) -> str:
-    """`text` as valid UTF-8 on one bounded line (lone surrogates escaped, never raised on)."""
-    cleaned = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+MESSAGE_LIMIT = 2_000  # characters of a reason kept in a letter (the rest is "...")
 
 
 def letter_for_exception(record: Any, exc: BaseException, *, trace_id: str | None = None) -> Letter:
     """The letter of a record whose handling raised `exc` (the runtime's error boundary)."""
-    return Letter(record, type(exc).__name__, safe_text(f"{type(exc).__name__}: {exc}"), trace_id=trace_id)
+    return Letter(record, type(exc).__name__, safe_text(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT), trace_id=trace_id)
 
 
 class DeadLetterSink:
@@ -65,7 +62,7 @@ class DeadLetterSink:
         return dead_letter_for(
             letter.record,
             error_type=safe_text(letter.error_type, 200),
-            error_message=safe_text(letter.message),
+            error_message=safe_text(letter.message, MESSAGE_LIMIT),
             category=letter.category,
             worker=self.worker,
             attempts=letter.attempts,

@@ -51,7 +51,8 @@ from kafka_pipeline.offsets.log_identity import record_fingerprint
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import run_app
-from kafka_pipeline.runtime.dead_letter_sink import Letter, safe_text
+from kafka_pipeline.runtime.dead_letter import safe_text
+from kafka_pipeline.runtime.dead_letter_sink import MESSAGE_LIMIT, Letter
 from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
 from kafka_pipeline.runtime.metrics import metric
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
@@ -164,7 +165,7 @@ class FlushResult:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return safe_text(text[0]) if text else type(exc).__name__
+    return safe_text(text[0], MESSAGE_LIMIT) if text else type(exc).__name__
 
 
 @dataclass
