@@ -199,12 +199,16 @@ class DeltaTableWriter:
         return result
 
     def stored_transactions(self, app_ids: list[str]) -> dict[str, dict[str, int | None]]:
-        """Per existing table (entity table, clock table) the version of each app id. Creates nothing."""
+        """Per existing table (entity table, clock table) the version of each app id. Creates
+        nothing; a table this writer has open is brought up to date instead of opened again."""
         found: dict[str, dict[str, int | None]] = {}
-        for uri in (self.uri, self.clock_uri):
-            table = open_table(uri, self.storage_options)
-            if table is not None:
-                found[uri] = {app: table.transaction_version(app) for app in app_ids}
+        for uri, held in ((self.uri, self._table), (self.clock_uri, self._clocks)):
+            table = held if held is not None else open_table(uri, self.storage_options)
+            if table is None:
+                continue
+            if held is not None:
+                table.update_incremental()
+            found[uri] = {app: table.transaction_version(app) for app in app_ids}
         return found
 
     def record_transactions(self, uris: list[str], transactions: Mapping[str, int], metadata: Mapping[str, str]) -> int:

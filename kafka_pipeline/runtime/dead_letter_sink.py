@@ -73,25 +73,32 @@ class DeadLetterSink:
 
     async def send(self, letters: list[Letter], *, group: str) -> None:
         """Send every letter, then wait for all acknowledgements; DeadLetterFailed if any failed."""
+        await self._deliver([(self.envelope(letter), letter.record) for letter in letters], group)
+
+    async def send_envelope(self, envelope: DeadLetter, record: Any, *, group: str) -> None:
+        """A letter built where the failure was routed (the enrichment worker's, with its retry
+        history): the same delivery, count and log line as every other letter."""
+        await self._deliver([(envelope, record)], group)
+
+    async def _deliver(self, items: list[tuple[DeadLetter, Any]], group: str) -> None:
         deliveries: list[asyncio.Future[Any]] = []
         try:
-            for letter in letters:
-                value = self.envelope(letter).to_bytes()
-                deliveries.append(await self.producer.send(self.topic, value, key=dlq_key(letter.record.key)))
+            for envelope, record in items:
+                deliveries.append(await self.producer.send(self.topic, envelope.to_bytes(), key=dlq_key(record.key)))
             await asyncio.gather(*deliveries)
         except (KafkaError, MessageSizeTooLargeError) as exc:
             for delivery in deliveries:
                 delivery.cancel()
             raise DeadLetterFailed(f"dead-letter topic {self.topic} did not take a letter: {type(exc).__name__}: {exc}") from exc
-        for letter in letters:
-            self._counter.labels(group, letter.error_type[:100]).inc()
+        for envelope, record in items:
+            self._counter.labels(group, envelope.error_type[:100]).inc()
             log.warning(
                 "message dead-lettered",
-                error_type=letter.error_type,
-                error=safe_text(letter.message, 300),
-                topic=letter.record.topic,
-                partition=letter.record.partition,
-                offset=letter.record.offset,
-                trace_id=letter.trace_id,
+                error_type=envelope.error_type,
+                error=safe_text(envelope.error_message, 300),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                trace_id=envelope.trace_id,
             )
-        self.sent += len(letters)
+        self.sent += len(items)

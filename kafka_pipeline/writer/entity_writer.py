@@ -398,7 +398,8 @@ class EntityWriter(ConsumerWorker):
                 await loop.run_in_executor(None, self.progress.adopt, refused, identity)
         except Exception as exc:  # noqa: BLE001 - the partitions stay paused and are checked again
             self._verify_failures += 1
-            self._verify_at = time.monotonic() + backoff_delay(self._verify_failures, 0.5, 15.0)
+            writer = self.settings.writer  # equal jitter, as a failed flush: never in a tight loop
+            self._verify_at = time.monotonic() + backoff_delay(self._verify_failures, writer.flush_retry_base_s, writer.flush_retry_max_s, floor=0.5)
             plain = storage_error(exc, self.settings.delta.tables_root)
             self._verify_error = f"{type(plain or exc).__name__}: {_one_line(plain or exc)}"
             log.warning("stored progress not checked yet; partitions wait", partitions=[tp.partition for tp in pending],

@@ -11,7 +11,7 @@ from kafka_pipeline.claimx.handlers import HANDLERS
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import PipelineError
 from kafka_pipeline.retry.routing import RetryMessage, next_hop
-from kafka_pipeline.runtime.dead_letter import dlq_key
+from kafka_pipeline.runtime.dead_letter import DeadLetter, dlq_key
 
 Outcome = Literal["succeeded", "skipped", "retried", "dead_lettered"]
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "retried", "dead_lettered")
@@ -26,6 +26,7 @@ class FailureRoute:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    letter: DeadLetter | None = None  # the dead-letter route's envelope (sent through the runtime's sink)
 
 
 def route_failure(record: Any, error: PipelineError, *, settings: Settings, trace_id: str | None) -> FailureRoute:
@@ -50,7 +51,7 @@ def route_failure(record: Any, error: PipelineError, *, settings: Settings, trac
     )
     if isinstance(hop, RetryMessage):
         return FailureRoute("retried", hop.topic, hop.key, hop.value, hop.headers)
-    return FailureRoute("dead_lettered", settings.kafka.dlq_topic, dlq_key(record.key), hop.to_bytes())
+    return FailureRoute("dead_lettered", settings.kafka.dlq_topic, dlq_key(record.key), hop.to_bytes(), letter=hop)
 
 
 def type_label(event: ClaimXEvent | None) -> str:

@@ -65,6 +65,7 @@ from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
+from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed
 from kafka_pipeline.runtime.logging import get_logger
 from kafka_pipeline.runtime.ops_server import ReadinessCheck
 from kafka_pipeline.runtime.tracing import traced_consume, with_trace_headers
@@ -359,8 +360,13 @@ class EnrichmentWorker(ConsumerWorker):
         )
         route = route_failure(record, error, settings=self.settings, trace_id=trace_id)
         try:
-            await self._produce(route.topic, route.value, route.key, headers=route.headers, slot=slot)
-        except PermanentError as exc:
+            if route.letter is not None:  # dead letters take the runtime's one path: sink, count, log line
+                slot.release()
+                self.counts.in_flight = self.slots.in_use
+                await self.require_handle().dead_letters.send_envelope(route.letter, record, group=self.spec.group_id)
+            else:
+                await self._produce(route.topic, route.value, route.key, headers=route.headers, slot=slot)
+        except (PermanentError, DeadLetterFailed) as exc:
             raise WorkerAborted(f"the failure of offset {record.offset} could not be routed: {exc}") from exc
         return route.outcome
 
