@@ -293,7 +293,11 @@ def test_status_of_a_healthy_then_lagging_stack(running: Running) -> None:
     due_ms = int(time.time() * 1000) + 3_600_000
     _produce(kafka, kafka.retry_topic, [b"{}"], headers=[
         (RETRY_ATTEMPT, b"1"), (RETRY_DUE_AT, str(due_ms).encode()), (RETRY_TARGET_TOPIC, kafka.events_topic.encode())])
-    time.sleep(2)  # the retry scheduler takes the retry in (it waits, uncommitted, for the longest delay)
+    # the retry scheduler takes the retry in (it waits, uncommitted, for the longest delay)
+    deadline = time.monotonic() + 30
+    while "retry_scheduler_waiting 1.0" not in httpx.get(running.ops["retry-scheduler"] + "/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, "the retry scheduler never took the retry in"
+        time.sleep(0.1)
 
     lagging = _status(running)
     print(lagging.stdout)
