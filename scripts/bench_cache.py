@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kafka_pipeline.claimx.cache.project_cache import NoCache, ProjectCache, ProjectSnapshot  # noqa: E402
 from kafka_pipeline.claimx.cache.redis_tier import RedisTier  # noqa: E402
 from kafka_pipeline.config import CacheSettings  # noqa: E402
-from kafka_pipeline.runtime.logging import configure_logging  # noqa: E402
+from kafka_pipeline.observability.logging import configure_logging  # noqa: E402
 
 HIT_GOAL_US = 2.0
 BYTES_GOAL = 300.0

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-from kafka_pipeline.runtime import dead_letter
-from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, RecordView, dead_letter_for
+from kafka_pipeline.dead_letters import envelope as dead_letter
+from kafka_pipeline.dead_letters.envelope import MAX_DLQ_MESSAGE_BYTES, RecordView, dead_letter_for
 
 VALUE_MB = int(os.environ.get("VALUE_MB", "100"))
 KEY_MB = int(os.environ.get("KEY_MB", "1"))

@@ -51,14 +51,14 @@ from pathlib import Path
 from typing import Any
 
 from kafka_pipeline.claimx.cache.project_cache import NoCache
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
-from kafka_pipeline.runtime import event_loop, tracing
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
-from kafka_pipeline.runtime.logging import configure_logging
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.lifecycle import event_loop, tracing
+from kafka_pipeline.observability.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import generate_events
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
 
 CPU_GOAL_US_PER_EVENT = 150.0
 POLL_S = 0.02  # how often the bench looks at the worker's counters (its own CPU is in the figure)

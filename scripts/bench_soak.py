@@ -50,14 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
 from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
 from kafka_pipeline.config import MaintenanceSettings  # noqa: E402
-from kafka_pipeline.delta.maintenance import maintain  # noqa: E402
-from kafka_pipeline.delta.maintenance_loop import TableMaintainer, table_labels  # noqa: E402
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
-from kafka_pipeline.runtime.logging import configure_logging  # noqa: E402
-from kafka_pipeline.writer.entity_writer import app_id, table_properties  # noqa: E402
-from kafka_pipeline.writer.maintenance import policy  # noqa: E402
-from kafka_pipeline.writer.row_conversion import BatchBuilder  # noqa: E402
+from kafka_pipeline.maintenance.loop import TableMaintainer, table_labels  # noqa: E402
+from kafka_pipeline.maintenance.operations import maintain  # noqa: E402
+from kafka_pipeline.maintenance.policy import policy  # noqa: E402
+from kafka_pipeline.observability.logging import configure_logging  # noqa: E402
+from kafka_pipeline.workers.writer.entity_writer import app_id, table_properties  # noqa: E402
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder  # noqa: E402
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 APP_ID = app_id("claimx-writer", "claimx.entity_rows", 0)

@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from kafka_pipeline.runtime import tracing
+from kafka_pipeline.observability import tracing
 
 
 @dataclass

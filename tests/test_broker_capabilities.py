@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker, new_cluster_id
-from kafka_pipeline.runtime.broker_capabilities import (
+from kafka_pipeline.kafka.capabilities import (
     APACHE_KAFKA,
     PROFILES,
     TANSU,
@@ -17,8 +17,8 @@ from kafka_pipeline.runtime.broker_capabilities import (
     producer_idempotence,
     resolve_capabilities,
 )
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.topic_offsets import group_lag, high_watermarks
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.offsets.topic_offsets import group_lag, high_watermarks
 from tests.fixtures.broker import unique_topics
 
 

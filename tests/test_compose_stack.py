@@ -25,8 +25,8 @@ from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import table_row_counts
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.maintenance.operations import table_row_counts
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 from tests.fixtures.compose_stack import ROOT, ComposeStack, make_env_file, published_ports, read_env_file
 from tests.test_enrich_worker import until
 

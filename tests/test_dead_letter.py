@@ -10,12 +10,9 @@ import os
 
 import pytest
 
-from kafka_pipeline.claimx.enrich.worker import route_failure
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.config import KafkaSettings, Settings, WorkerSettings
-from kafka_pipeline.dlq.operations import DlqEntry, DlqSnapshot, inspect_entries
-from kafka_pipeline.errors import PermanentError
-from kafka_pipeline.runtime.dead_letter import (
+from kafka_pipeline.dead_letters.envelope import (
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
     EncodedBytes,
@@ -23,7 +20,10 @@ from kafka_pipeline.runtime.dead_letter import (
     dead_letter_for,
     dlq_key,
 )
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
+from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.ops.dlq import DlqEntry, DlqSnapshot, inspect_entries
+from kafka_pipeline.workers.enrich.worker import route_failure
 from tests.faults.poison import corpus
 
 SETTINGS = Settings(worker=WorkerSettings(name="enrich-test"))

@@ -11,11 +11,11 @@ import pytest
 
 from kafka_pipeline.cli import main
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.dlq.operations import MARKER_HEADER, read_dlq
-from kafka_pipeline.retry.routing import RETRY_ATTEMPT, Failure, RetryMessage, next_hop
-from kafka_pipeline.runtime.dead_letter import DeadLetter, EncodedBytes, dead_letter_for
-from kafka_pipeline.runtime.dead_letter import RecordView as Record
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.dead_letters.envelope import DeadLetter, EncodedBytes, dead_letter_for
+from kafka_pipeline.dead_letters.envelope import RecordView as Record
+from kafka_pipeline.dead_letters.routing import RETRY_ATTEMPT, Failure, RetryMessage, next_hop
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.ops.dlq import MARKER_HEADER, read_dlq
 
 
 @pytest.fixture(autouse=True)

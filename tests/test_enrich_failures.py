@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import structlog
 
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
@@ -33,7 +32,8 @@ from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.app import make_token
 from kafka_pipeline.simulator.events import generate_events
 from kafka_pipeline.simulator.ids import project_ids
-from kafka_pipeline.writer.entity_writer import EntityWriter
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 from tests import test_entity_writer as writer_tests
 from tests.test_enrich_worker import committed, free_port, produce, read_topic, running, start_enrich_process, until, worker_settings
 

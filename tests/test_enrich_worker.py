@@ -29,19 +29,19 @@ from aiokafka import TopicPartition
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache, Verification
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker, route_failure
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, SingleFlight, handler_for
 from kafka_pipeline.config import ApiSettings, CacheSettings, KafkaSettings, Settings, load_settings
+from kafka_pipeline.dead_letters.envelope import DeadLetter
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
-from kafka_pipeline.retry.scheduler import RetryScheduler
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import EVENT_TYPES, UNKNOWN_EVENT_TYPE, generate_events
 from kafka_pipeline.simulator.ids import project_children, project_ids
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker, route_failure
+from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,11 +33,11 @@ from deltalake import write_deltalake
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import DeltaSettings, KafkaSettings, Settings, WorkerSettings, WriterSettings, load_settings
+from kafka_pipeline.dead_letters.envelope import DeadLetter
 from kafka_pipeline.delta import table_uri
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.writer.entity_writer import EntityWriter, app_id, read_table
-from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch, parse_timestamp
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter, app_id, read_table
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch, parse_timestamp
 from tests.test_enrich_worker import until
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)

@@ -10,16 +10,16 @@ import json
 
 from aiokafka.errors import InvalidTimestampError
 
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.dlq.operations import inspect_entries, read_dlq, summarize
+from kafka_pipeline.dead_letters.envelope import DeadLetter, RecordView, dead_letter_for
+from kafka_pipeline.dead_letters.routing import RETRY_ATTEMPT, RETRY_DUE_AT, RETRY_ORIGINAL_OFFSET, RETRY_ORIGINAL_PARTITION, RETRY_TARGET_TOPIC, now_ms
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 from kafka_pipeline.ops import status as status_module
-from kafka_pipeline.retry.routing import RETRY_ATTEMPT, RETRY_DUE_AT, RETRY_ORIGINAL_OFFSET, RETRY_ORIGINAL_PARTITION, RETRY_TARGET_TOPIC, now_ms
-from kafka_pipeline.retry.scheduler import RetryScheduler
-from kafka_pipeline.runtime.dead_letter import DeadLetter, RecordView, dead_letter_for
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.ops.dlq import inspect_entries, read_dlq, summarize
 from kafka_pipeline.simulator import SimulatorProcess
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 from tests.faults.envelopes import Envelope, bomb, send_raw
 from tests.test_enrich_worker import committed, read_topic, running, until, worker_settings
 from tests.test_retry_scheduler import committed_offsets, scheduler_settings

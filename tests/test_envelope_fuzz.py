@@ -20,16 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from kafka_pipeline.claimx.enrich.outcomes import route_failure
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.config import Settings, WorkerSettings
+from kafka_pipeline.dead_letters.envelope import MAX_DLQ_MESSAGE_BYTES, DeadLetter, RecordView, dlq_key
+from kafka_pipeline.dead_letters.routing import InvalidRetryHeaders, allowed_retry_targets, now_ms, parse_retry_headers
+from kafka_pipeline.dead_letters.sink import DeadLetterSink, Letter, letter_for_exception
+from kafka_pipeline.dead_letters.undecodable import UNDECODABLE
 from kafka_pipeline.errors import PermanentError, TransientError
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, allowed_retry_targets, now_ms, parse_retry_headers
-from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, RecordView, dlq_key
-from kafka_pipeline.runtime.dead_letter_sink import DeadLetterSink, Letter, letter_for_exception
-from kafka_pipeline.runtime.undecodable import UNDECODABLE
-from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
+from kafka_pipeline.workers.enrich.outcomes import route_failure
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch
 from tests.faults.envelopes import CODECS, RawName
 
 SETTINGS = Settings(worker=WorkerSettings(name="fuzz"))

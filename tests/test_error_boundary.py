@@ -14,20 +14,20 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from kafka_pipeline.claimx.enrich import worker as enrich_module
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.handlers.base import HandlerContext, HandlerResult
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.retry import scheduler as scheduler_module
-from kafka_pipeline.retry.routing import now_ms
-from kafka_pipeline.retry.scheduler import RetryScheduler
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.dead_letters.envelope import DeadLetter
+from kafka_pipeline.dead_letters.routing import now_ms
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import generate_events
-from kafka_pipeline.writer import entity_writer as writer_module
-from kafka_pipeline.writer.entity_writer import EntityWriter
+from kafka_pipeline.workers.enrich import worker as enrich_module
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.retry import scheduler as scheduler_module
+from kafka_pipeline.workers.retry.scheduler import RetryScheduler
+from kafka_pipeline.workers.writer import entity_writer as writer_module
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 from tests.test_enrich_worker import committed, produce, read_topic, running, until, worker_settings
 from tests.test_entity_writer import build_stream, encoded, reference, table_contents, wait_committed, writer_settings
 from tests.test_entity_writer import produce as produce_rows

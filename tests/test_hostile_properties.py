@@ -20,17 +20,17 @@ from typing import Any, Literal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kafka_pipeline.claimx.enrich.outcomes import route_failure, type_label
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import FIELD_ALIASES, parse_event
 from kafka_pipeline.config import Settings, WorkerSettings
-from kafka_pipeline.errors import PermanentError
-from kafka_pipeline.retry.routing import trusted_retry
-from kafka_pipeline.runtime.dead_letter import (
+from kafka_pipeline.dead_letters.envelope import (
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
     RecordView,
 )
+from kafka_pipeline.dead_letters.routing import trusted_retry
+from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.workers.enrich.outcomes import route_failure, type_label
 
 SETTINGS = Settings(worker=WorkerSettings(name="enrich-prop"))
 Outcome = Literal["produced", "dead_lettered"]

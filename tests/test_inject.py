@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.cli import main
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer
 
 
 async def read_all(kafka: KafkaSettings, topic: str, settle_s: float = 0.5) -> list:

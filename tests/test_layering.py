@@ -23,27 +23,40 @@ RULES: dict[str, frozenset[str]] = {name: frozenset(allowed) for name, allowed i
     "errors": (),
     "config": ("errors",),
     "argument_types": ("errors",),
-    "runtime": ("config", "errors"),
-    "delta": ("config", "errors", "runtime"),
-    "offsets": ("config", "errors", "runtime"),
-    "retry": ("config", "errors", "runtime"),
-    "dlq": ("claimx", "config", "errors", "retry", "runtime", "writer"),  # replay re-validates letters as their consumer will
+    # the plumbing every part uses
+    "observability": ("config", "errors"),
+    "resilience": ("errors",),
+    "kafka": ("config", "errors"),
+    "lifecycle": ("config", "errors", "kafka", "observability"),
+    "offsets": ("config", "errors", "kafka", "observability"),
+    "dead_letters": ("config", "errors", "kafka", "observability"),
+    "delta": ("config", "errors", "observability", "resilience"),
+    "maintenance": ("claimx", "config", "delta", "errors", "observability", "resilience"),  # the tables it keeps are the domain's
+    # the consumer loop the workers run on
+    "runtime": ("config", "dead_letters", "errors", "kafka", "observability", "offsets"),
     # the ClaimX domain and its clients
     "claimx": ("config", "errors"),
-    "claimx.api": ("config", "errors", "runtime"),
-    "claimx.cache": ("claimx", "claimx.api", "config", "delta", "errors", "runtime"),
+    "claimx.api": ("config", "errors", "observability", "resilience"),
+    "claimx.cache": ("claimx", "claimx.api", "config", "delta", "errors", "observability", "resilience"),
     "claimx.handlers": ("claimx", "claimx.api", "claimx.cache", "errors"),
-    # the workers
-    "claimx.enrich": ("claimx", "claimx.api", "claimx.cache", "claimx.handlers", "config", "errors", "retry", "runtime"),
-    "writer": ("claimx", "config", "delta", "errors", "offsets", "runtime"),
+    # the three workers, side by side: none imports another
+    "workers": (),
+    "workers.enrich": ("claimx", "claimx.api", "claimx.cache", "claimx.handlers", "config", "dead_letters", "errors", "observability", "runtime"),
+    "workers.writer": (
+        "claimx", "config", "dead_letters", "delta", "errors", "maintenance", "observability", "offsets", "resilience", "runtime",
+    ),
+    "workers.retry": ("config", "dead_letters", "errors", "kafka", "observability", "runtime"),
     # operator tools, the embedded stack, the simulator
-    "ops": ("claimx", "claimx.handlers", "config", "delta", "dlq", "errors", "offsets", "retry", "runtime"),
-    "simulator": ("argument_types", "config", "errors", "runtime"),
-    "embedded": ("config", "errors", "runtime", "simulator"),
+    "ops": (
+        "claimx", "claimx.handlers", "config", "dead_letters", "delta", "errors", "kafka", "maintenance", "observability", "offsets",
+        "workers.writer",  # dlq replay re-validates a letter as the writer will read it
+    ),
+    "simulator": ("argument_types", "config", "errors", "lifecycle", "observability"),
+    "embedded": ("config", "errors", "kafka", "lifecycle", "offsets", "simulator"),
     # the CLI on top
     "commands": (
-        "argument_types", "claimx", "claimx.api", "claimx.cache", "claimx.enrich", "claimx.handlers", "config", "delta", "dlq",
-        "embedded", "errors", "offsets", "ops", "retry", "runtime", "simulator", "writer",
+        "argument_types", "claimx", "claimx.api", "claimx.cache", "claimx.handlers", "config", "delta", "embedded", "errors", "kafka",
+        "lifecycle", "maintenance", "observability", "offsets", "ops", "simulator", "workers.enrich", "workers.retry", "workers.writer",
     ),
     "cli": ("commands", "errors"),
     "__main__": ("cli",),
@@ -178,7 +191,10 @@ def test_each_rule_fails_on_a_made_up_violation() -> None:
     assert layer_violations({"kafka_pipeline.runtime.consumer": {"kafka_pipeline.claimx.events"}}) == [
         "kafka_pipeline.runtime.consumer imports kafka_pipeline.claimx.events (runtime may not import claimx)"
     ]
-    assert layer_violations({"kafka_pipeline.writer.entity_writer": {"kafka_pipeline.commands.write"}})
+    assert layer_violations({"kafka_pipeline.workers.writer.entity_writer": {"kafka_pipeline.commands.write"}})
+    assert layer_violations({"kafka_pipeline.workers.writer.entity_writer": {"kafka_pipeline.workers.enrich.worker"}}) == [
+        "kafka_pipeline.workers.writer.entity_writer imports kafka_pipeline.workers.enrich.worker (workers.writer may not import workers.enrich)"
+    ]
     assert layer_violations({"kafka_pipeline.newpackage.thing": set()}) == [
         "kafka_pipeline.newpackage.thing belongs to no package with a rule (add it to RULES)"
     ]
@@ -188,5 +204,5 @@ def test_each_rule_fails_on_a_made_up_violation() -> None:
     ]
     # and the real graph is read: the runtime's loop imports the Kafka clients module, the enrichment worker the domain
     edges = graph()
-    assert "kafka_pipeline.runtime.kafka" in edges["kafka_pipeline.runtime.consumer"]
-    assert any(package_of(t) == "claimx" for t in edges["kafka_pipeline.claimx.enrich.worker"])
+    assert "kafka_pipeline.kafka.clients" in edges["kafka_pipeline.runtime.consumer"]
+    assert any(package_of(t) == "claimx" for t in edges["kafka_pipeline.workers.enrich.worker"])

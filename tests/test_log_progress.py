@@ -24,12 +24,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from kafka_pipeline.config import KafkaSettings, Settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer
+from kafka_pipeline.kafka.connection import connection_kwargs
 from kafka_pipeline.offsets.log_identity import describe_partitions
-from kafka_pipeline.offsets.reset import ResetTarget, apply_reset, plan_reset
-from kafka_pipeline.runtime.connection import connection_kwargs
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer
-from kafka_pipeline.writer.entity_writer import EntityWriter, LogChanged, table_writers
-from kafka_pipeline.writer.log_progress import LogProgress, progress_ids
+from kafka_pipeline.ops.reset_offsets import ResetTarget, apply_reset, plan_reset
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter, LogChanged, table_writers
+from kafka_pipeline.workers.writer.log_progress import LogProgress, progress_ids
 from tests.test_enrich_worker import until
 from tests.test_entity_writer import (
     build_stream,

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, MaintenanceSettings, load_settings
 from kafka_pipeline.delta import DeltaTableWriter, clock_table_uri, table_uri
-from kafka_pipeline.delta.maintenance import disk_bytes
-from kafka_pipeline.delta.maintenance_loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
 from kafka_pipeline.errors import ConfigError
+from kafka_pipeline.maintenance.loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
+from kafka_pipeline.maintenance.operations import disk_bytes
 from kafka_pipeline.ops.status import table_statuses
-from kafka_pipeline.writer.entity_writer import EntityWriter
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 from tests.test_enrich_worker import until
 from tests.test_entity_writer import build_stream, encoded, produce, read_rows, table_contents, wait_committed, writer_settings
 from tests.test_entity_writer import reference as reference_tables

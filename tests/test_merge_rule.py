@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.delta import DeltaTableWriter, merge_expressions, merge_rule
-from kafka_pipeline.writer.entity_writer import read_table
-from kafka_pipeline.writer.row_conversion import BatchBuilder, parse_timestamp
+from kafka_pipeline.workers.writer.entity_writer import read_table
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, parse_timestamp
 from tests.test_entity_writer import read_rows
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

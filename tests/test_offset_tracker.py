@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafka_pipeline.runtime.offset_tracker import OffsetTracker
+from kafka_pipeline.offsets.tracker import OffsetTracker
 
 
 def test_out_of_order_completion_commits_only_the_finished_prefix() -> None:

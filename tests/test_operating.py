@@ -34,15 +34,15 @@ import yaml
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import KafkaSettings, Settings
-from kafka_pipeline.delta.maintenance import table_row_counts
+from kafka_pipeline.dead_letters.routing import RETRY_ATTEMPT, RETRY_DUE_AT, RETRY_TARGET_TOPIC
 from kafka_pipeline.embedded.broker import EmbeddedBroker
 from kafka_pipeline.embedded.stack import EmbeddedStack
+from kafka_pipeline.kafka.clients import make_producer
+from kafka_pipeline.lifecycle.processes import stop_process
+from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.replay import replay
 from kafka_pipeline.ops.replay_sources import FileSource
 from kafka_pipeline.ops.status import DlqStatus, GroupStatus, PartitionStatus, RetryStatus, Status, WorkerStatus, collect, problems
-from kafka_pipeline.retry.routing import RETRY_ATTEMPT, RETRY_DUE_AT, RETRY_TARGET_TOPIC
-from kafka_pipeline.runtime.kafka import make_producer
-from kafka_pipeline.runtime.processes import stop_process
 from kafka_pipeline.simulator import SimulatorProcess
 from tests.fixtures.redis import RedisServer, free_port
 

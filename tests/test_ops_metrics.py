@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot
 from kafka_pipeline.config import CacheSettings, KafkaSettings
-from kafka_pipeline.runtime.consumer_lag import ConsumerLag
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.observability.logging import configure_logging, get_logger
+from kafka_pipeline.offsets.consumer_lag import ConsumerLag
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.logging import configure_logging, get_logger
-from kafka_pipeline.writer.table_freshness import TableFreshness
+from kafka_pipeline.workers.writer.table_freshness import TableFreshness
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from kafka_pipeline.cli import command_modules, main
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.errors import BrokerUnreachable, ConfigError
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
 
 
 def test_env_overrides_yaml(monkeypatch: pytest.MonkeyPatch) -> None:

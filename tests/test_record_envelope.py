@@ -21,17 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.argument_types import duration, point_in_time
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
-from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.entity_rows import MAX_MESSAGE_BYTES, EntityRowsMessage
 from kafka_pipeline.claimx.events import MAX_EVENT_BYTES, parse_event
 from kafka_pipeline.claimx.handlers.base import RefreshLimit
 from kafka_pipeline.cli import main
 from kafka_pipeline.config import ApiSettings, KafkaSettings, Settings, load_settings
-from kafka_pipeline.dlq.operations import DlqEntry, DlqSnapshot, _entry, _marker_target, inspect_entries, replay_refusal
-from kafka_pipeline.errors import ConfigError, PermanentError
-from kafka_pipeline.ops import status as status_module
-from kafka_pipeline.runtime.dead_letter import (
+from kafka_pipeline.dead_letters.envelope import (
     MAX_DLQ_KEY_BYTES,
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
@@ -40,7 +35,12 @@ from kafka_pipeline.runtime.dead_letter import (
     dead_letter_for,
     dlq_key,
 )
-from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
+from kafka_pipeline.errors import ConfigError, PermanentError
+from kafka_pipeline.ops import status as status_module
+from kafka_pipeline.ops.dlq import DlqEntry, DlqSnapshot, _entry, _marker_target, inspect_entries, replay_refusal
+from kafka_pipeline.workers.enrich.metrics import EnrichMetrics
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch
 from tests.faults.envelopes import bomb
 from tests.test_api_client import TOKEN, Recorder, Sleeps
 

@@ -23,6 +23,7 @@ from kafka_pipeline.cli import main
 from kafka_pipeline.commands.arguments import duration, point_in_time
 from kafka_pipeline.config import DeltaSettings, KafkaSettings
 from kafka_pipeline.delta.table_writer import DeltaTableWriter
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
 from kafka_pipeline.offsets import TimeLookupUnsupported
 from kafka_pipeline.ops.replay import UNREADABLE, key_of, replay
 from kafka_pipeline.ops.replay_sources import (
@@ -33,8 +34,7 @@ from kafka_pipeline.ops.replay_sources import (
     TopicSource,
     event_from_row,
 )
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.writer.row_conversion import BatchBuilder
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder
 
 # Record timestamps near now: Apache Kafka's retention (7 days by default) deletes records
 # stamped further back at its next check, which moved the log start under a test.

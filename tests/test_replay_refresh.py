@@ -22,7 +22,6 @@ import pytest
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import refresh_requested
@@ -35,9 +34,10 @@ from kafka_pipeline.config import (
     load_settings,
 )
 from kafka_pipeline.delta.table_writer import read_delta_table, table_uri
-from kafka_pipeline.runtime.topic_offsets import group_lag
+from kafka_pipeline.offsets.topic_offsets import group_lag
 from kafka_pipeline.simulator import SimulatorProcess
-from kafka_pipeline.writer.entity_writer import EntityWriter
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 
 PROJECT = 5_000_003  # its projectNumber differs between seeds 7 and 8
 OTHER = 5_000_004

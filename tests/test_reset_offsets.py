@@ -13,9 +13,9 @@ from aiokafka import TopicPartition
 
 from kafka_pipeline.cli import main
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.dlq.operations import purge, purge_group, read_dlq
-from kafka_pipeline.runtime.dead_letter import RecordView, dead_letter_for
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.dead_letters.envelope import RecordView, dead_letter_for
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.ops.dlq import purge, purge_group, read_dlq
 
 # Record timestamps near now: Apache Kafka's retention (7 days by default) deletes records
 # stamped further back at its next check, which moved the log start under a test.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kafka_pipeline.errors import AuthError, PermanentError, TransientError
-from kafka_pipeline.retry.routing import (
+from kafka_pipeline.dead_letters.envelope import DeadLetter
+from kafka_pipeline.dead_letters.envelope import RecordView as Record
+from kafka_pipeline.dead_letters.routing import (
     MAX_ERROR_HEADER_BYTES,
     MAX_RETRY_MESSAGE_BYTES,
     RETRY_ATTEMPT,
@@ -24,8 +25,7 @@ from kafka_pipeline.retry.routing import (
     parse_retry_headers,
     strip_retry_headers,
 )
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.dead_letter import RecordView as Record
+from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 
 DELAYS = [30.0, 120.0, 600.0, 1800.0]
 TRANSIENT = Failure("ApiUnavailable", "503 from /export/project/17", "transient")

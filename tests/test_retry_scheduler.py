@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from kafka_pipeline.config import KafkaSettings, Settings, load_settings
-from kafka_pipeline.embedded.broker import free_port
-from kafka_pipeline.retry.routing import (
+from kafka_pipeline.dead_letters.envelope import DeadLetter
+from kafka_pipeline.dead_letters.envelope import RecordView as Record
+from kafka_pipeline.dead_letters.routing import (
     RETRY_ATTEMPT,
     RETRY_DUE_AT,
     RETRY_TARGET_TOPIC,
@@ -26,11 +27,10 @@ from kafka_pipeline.retry.routing import (
     next_hop,
     now_ms,
 )
-from kafka_pipeline.retry.scheduler import RetryScheduler
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.dead_letter import RecordView as Record
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.topic_offsets import committed_offsets, high_watermarks
+from kafka_pipeline.embedded.broker import free_port
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.offsets.topic_offsets import committed_offsets, high_watermarks
+from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSIENT = Failure("ApiUnavailable", "503", "transient")

@@ -14,9 +14,9 @@ from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.maintenance.operations import table_row_counts
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.events import generate_events, write_events
 from tests.test_entity_writer import table_contents
 

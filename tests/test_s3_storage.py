@@ -29,7 +29,6 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import PROJECTS, TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import ConfigError, KafkaSettings, Settings, WorkerSettings
-from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.delta.storage import (
     StorageCredentialsRejected,
     TableRoot,
@@ -40,9 +39,10 @@ from kafka_pipeline.delta.storage import (
     storage_error,
 )
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, open_table
+from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.status import table_statuses
-from kafka_pipeline.writer.entity_writer import EntityWriter, read_table
-from kafka_pipeline.writer.row_conversion import BatchBuilder
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter, read_table
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder
 from tests.fixtures.s3 import S3Server
 from tests.test_enrich_worker import until
 from tests.test_entity_writer import (

@@ -22,13 +22,13 @@ from pydantic import SecretStr
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.kafka_broker import SCRAM_MECHANISM, KafkaBroker, make_certificates
 from kafka_pipeline.embedded.worker_process import WorkerProcess
 from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.kafka.clients import BrokerUnreachable, ensure_topics
+from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.replay import replay
 from kafka_pipeline.ops.replay_sources import FileSource
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, ensure_topics
 from kafka_pipeline.simulator.events import generate_events, write_events
 from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.fixtures.broker import unique_topics

@@ -16,9 +16,9 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import TABLES, TableSpec
 from kafka_pipeline.cli import main
 from kafka_pipeline.delta import DeltaTableWriter, TableSchemaError, clock_table_uri, table_uri
-from kafka_pipeline.delta.maintenance import describe, maintain
-from kafka_pipeline.writer.entity_writer import read_table
-from kafka_pipeline.writer.row_conversion import BatchBuilder
+from kafka_pipeline.maintenance.operations import describe, maintain
+from kafka_pipeline.workers.writer.entity_writer import read_table
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder
 from tests.test_entity_writer import read_rows
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

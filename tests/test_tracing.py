@@ -25,16 +25,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import KafkaSettings, load_settings
 from kafka_pipeline.delta.table_writer import table_uri
 from kafka_pipeline.embedded.broker import free_port
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.observability import tracing
 from kafka_pipeline.ops.inject import build_event
-from kafka_pipeline.runtime import tracing
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 from kafka_pipeline.simulator import SimulatorProcess
-from kafka_pipeline.writer.entity_writer import EntityWriter
+from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
+from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,9 +175,9 @@ def test_off_unless_the_otel_variables_ask_and_then_the_hooks_do_nothing() -> No
     assert tracing.with_trace_headers(headers) is headers and tracing.carry(len) is len and tracing.context_of(headers) is None
     # a worker without OTEL_* loads neither the tracing SDK nor the httpx instrumentation (redis-py
     # imports OpenTelemetry's metrics API for its own observability: not ours)
-    probe = ("import sys; from kafka_pipeline.runtime.signals import run_worker; "
-             "from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker; "
-             "from kafka_pipeline.writer.entity_writer import EntityWriter; from kafka_pipeline.runtime.tracing import configure_tracing; "
+    probe = ("import sys; from kafka_pipeline.lifecycle.signals import run_worker; "
+             "from kafka_pipeline.workers.enrich.worker import EnrichmentWorker; "
+             "from kafka_pipeline.workers.writer.entity_writer import EntityWriter; from kafka_pipeline.observability.tracing import configure_tracing; "
              "assert not configure_tracing('w'); "
              "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk.trace', 'opentelemetry.instrumentation'))))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}

@@ -8,8 +8,8 @@ import asyncio
 from kafka_pipeline.commands.arguments import apply_overrides
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.kafka.clients import ensure_topics
 from kafka_pipeline.ops.acls import Role, acl_lines, apply_acls, parse_principal, pipeline_acls
-from kafka_pipeline.runtime.kafka import ensure_topics
 
 NAME = "acls"
 HELP = "Print or apply the broker ACLs each worker needs."

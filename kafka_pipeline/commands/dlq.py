@@ -8,10 +8,10 @@ import json
 import sys
 
 from kafka_pipeline.config import KafkaSettings, load_settings
-from kafka_pipeline.dlq import operations as dlq_ops
-from kafka_pipeline.dlq.terminal import printable
 from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.ops import dlq as dlq_ops
+from kafka_pipeline.ops.text import printable
 
 NAME = "dlq"
 HELP = "List, inspect, replay or purge dead letters."

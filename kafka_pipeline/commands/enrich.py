@@ -7,7 +7,7 @@ import argparse
 from kafka_pipeline.claimx.cache.admin import check_admin_exposure
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.runtime.signals import run_worker
+from kafka_pipeline.lifecycle.signals import run_worker
 
 NAME = "enrich"
 HELP = "Run the enrichment worker: events -> API -> entity rows."
@@ -47,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
     })
     check_admin_exposure(settings)
     settings.api.resolved_token()  # an unreadable token file is a one-line error now, not a traceback later
-    from kafka_pipeline.claimx.enrich.worker import EnrichmentWorker  # noqa: PLC0415 - imports the whole domain
+    from kafka_pipeline.workers.enrich.worker import EnrichmentWorker  # noqa: PLC0415 - imports the whole domain
 
     return run_worker(settings, lambda: EnrichmentWorker(settings))

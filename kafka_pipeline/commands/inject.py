@@ -11,8 +11,8 @@ from kafka_pipeline.commands.arguments import point_in_time
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
 from kafka_pipeline.ops.inject import InvalidEvent, build_event
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
 NAME = "inject"
 HELP = "Send one event built from flags."

@@ -8,10 +8,10 @@ import sys
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
 from kafka_pipeline.delta.storage import check_commit_safety, storage_error, table_root
 from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.maintenance.operations import DEFAULT_RETENTION_HOURS, MaintenanceReport, maintain
 from kafka_pipeline.ops.text import size_text
 
 NAME = "maintain"

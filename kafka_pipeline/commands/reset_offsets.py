@@ -13,10 +13,10 @@ from kafka_pipeline.commands.arguments import (
     point_in_time,
 )
 from kafka_pipeline.config import Settings, load_settings
-from kafka_pipeline.dlq.operations import PURGE_GROUP_PREFIX
 from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
-from kafka_pipeline.offsets.reset import (
+from kafka_pipeline.ops.dlq import PURGE_GROUP_PREFIX
+from kafka_pipeline.ops.reset_offsets import (
     ResetTarget,
     active_members,
     apply_reset,

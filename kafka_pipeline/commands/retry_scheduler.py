@@ -6,8 +6,8 @@ import argparse
 
 from kafka_pipeline.commands.arguments import apply_overrides, port, positive_float, positive_int
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.retry.scheduler import RetryScheduler
-from kafka_pipeline.runtime.signals import run_worker
+from kafka_pipeline.lifecycle.signals import run_worker
+from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 
 NAME = "retry-scheduler"
 HELP = "Run the retry scheduler: due retries back to their topic."

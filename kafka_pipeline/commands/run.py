@@ -26,11 +26,11 @@ import httpx
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.delta.storage import check_commit_safety, table_root
 from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.embedded.stack_file import remove_stack_file, write_stack_file
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.replay import replay
 from kafka_pipeline.ops.replay_sources import FileSource
 

@@ -13,10 +13,10 @@ from deltalake.exceptions import DeltaError
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.commands.arguments import add_storage_arguments, apply_storage_arguments
 from kafka_pipeline.config import load_settings
-from kafka_pipeline.delta.maintenance import TableDescription, describe
 from kafka_pipeline.delta.storage import TableRoot, storage_error, table_root
 from kafka_pipeline.embedded.stack_file import use_running_stack
 from kafka_pipeline.errors import UsageError
+from kafka_pipeline.maintenance.operations import TableDescription, describe
 from kafka_pipeline.ops.text import ago_text, size_text
 
 NAME = "tables"

@@ -13,7 +13,7 @@ from kafka_pipeline.commands.arguments import (
     positive_int,
 )
 from kafka_pipeline.config import Settings, load_settings
-from kafka_pipeline.runtime.signals import run_worker
+from kafka_pipeline.lifecycle.signals import run_worker
 
 NAME = "write"
 HELP = "Run the entity writer: entity rows -> Delta tables."
@@ -52,7 +52,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    from kafka_pipeline.writer.entity_writer import EntityWriter  # noqa: PLC0415 - imports deltalake
+    from kafka_pipeline.workers.writer.entity_writer import EntityWriter  # noqa: PLC0415 - imports deltalake
 
     if args.dry_run:
         return asyncio.run(_print_plan(settings))
@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def _print_plan(settings: Settings) -> int:
     """Per partition: resumed, new, or refused (and what --adopt-new-log would do)."""
-    from kafka_pipeline.runtime.kafka import ensure_topics, first_contact, make_consumer  # noqa: PLC0415
-    from kafka_pipeline.runtime.topic_offsets import topic_partitions  # noqa: PLC0415
-    from kafka_pipeline.writer.entity_writer import table_writers  # noqa: PLC0415
-    from kafka_pipeline.writer.log_progress import LogProgress  # noqa: PLC0415
+    from kafka_pipeline.kafka.clients import ensure_topics, first_contact, make_consumer  # noqa: PLC0415
+    from kafka_pipeline.offsets.topic_offsets import topic_partitions  # noqa: PLC0415
+    from kafka_pipeline.workers.writer.entity_writer import table_writers  # noqa: PLC0415
+    from kafka_pipeline.workers.writer.log_progress import LogProgress  # noqa: PLC0415
 
     kafka, topic = settings.kafka, settings.kafka.entity_rows_topic
     await ensure_topics(kafka, [topic])

@@ -37,8 +37,8 @@ from kafka_pipeline.delta import merge_rule
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, TableContract
 from kafka_pipeline.delta.storage import CLOCKS_DIR, join_uri, storage_error
 from kafka_pipeline.errors import PermanentError, TransientError
-from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.tracing import traced_call
+from kafka_pipeline.observability.tracing import traced_call
+from kafka_pipeline.resilience.backoff import backoff_delay
 
 
 class TableSchemaError(PermanentError):

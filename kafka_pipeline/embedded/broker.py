@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kafka_pipeline.errors import UserError
-from kafka_pipeline.runtime.processes import stop_process
+from kafka_pipeline.lifecycle.processes import stop_process
 
 
 class BrokerError(UserError):

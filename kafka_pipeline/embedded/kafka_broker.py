@@ -28,7 +28,7 @@ from pathlib import Path
 from aiokafka.client import AIOKafkaClient
 
 from kafka_pipeline.embedded.broker import BrokerError, die_with_parent, free_port, wait_for_port
-from kafka_pipeline.runtime.processes import stop_process
+from kafka_pipeline.lifecycle.processes import stop_process
 
 JARS_DIR_ENV = "KAFKA_JARS_DIR"
 DEFAULT_JARS_DIR = Path.home() / ".cache" / "kafka-pipeline" / "kafka-jars"

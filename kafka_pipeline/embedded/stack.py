@@ -19,8 +19,8 @@ from kafka_pipeline.config import Settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 from kafka_pipeline.embedded.worker_process import WorkerProcess
-from kafka_pipeline.runtime.kafka import ensure_topics
-from kafka_pipeline.runtime.topic_offsets import group_lag, high_watermarks
+from kafka_pipeline.kafka.clients import ensure_topics
+from kafka_pipeline.offsets.topic_offsets import group_lag, high_watermarks
 from kafka_pipeline.simulator.server import SimulatorProcess
 
 WORKER_COMMANDS = ("enrich", "write", "retry-scheduler")

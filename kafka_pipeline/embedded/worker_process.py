@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from kafka_pipeline.runtime.processes import stop_process
+from kafka_pipeline.lifecycle.processes import stop_process
 
 
 @dataclass

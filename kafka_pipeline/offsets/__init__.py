@@ -1,5 +1,5 @@
-"""Offsets by hand: where a topic's partitions begin and end, which offset a point in time is
-(`positions`), and moving a consumer group's committed offsets (`reset`)."""
+"""Offsets: where a topic's partitions begin and end, which offset a point in time is
+(`positions`), what the log is (`log_identity`), what a worker has done (`tracker`), and lag."""
 
 from __future__ import annotations
 

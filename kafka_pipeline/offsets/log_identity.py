@@ -43,8 +43,8 @@ from aiokafka.protocol.types import (
 )
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.kafka import make_consumer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.kafka.clients import make_consumer
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 
 NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 

@@ -25,9 +25,9 @@ from aiokafka.errors import KafkaError, UnsupportedVersionError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.errors import BrokerUnreachable
+from kafka_pipeline.kafka.clients import make_consumer
 from kafka_pipeline.offsets import OffsetsError, TimeLookupUnsupported
-from kafka_pipeline.runtime.kafka import make_consumer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 
 CHECK_TIMEOUT_S = 5.0
 

@@ -36,9 +36,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.dlq.operations import purge_group
 from kafka_pipeline.errors import UserError
-from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact
+from kafka_pipeline.kafka.clients import connection_kwargs, first_contact
+from kafka_pipeline.ops.dlq import purge_group
 
 Role = Literal["enrich", "writer", "retry-scheduler", "operator", "source"]
 ROLES: tuple[Role, ...] = ("enrich", "writer", "retry-scheduler", "operator", "source")

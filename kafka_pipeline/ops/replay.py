@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from kafka_pipeline.claimx.handlers.base import REFRESH_PROJECT_HEADER
 from kafka_pipeline.config import KafkaSettings
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
 from kafka_pipeline.ops.replay_sources import EventFilter, Source, describe
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
 
 UNREADABLE = "(not an event)"  # the summary's label for records without an event type
 ACK_EVERY = 1000  # sends awaited together

@@ -4,7 +4,7 @@ Everything is read, nothing is joined or committed, and the parts are read concu
 
 - per consumer group (enrich, writer, retry scheduler): its members, and per partition of the
   topic it consumes the committed offset, the end offset (high watermark) and the lag;
-- the DLQ since its purge point, by error category (`kafka_pipeline.dlq.operations`);
+- the DLQ since its purge point, by error category (`kafka_pipeline.ops.dlq`);
 - the retry backlog: the messages after the retry group's committed offsets, and when the
   first of them is due;
 - per Delta table: version, last commit, freshness, and the row count from the add actions'
@@ -45,15 +45,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings
-from kafka_pipeline.delta.maintenance import describe, disk_bytes
+from kafka_pipeline.dead_letters.routing import InvalidRetryHeaders, now_ms, parse_retry_headers
+from kafka_pipeline.dead_letters.undecodable import getmany_past_undecodable
 from kafka_pipeline.delta.storage import storage_error
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
-from kafka_pipeline.dlq import operations as dlq_ops
+from kafka_pipeline.kafka.clients import BrokerUnreachable, connection_kwargs, make_consumer, quiet
+from kafka_pipeline.maintenance.operations import describe, disk_bytes
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
+from kafka_pipeline.ops import dlq as dlq_ops
 from kafka_pipeline.ops.text import ago_text, size_text
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, now_ms, parse_retry_headers
-from kafka_pipeline.runtime.kafka import BrokerUnreachable, connection_kwargs, make_consumer, quiet
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
-from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
 
 CONNECT_TIMEOUT_S = 3.0
 READY_TIMEOUT_S = 1.0

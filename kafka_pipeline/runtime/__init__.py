@@ -1,1 +1,1 @@
-"""What every Kafka worker shares: consumer and producer lifecycle, offsets, commits, dead letters, ops server, cycle stats."""
+"""The consumer loop every worker runs on: the app contract, the loop, cycle stats."""

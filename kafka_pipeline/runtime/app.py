@@ -36,9 +36,9 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
-from kafka_pipeline.runtime.dead_letter import Maker
-from kafka_pipeline.runtime.dead_letter_sink import DeadLetterSink
-from kafka_pipeline.runtime.ops_server import ReadinessCheck
+from kafka_pipeline.dead_letters.envelope import Maker
+from kafka_pipeline.dead_letters.sink import DeadLetterSink
+from kafka_pipeline.observability.ops_server import ReadinessCheck
 
 
 @dataclass(frozen=True)

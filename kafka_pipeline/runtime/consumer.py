@@ -36,17 +36,17 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter
 
 from kafka_pipeline.config import KafkaSettings, Settings, WorkerSettings
+from kafka_pipeline.dead_letters.envelope import RecordView
+from kafka_pipeline.dead_letters.sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
+from kafka_pipeline.dead_letters.undecodable import UNDECODABLE
+from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.observability.metrics import metric
+from kafka_pipeline.observability.ops_server import OpsServer
+from kafka_pipeline.offsets.consumer_lag import ConsumerLag
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
+from kafka_pipeline.offsets.tracker import OffsetTracker
 from kafka_pipeline.runtime.app import ConsumerApp, ConsumerSpec
-from kafka_pipeline.runtime.consumer_lag import ConsumerLag
-from kafka_pipeline.runtime.dead_letter import RecordView
-from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed, DeadLetterSink, letter_for_exception
-from kafka_pipeline.runtime.kafka import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.metrics import metric
-from kafka_pipeline.runtime.offset_tracker import OffsetTracker
-from kafka_pipeline.runtime.ops_server import OpsServer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
-from kafka_pipeline.runtime.undecodable import UNDECODABLE
 
 log = get_logger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
+from kafka_pipeline.observability.logging import IN_MESSAGE, get_logger
 
 log = get_logger(__name__)
 

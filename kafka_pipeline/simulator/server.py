@@ -29,7 +29,7 @@ from pydantic import SecretStr, ValidationError
 
 from kafka_pipeline.argument_types import port
 from kafka_pipeline.config import ApiSettings
-from kafka_pipeline.runtime.processes import stop_process
+from kafka_pipeline.lifecycle.processes import stop_process
 from kafka_pipeline.simulator.app import DEFAULT_PASSWORD, DEFAULT_USER, create_app, make_token
 from kafka_pipeline.simulator.data import DEFAULT_SEED
 from kafka_pipeline.simulator.faults import FaultSettings

@@ -27,15 +27,15 @@ from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings, Settings, load_settings
-from kafka_pipeline.dlq.operations import DlqSnapshot, read_dlq
+from kafka_pipeline.dead_letters.envelope import DeadLetter
 from kafka_pipeline.embedded.stack import WORKER_COMMANDS, DrainStatus, EmbeddedStack
 from kafka_pipeline.errors import PermanentError
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
+from kafka_pipeline.ops.dlq import DlqSnapshot, read_dlq
 from kafka_pipeline.ops.replay import replay
 from kafka_pipeline.ops.replay_sources import FileSource
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.events import MALFORMED_KINDS, generate_events, write_events
-from kafka_pipeline.writer.entity_writer import read_table
+from kafka_pipeline.workers.writer.entity_writer import read_table
 from tests.fixtures.broker import unique_topics
 
 # Columns that record when the writer wrote a row, not what the stream said: the only ones

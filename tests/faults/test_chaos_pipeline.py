@@ -41,8 +41,8 @@ import pytest
 
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.dead_letters.envelope import EncodedBytes
 from kafka_pipeline.errors import PermanentError
-from kafka_pipeline.runtime.dead_letter import EncodedBytes
 from tests.faults.harness import (
     PipelineRun,
     Stream,

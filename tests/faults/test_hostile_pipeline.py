@@ -41,8 +41,8 @@ from aiokafka.errors import InvalidTimestampError
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
-from kafka_pipeline.runtime.dead_letter import DeadLetter
-from kafka_pipeline.runtime.kafka import make_producer
+from kafka_pipeline.dead_letters.envelope import DeadLetter
+from kafka_pipeline.kafka.clients import make_producer
 from tests.faults.envelopes import Envelope, bomb, send_raw
 from tests.faults.harness import (
     PipelineRun,

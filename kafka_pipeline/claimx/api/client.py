@@ -62,10 +62,10 @@ from httpx_aiohttp import AiohttpTransport
 
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, PermanentError, PipelineError, TransientError
-from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.tracing import traced_transport
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.observability.tracing import traced_transport
+from kafka_pipeline.resilience.backoff import backoff_delay
+from kafka_pipeline.resilience.circuit_breaker import CircuitBreaker, State
 
 log = get_logger(__name__)
 

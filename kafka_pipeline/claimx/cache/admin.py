@@ -34,7 +34,7 @@ from kafka_pipeline.claimx.cache.redis_tier import MAX_INVALIDATION_IDS
 from kafka_pipeline.claimx.cache.warm import Warmer
 from kafka_pipeline.config import Settings
 from kafka_pipeline.errors import ConfigError
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.observability.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 from kafka_pipeline.claimx.cache.stats import CacheStats
-from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.observability.metrics import metric
 
 PREFIX = "claimx_project_cache"
 

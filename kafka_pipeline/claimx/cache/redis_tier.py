@@ -49,8 +49,8 @@ from kafka_pipeline.claimx.api.client import API_ID_PATTERN
 from kafka_pipeline.claimx.cache.shared import LOCAL, SharedAnswer, TierCounters, TierState
 from kafka_pipeline.claimx.cache.store import entry_jitter_s
 from kafka_pipeline.config import CacheSettings
-from kafka_pipeline.runtime.circuit_breaker import CircuitBreaker, State
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.resilience.circuit_breaker import CircuitBreaker, State
 
 log = get_logger(__name__)
 

@@ -20,7 +20,7 @@ from kafka_pipeline.claimx.cache.single_flight import FlightResult, Flights
 from kafka_pipeline.claimx.cache.stats import Counters
 from kafka_pipeline.claimx.cache.verification import Loader, RefreshCallback
 from kafka_pipeline.config import CacheSettings
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.observability.logging import get_logger
 
 log = get_logger(__name__)
 

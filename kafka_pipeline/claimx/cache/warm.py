@@ -21,7 +21,7 @@ from deltalake import DeltaTable
 from kafka_pipeline.claimx.schemas import PROJECTS
 from kafka_pipeline.config import DeltaSettings
 from kafka_pipeline.delta.storage import TableRoot
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.observability.logging import get_logger
 
 if TYPE_CHECKING:
     from kafka_pipeline.claimx.cache.project_cache import ProjectCache

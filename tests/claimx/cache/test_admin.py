@@ -16,7 +16,7 @@ from kafka_pipeline.claimx.cache.admin import admin_routes, cache_routes, is_loo
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 from kafka_pipeline.claimx.cache.warm import delta_warmer
 from kafka_pipeline.config import CacheSettings, ConfigError, DeltaSettings, Settings
-from kafka_pipeline.runtime.ops_server import OpsServer
+from kafka_pipeline.observability.ops_server import OpsServer
 from tests.claimx.cache.helpers import Loader, event, make_worker, settings_for, tier_of, until
 
 

@@ -20,11 +20,11 @@ import pytest
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.delta.maintenance import table_row_counts
 from kafka_pipeline.embedded.broker import free_port
 from kafka_pipeline.embedded.worker_process import WorkerProcess
-from kafka_pipeline.runtime.kafka import ensure_topics, make_producer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.maintenance.operations import table_row_counts
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.ids import project_children, project_ids
 from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.claimx.cache.helpers import wait_until

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from kafka_pipeline.delta.maintenance import describe
 from kafka_pipeline.delta.table_writer import table_uri
+from kafka_pipeline.maintenance.operations import describe
 
 
 class TableFreshness(Collector):

@@ -18,8 +18,8 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.broker_capabilities import known_capabilities
-from kafka_pipeline.runtime.kafka import make_consumer
+from kafka_pipeline.kafka.capabilities import known_capabilities
+from kafka_pipeline.kafka.clients import make_consumer
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

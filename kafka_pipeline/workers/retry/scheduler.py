@@ -5,7 +5,7 @@ polling, pausing, rebalances, commits of the finished prefix of each partition, 
 module is only the scheduler's own logic: a heap of messages ordered by due time.
 
 - It consumes the retry topic in the consumer group `settings.retry.group_id`. A message's
-  retry headers (see `kafka_pipeline.retry.routing`) say where it goes (`retry-target-topic`) and
+  retry headers (see `kafka_pipeline.dead_letters.routing`) say where it goes (`retry-target-topic`) and
   not before when (`retry-due-at`, epoch ms). The message is forwarded with its key, value and
   *all* its headers, retry headers included: the worker that consumes it from the target topic
   reads its attempt number with `attempt_of(record.headers)`.
@@ -48,14 +48,14 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.retry.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.dead_letters.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
+from kafka_pipeline.dead_letters.sink import Letter
+from kafka_pipeline.kafka.clients import connection_kwargs
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.observability.metrics import metric
+from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
-from kafka_pipeline.runtime.dead_letter_sink import Letter
-from kafka_pipeline.runtime.kafka import connection_kwargs
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.metrics import metric
-from kafka_pipeline.runtime.ops_server import ReadinessCheck
 
 log = get_logger(__name__)
 

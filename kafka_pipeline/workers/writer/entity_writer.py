@@ -44,23 +44,23 @@ from pydantic import ValidationError
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import Settings
+from kafka_pipeline.dead_letters.envelope import safe_text
+from kafka_pipeline.dead_letters.sink import MESSAGE_LIMIT, Letter
 from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, storage_error
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
+from kafka_pipeline.maintenance.policy import WriterMaintenance
+from kafka_pipeline.observability.logging import IN_MESSAGE, get_logger
+from kafka_pipeline.observability.metrics import metric
+from kafka_pipeline.observability.ops_server import ReadinessCheck
+from kafka_pipeline.observability.tracing import carry, linked_span
 from kafka_pipeline.offsets.log_identity import record_fingerprint
+from kafka_pipeline.resilience.backoff import backoff_delay
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
-from kafka_pipeline.runtime.backoff import backoff_delay
 from kafka_pipeline.runtime.consumer import run_app
-from kafka_pipeline.runtime.dead_letter import safe_text
-from kafka_pipeline.runtime.dead_letter_sink import MESSAGE_LIMIT, Letter
-from kafka_pipeline.runtime.logging import IN_MESSAGE, get_logger
-from kafka_pipeline.runtime.metrics import metric
-from kafka_pipeline.runtime.ops_server import ReadinessCheck
-from kafka_pipeline.runtime.tracing import carry, linked_span
-from kafka_pipeline.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
-from kafka_pipeline.writer.maintenance import WriterMaintenance
-from kafka_pipeline.writer.row_conversion import BatchBuilder, SchemaMismatch
-from kafka_pipeline.writer.table_freshness import TableFreshness
+from kafka_pipeline.workers.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch
+from kafka_pipeline.workers.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
 

@@ -9,9 +9,9 @@ from typing import Any, Literal
 from kafka_pipeline.claimx.events import ClaimXEvent
 from kafka_pipeline.claimx.handlers import HANDLERS
 from kafka_pipeline.config import Settings
+from kafka_pipeline.dead_letters.envelope import DeadLetter, dlq_key
+from kafka_pipeline.dead_letters.routing import RetryMessage, next_hop
 from kafka_pipeline.errors import PipelineError
-from kafka_pipeline.retry.routing import RetryMessage, next_hop
-from kafka_pipeline.runtime.dead_letter import DeadLetter, dlq_key
 
 Outcome = Literal["succeeded", "skipped", "retried", "dead_lettered"]
 OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "retried", "dead_lettered")
@@ -35,7 +35,7 @@ def route_failure(record: Any, error: PipelineError, *, settings: Settings, trac
     - permanent (malformed message, 404 and other 4xx): the dead-letter topic, with the reason;
     - transient (5xx, 429, timeouts, open circuit, after the client's in-process retries): the
       retry topic while `settings.retry.delays_s` has a delay left for the message's attempt
-      (`kafka_pipeline.retry.routing.next_hop`), then the dead-letter topic.
+      (`kafka_pipeline.dead_letters.routing.next_hop`), then the dead-letter topic.
 
     An auth failure (401) is not the event's fault and never comes here: the worker holds the
     event and pauses (`credentials.CredentialsGate`); `next_hop` raises ValueError for it.

@@ -22,8 +22,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.errors import BrokerUnreachable
+from kafka_pipeline.kafka.clients import connection_kwargs, make_consumer
 from kafka_pipeline.offsets import OffsetsError, positions
-from kafka_pipeline.runtime.kafka import connection_kwargs, make_consumer
 
 Mode = Literal["earliest", "latest", "offset", "datetime", "shift"]
 

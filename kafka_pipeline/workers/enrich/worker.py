@@ -52,23 +52,23 @@ from kafka_pipeline.claimx.cache.admin import admin_routes
 from kafka_pipeline.claimx.cache.factory import build_project_cache
 from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache, ProjectSnapshot
 from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
-from kafka_pipeline.claimx.enrich.credentials import CredentialsGate
-from kafka_pipeline.claimx.enrich.lanes import ProjectLanes, Slot, Slots, Turn
-from kafka_pipeline.claimx.enrich.metrics import EnrichMetrics
-from kafka_pipeline.claimx.enrich.outcomes import OUTCOMES, Outcome, WorkerCounts, route_failure, type_label
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, RefreshLimit, refresh_requested
 from kafka_pipeline.config import Settings
+from kafka_pipeline.dead_letters.sink import DeadLetterFailed
 from kafka_pipeline.errors import PermanentError, PipelineError, WorkerFailed
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.observability.ops_server import ReadinessCheck
+from kafka_pipeline.observability.tracing import traced_consume, with_trace_headers
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
-from kafka_pipeline.runtime.dead_letter_sink import DeadLetterFailed
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.ops_server import ReadinessCheck
-from kafka_pipeline.runtime.tracing import traced_consume, with_trace_headers
+from kafka_pipeline.workers.enrich.credentials import CredentialsGate
+from kafka_pipeline.workers.enrich.lanes import ProjectLanes, Slot, Slots, Turn
+from kafka_pipeline.workers.enrich.metrics import EnrichMetrics
+from kafka_pipeline.workers.enrich.outcomes import OUTCOMES, Outcome, WorkerCounts, route_failure, type_label
 
 __all__ = ["EnrichmentWorker", "WorkerAborted", "WorkerCounts", "route_failure"]
 

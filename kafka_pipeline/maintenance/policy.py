@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import MaintenanceSettings, Settings
-from kafka_pipeline.delta.maintenance_loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
+from kafka_pipeline.maintenance.loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
 
 MAINTENANCE_PARTITION = 0
 

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.observability.metrics import metric
 
 LABELS = ["group", "topic", "partition"]
 COMMITTED_TIMEOUT_S = 1.0  # a scrape must answer quickly; a slow coordinator costs one stale value

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
 from kafka_pipeline.errors import AuthError, PermanentError
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.observability.logging import get_logger
 
 log = get_logger(__name__)
 

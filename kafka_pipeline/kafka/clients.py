@@ -24,8 +24,8 @@ from aiokafka.errors import (
 
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.errors import BrokerUnreachable
-from kafka_pipeline.runtime.broker_capabilities import producer_idempotence, resolve_capabilities
-from kafka_pipeline.runtime.connection import connection_kwargs
+from kafka_pipeline.kafka.capabilities import producer_idempotence, resolve_capabilities
+from kafka_pipeline.kafka.connection import connection_kwargs
 
 # What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
 CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.runtime.connection import connection_kwargs
+from kafka_pipeline.kafka.connection import connection_kwargs
 
 log = logging.getLogger(__name__)
 

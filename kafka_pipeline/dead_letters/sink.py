@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry, Counter
 
+from kafka_pipeline.dead_letters.envelope import DeadLetter, Maker, dead_letter_for, dlq_key, safe_text
 from kafka_pipeline.errors import Category, WorkerFailed
-from kafka_pipeline.runtime.dead_letter import DeadLetter, Maker, dead_letter_for, dlq_key, safe_text
-from kafka_pipeline.runtime.logging import get_logger
-from kafka_pipeline.runtime.metrics import metric
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.observability.metrics import metric
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kafka_pipeline.claimx.transforms import VALUES_NULLED
-from kafka_pipeline.runtime.metrics import LabelCache, collector, metric
+from kafka_pipeline.observability.metrics import LabelCache, collector, metric
 
 
 class _ValuesNulled(Collector):

@@ -3,7 +3,7 @@
 Reading. The DLQ is read with a consumer that joins no group (partitions assigned by hand),
 from each partition's purge point up to its high watermark taken when the read starts, so a
 command sees a stable snapshot while workers keep dead-lettering. The end comes from
-`kafka_pipeline.runtime.topic_offsets.high_watermarks` (the broker's end offsets on Apache Kafka;
+`kafka_pipeline.offsets.topic_offsets.high_watermarks` (the broker's end offsets on Apache Kafka;
 on tansu, whose `end_offsets()` may answer the last batch's base offset, the high watermark of a
 fetch response: see runtime/broker_capabilities.py). If the partitions stop
 delivering before the end is reached (`idle_timeout_s` without a record), the read ends there
@@ -64,14 +64,14 @@ from pydantic import ValidationError
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
 from kafka_pipeline.claimx.events import MAX_EVENT_BYTES
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.dlq.terminal import printable
+from kafka_pipeline.dead_letters.envelope import MAX_DLQ_MESSAGE_BYTES, DeadLetter, EncodedBytes
+from kafka_pipeline.dead_letters.routing import strip_retry_headers
+from kafka_pipeline.dead_letters.undecodable import getmany_past_undecodable
 from kafka_pipeline.errors import BrokerUnreachable, PermanentError
-from kafka_pipeline.retry.routing import strip_retry_headers
-from kafka_pipeline.runtime.dead_letter import MAX_DLQ_MESSAGE_BYTES, DeadLetter, EncodedBytes
-from kafka_pipeline.runtime.kafka import connection_kwargs, first_contact, make_consumer, make_producer
-from kafka_pipeline.runtime.topic_offsets import high_watermarks
-from kafka_pipeline.runtime.undecodable import getmany_past_undecodable
-from kafka_pipeline.writer.row_conversion import BatchBuilder
+from kafka_pipeline.kafka.clients import connection_kwargs, first_contact, make_consumer, make_producer
+from kafka_pipeline.offsets.topic_offsets import high_watermarks
+from kafka_pipeline.ops.text import printable
+from kafka_pipeline.workers.writer.row_conversion import BatchBuilder
 
 MARKER_HEADER = "dlq-marker"
 MAX_RECORD_BYTES = 2 * MAX_DLQ_MESSAGE_BYTES  # our letters are under MAX_DLQ_MESSAGE_BYTES

@@ -58,12 +58,12 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from kafka_pipeline.delta.maintenance import DEFAULT_TARGET_BYTES, TARGET_SIZE_PROPERTY
 from kafka_pipeline.delta.table_writer import open_table
-from kafka_pipeline.runtime.backoff import backoff_delay
-from kafka_pipeline.runtime.logging import get_logger
+from kafka_pipeline.maintenance.operations import DEFAULT_TARGET_BYTES, TARGET_SIZE_PROPERTY
+from kafka_pipeline.observability.logging import get_logger
+from kafka_pipeline.resilience.backoff import backoff_delay
 
-log = get_logger("kafka_pipeline.delta.maintenance")
+log = get_logger("kafka_pipeline.maintenance.operations")
 
 LOG_RETENTION_PROPERTY = "delta.logRetentionDuration"
 DELETED_FILE_RETENTION_PROPERTY = "delta.deletedFileRetentionDuration"

@@ -54,14 +54,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_pipeline.errors import Category, PipelineError
-from kafka_pipeline.runtime.dead_letter import (
+from kafka_pipeline.dead_letters.envelope import (
     MAX_DLQ_MESSAGE_BYTES,
     DeadLetter,
     Maker,
     RecordView,
     dead_letter_for,
 )
+from kafka_pipeline.errors import Category, PipelineError
 
 RETRY_ATTEMPT = "retry-attempt"
 RETRY_DUE_AT = "retry-due-at"

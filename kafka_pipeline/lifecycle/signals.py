@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from kafka_pipeline.config import Settings
-from kafka_pipeline.runtime import event_loop
-from kafka_pipeline.runtime.kafka import set_client_name
-from kafka_pipeline.runtime.logging import configure_logging
-from kafka_pipeline.runtime.tracing import configure_tracing, shutdown
+from kafka_pipeline.kafka.clients import set_client_name
+from kafka_pipeline.lifecycle import event_loop
+from kafka_pipeline.observability.logging import configure_logging
+from kafka_pipeline.observability.tracing import configure_tracing, shutdown
 
 
 class Worker(Protocol):

@@ -1,1 +1,0 @@
-"""Operating the dead-letter topic: list, inspect, replay, purge."""

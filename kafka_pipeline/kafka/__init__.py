@@ -1,0 +1,1 @@
+"""Reaching the brokers: client construction, connection settings, what a broker supports."""

@@ -1,0 +1,1 @@
+"""Retrying and failing fast: jittered backoff and the circuit breaker."""
