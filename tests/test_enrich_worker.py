@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from aiokafka import TopicPartition
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
@@ -36,7 +35,6 @@ from kafka_pipeline.config import ApiSettings, CacheSettings, KafkaSettings, Set
 from kafka_pipeline.dead_letters.envelope import DeadLetter
 from kafka_pipeline.errors import AuthError, PermanentError, TransientError
 from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
-from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import EVENT_TYPES, UNKNOWN_EVENT_TYPE, generate_events
 from kafka_pipeline.simulator.ids import project_children, project_ids
@@ -198,37 +196,6 @@ def test_route_failure_by_category_and_attempt() -> None:
 class _Record:
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
-
-
-def test_cycle_stats_line_and_fields() -> None:
-    now = [0.0]
-    snapshot = CycleSnapshot()
-    stats = CycleStats(lambda: snapshot, interval_s=10, clock=lambda: now[0])
-    snapshot = CycleSnapshot(succeeded=148, failed=2, skipped=0, api_calls=412, gauges={"project_cache_size": 89, "hit_rate": 0.931})
-    now[0] = 3.105
-    with structlog.testing.capture_logs() as logs:
-        fields = stats.tick()
-    assert logs[0]["event"] == (
-        "Cycle 1: processed=150 (succeeded=148, failed=2, skipped=0) | 48.3 events/s | project_cache_size=89 hit_rate=93.1% api_calls=412"
-    )
-    assert fields["processed"] == 150 and fields["events_per_s"] == 48.3 and logs[0]["hit_rate"] == 0.931
-    snapshot = CycleSnapshot(succeeded=150, failed=2, skipped=1, api_calls=420, gauges={})
-    now[0] = 4.105
-    assert stats.tick()["processed"] == 3  # per cycle, not since start
-
-
-def test_cycle_line_counts_skips_per_reason_and_type() -> None:
-    """Skipped events are counted in the cycle line per reason and event type, per cycle."""
-    snapshot = CycleSnapshot(skipped=3, skipped_by={("unknown type", "PROJECT_NOTE_ADDED"): 2, ("unknown type", "X_Y"): 1})
-    stats = CycleStats(lambda: snapshot, interval_s=10)
-    with structlog.testing.capture_logs() as logs:
-        fields = stats.tick()
-    assert "skipped=3: unknown type PROJECT_NOTE_ADDED 2, unknown type X_Y 1)" in logs[0]["event"]
-    assert fields["skipped_by"] == {"unknown type/PROJECT_NOTE_ADDED": 2, "unknown type/X_Y": 1}
-    snapshot = CycleSnapshot(skipped=4, skipped_by={("unknown type", "PROJECT_NOTE_ADDED"): 3, ("unknown type", "X_Y"): 1})
-    with structlog.testing.capture_logs() as logs:
-        fields = stats.tick()
-    assert "skipped=1: unknown type PROJECT_NOTE_ADDED 1)" in logs[0]["event"] and fields["skipped_by"] == {"unknown type/PROJECT_NOTE_ADDED": 1}
 
 
 # --- integration: real broker, real simulator ------------------------------------------------

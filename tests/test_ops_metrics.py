@@ -31,7 +31,7 @@ def restore_logging() -> object:
 
 def _tick(log_format: str, capsys: pytest.CaptureFixture[str]) -> str:
     configure_logging("enrich-1", log_format=log_format)
-    snapshot = CycleSnapshot(succeeded=90, failed=2, skipped=0, api_calls=92, gauges={"fetches_avoided": 0.931})
+    snapshot = CycleSnapshot(parts={"succeeded": 90, "failed": 2, "skipped": 0}, counters={"api_calls": 92}, gauges={"fetches_avoided": 0.931})
     stats = CycleStats(lambda: snapshot, interval_s=10, logger=get_logger("test"))
     stats.tick()
     return capsys.readouterr().err.strip()

@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute
 from kafka_pipeline.dead_letters.envelope import Maker
 from kafka_pipeline.dead_letters.sink import DeadLetterSink
 from kafka_pipeline.observability.ops_server import ReadinessCheck
+from kafka_pipeline.runtime.cycle_stats import CycleLine, CycleSnapshot, CycleStats
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,19 @@ class ConsumerApp(Protocol):
 
 class ConsumerWorker:
     """The defaults of a `ConsumerApp`: a worker overrides what it does differently. Until
-    `start`, `handle` is None (the runtime is not running the worker)."""
+    `start`, `handle` is None (the runtime is not running the worker).
+
+    The cycle-stats line is shared: a worker says what it counts in `cycle_snapshot()` and how
+    its line reads in `cycle_line`."""
 
     spec: ConsumerSpec
     handle: RuntimeHandle | None = None
+    cycle_line = CycleLine()
+    _cycle_stats: CycleStats | None = None
 
     async def start(self, handle: RuntimeHandle) -> None:
         self.handle = handle
+        self._cycle_stats = CycleStats(self.cycle_snapshot, interval_s=self.spec.stats_interval_s, line=self.cycle_line)
 
     @property
     def ops_port(self) -> int | None:
@@ -168,5 +175,10 @@ class ConsumerWorker:
     def readiness(self) -> Mapping[str, ReadinessCheck]:
         return {}
 
+    def cycle_snapshot(self) -> CycleSnapshot:
+        """The worker's cumulative counts and its gauges, for the cycle-stats line."""
+        return CycleSnapshot()
+
     def report_cycle(self) -> None:
-        return None
+        if self._cycle_stats is not None:
+            self._cycle_stats.tick()

@@ -64,7 +64,7 @@ from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.observability.tracing import traced_consume, with_trace_headers
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
-from kafka_pipeline.runtime.cycle_stats import CycleSnapshot, CycleStats
+from kafka_pipeline.runtime.cycle_stats import CycleSnapshot
 from kafka_pipeline.workers.enrich.credentials import CredentialsGate
 from kafka_pipeline.workers.enrich.lanes import ProjectLanes, Slot, Slots, Turn
 from kafka_pipeline.workers.enrich.metrics import EnrichMetrics
@@ -136,7 +136,6 @@ class EnrichmentWorker(ConsumerWorker):
         self.slots = Slots(on_free=self._wake)
         self._stopping = False
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
-        self._stats = CycleStats(self._sample, interval_s=settings.enrich.stats_interval_s)
 
     @property
     def auth_failed(self) -> bool:
@@ -252,9 +251,6 @@ class EnrichmentWorker(ConsumerWorker):
 
     def readiness(self) -> Mapping[str, ReadinessCheck]:
         return {"events": self._events_ready, "claimx_api": self._api_ready, "project_cache": self.cache.readiness}
-
-    def report_cycle(self) -> None:
-        self._stats.tick()
 
     # --- one event -----------------------------------------------------------------------------
 
@@ -441,7 +437,7 @@ class EnrichmentWorker(ConsumerWorker):
         details = {"breaker": state, "auth_failed": rejected, "rate_limit_paused_s": round(paused_s, 1)}
         return state != "open" and not rejected and not limited, details
 
-    def _sample(self) -> CycleSnapshot:
+    def cycle_snapshot(self) -> CycleSnapshot:
         gauges: dict[str, Any] = {"in_flight": self.counts.in_flight, "awaiting_ack": self.counts.awaiting_ack}
         stats = self.cache.stats()
         gauges["project_cache_size"] = stats.size
@@ -450,10 +446,12 @@ class EnrichmentWorker(ConsumerWorker):
         gauges["l2_hit_rate"] = float(stats.l2_hit_rate)
         gauges["redis"] = stats.redis_state
         return CycleSnapshot(
-            succeeded=self.counts.succeeded,
-            failed=self.counts.retried + self.counts.dead_lettered,
-            skipped=self.counts.skipped,
-            api_calls=sum(self.api.calls.values()),
+            parts={
+                "succeeded": self.counts.succeeded,
+                "failed": self.counts.retried + self.counts.dead_lettered,
+                "skipped": self.counts.skipped,
+            },
+            counters={"api_calls": sum(self.api.calls.values())},
             gauges=gauges,
             skipped_by={("unknown type", event_type): n for event_type, n in self.counts.skipped_types.items()},
         )

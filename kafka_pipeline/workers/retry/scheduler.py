@@ -56,6 +56,7 @@ from kafka_pipeline.observability.metrics import metric
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
+from kafka_pipeline.runtime.cycle_stats import CycleLine, CycleSnapshot
 
 log = get_logger(__name__)
 
@@ -221,11 +222,18 @@ class RetryScheduler(ConsumerWorker):
     def readiness(self) -> Mapping[str, ReadinessCheck]:
         return {"retry_scheduler": self._readiness}
 
-    def report_cycle(self) -> None:
+    cycle_line = CycleLine(headline="handled", unit="messages")
+
+    def cycle_snapshot(self) -> CycleSnapshot:
         next_due_s = round((self._heap[0].due_ms - now_ms()) / 1000, 1) if self._heap else None
-        log.info("retry scheduler stats", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered,
-                 waiting=len(self._heap), next_due_in_s=next_due_s, paused_partitions=self.stats.paused_partitions,
-                 send_errors=self.stats.send_errors, partitions=sorted(tp.partition for tp in (self.handle.assigned if self.handle else ())))
+        return CycleSnapshot(
+            parts={"forwarded": self.stats.forwarded, "dead_lettered": self.stats.dead_lettered},
+            counters={"send_errors": self.stats.send_errors},
+            gauges={
+                "waiting": len(self._heap), "next_due_in_s": next_due_s, "paused_partitions": self.stats.paused_partitions,
+                "partitions": sorted(tp.partition for tp in (self.handle.assigned if self.handle else ())),
+            },
+        )
 
     # -- sending ------------------------------------------------------------------------------
 

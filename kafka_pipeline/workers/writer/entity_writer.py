@@ -50,7 +50,7 @@ from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, stor
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.maintenance.policy import WriterMaintenance
-from kafka_pipeline.observability.logging import IN_MESSAGE, get_logger
+from kafka_pipeline.observability.logging import get_logger
 from kafka_pipeline.observability.metrics import metric
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.observability.tracing import carry, linked_span
@@ -58,6 +58,7 @@ from kafka_pipeline.offsets.log_identity import record_fingerprint
 from kafka_pipeline.resilience.backoff import backoff_delay
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
+from kafka_pipeline.runtime.cycle_stats import CycleLine, CycleSnapshot
 from kafka_pipeline.workers.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
 from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.workers.writer.table_freshness import TableFreshness
@@ -284,13 +285,12 @@ class EntityWriter(ConsumerWorker):
         self._batch = _Batch()
         self._retry = FlushRetry(settings.writer.flush_retry_base_s, settings.writer.flush_retry_max_s)
         self._consumed: dict[TopicPartition, int] = {}  # next offset to consume, per partition (for the lag)
-        # running totals (also the cycle-stats numbers)
+        # running totals (also the cycle-stats counts)
         self.flushes = 0
         self.rows_written = 0
         self.dead_lettered = 0
         self.messages_consumed = 0
         self.records_skipped = 0
-        self._cycle = _CycleTotals()
 
     @property
     def _assigned(self) -> set[TopicPartition]:
@@ -571,60 +571,17 @@ class EntityWriter(ConsumerWorker):
             total += max(0, highwater - consumed)
         return total if known else None
 
-    def report_cycle(self) -> None:
-        totals = self._cycle.advance(self)
+    cycle_line = CycleLine(headline="rows", unit="rows")
+
+    def cycle_snapshot(self) -> CycleSnapshot:
         lag = self.lag()
         if lag is not None:
             self.metrics.lag.set(lag)
-        log.info(
-            f"Cycle {totals.cycle}: rows={totals.rows} (merged) | {totals.rate:.0f} rows/s | flushes={totals.flushes} | dlq={totals.dlq}"
-            f" | skipped={totals.skipped} | lag={'?' if lag is None else lag}",
-            cycle=totals.cycle,
-            rows=totals.rows,
-            rows_per_s=round(totals.rate, 1),
-            flushes=totals.flushes,
-            dlq=totals.dlq,
-            skipped=totals.skipped,
-            lag=lag,
-            pending_rows=self._batch.rows,
-            **{IN_MESSAGE: ("cycle", "rows", "rows_per_s", "flushes", "dlq", "skipped", "lag")},
+        return CycleSnapshot(
+            parts={"rows": self.rows_written},
+            counters={"flushes": self.flushes, "dlq": self.dead_lettered, "skipped": self.records_skipped},
+            gauges={"lag": lag, "pending_rows": self._batch.rows},
         )
-
-
-@dataclass
-class _CycleDelta:
-    cycle: int
-    rows: int
-    flushes: int
-    dlq: int
-    skipped: int  # messages skipped as already written
-    rate: float
-
-
-@dataclass
-class _CycleTotals:
-    """The writer's running totals at the last cycle-stats line."""
-
-    cycle: int = 0
-    rows: int = 0
-    flushes: int = 0
-    dlq: int = 0
-    skipped: int = 0
-    at: float = field(default_factory=time.monotonic)
-
-    def advance(self, writer: EntityWriter) -> _CycleDelta:
-        now = time.monotonic()
-        self.cycle += 1
-        delta = _CycleDelta(
-            cycle=self.cycle,
-            rows=writer.rows_written - self.rows,
-            flushes=writer.flushes - self.flushes,
-            dlq=writer.dead_lettered - self.dlq,
-            skipped=writer.records_skipped - self.skipped,
-            rate=(writer.rows_written - self.rows) / max(now - self.at, 1e-9),
-        )
-        self.rows, self.flushes, self.dlq, self.skipped, self.at = writer.rows_written, writer.flushes, writer.dead_lettered, writer.records_skipped, now
-        return delta
 
 
 def _log_resumed(verdicts: list[Verdict], topic: str) -> None:
