@@ -251,7 +251,7 @@ async def test_a_retry_after_of_decades_pauses_the_limiter_for_the_cap_only() ->
     recorder = Recorder(httpx.Response(429, headers={"Retry-After": "1000000000"}))
     api = ClaimXApiClient(settings, transport=httpx.MockTransport(recorder), sleep=Sleeps())
     registry = CollectorRegistry()
-    metrics = EnrichMetrics.on(registry, worker="w")
+    metrics = EnrichMetrics.on(registry)
     metrics.watch("w", in_flight=lambda: 0, awaiting_ack=lambda: 0, breaker_open=lambda: 0, credentials_rejected=lambda: 0,
                   rate_limit_paused=api.rate_limit_paused_s)
     async with api:

@@ -56,9 +56,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.delta.table_writer import open_table
+from kafka_pipeline.maintenance.metrics import MaintenanceMetrics
 from kafka_pipeline.maintenance.operations import DEFAULT_TARGET_BYTES, TARGET_SIZE_PROPERTY
 from kafka_pipeline.observability.logging import get_logger
 from kafka_pipeline.resilience.backoff import backoff_delay
@@ -129,30 +130,6 @@ class CycleReport:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.files = Gauge("delta_table_files", "Data files in the table's current version", ["table"], registry=registry)
-        self.bytes = Gauge("delta_table_bytes", "Bytes of the data files in the table's current version", ["table"], registry=registry)
-        self.vacuumed_files = Counter(
-            "delta_vacuumed_files", "Data files deleted by vacuum (removed from the table longer ago than the retention)", ["table"],
-            registry=registry,
-        )
-        self.small_files = Gauge("delta_table_small_files", "Data files below the table's target file size", ["table"], registry=registry)
-        self.compactions = Counter("delta_compactions", "Compactions committed", ["table"], registry=registry)
-        self.compaction_seconds = Histogram(
-            "delta_compaction_duration_seconds",
-            "Time of one compaction, retries included",
-            ["table"],
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
-            registry=registry,
-        )
-        self.conflicts = Counter(
-            "delta_compaction_conflicts", "Compaction commits that lost to a concurrent commit and were redone", ["table"], registry=registry
-        )
-        self.checkpoints = Counter("delta_checkpoints", "Checkpoints written (followed by log cleanup)", ["table"], registry=registry)
-        self.errors = Counter("delta_maintenance_errors", "Maintenance steps that failed (retried next cycle)", ["table"], registry=registry)
-
-
 class TableMaintainer:
     """Decides and runs maintenance for a fixed set of tables (`label -> uri`). One thread."""
 
@@ -167,7 +144,7 @@ class TableMaintainer:
         self.uris = dict(tables)
         self.policy = policy
         self.storage_options = dict(storage_options or {})
-        self.metrics = _Metrics(registry or CollectorRegistry())
+        self.metrics = MaintenanceMetrics.on(registry or CollectorRegistry())
         self._tables: dict[str, DeltaTable] = {}
         self._compacted_at: dict[str, int] = {}  # label -> table version of our last compaction
         self._checkpointed_at: dict[str, int] = {}  # label -> version of our last checkpoint

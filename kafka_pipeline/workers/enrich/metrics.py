@@ -41,7 +41,8 @@ class EnrichMetrics:
     rate_limit_paused: Any
 
     @classmethod
-    def _declare(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
+    def on(cls, registry: CollectorRegistry) -> EnrichMetrics:
+        collector(registry, "claimx_api_values_nulled", _ValuesNulled)
         return cls(
             events=LabelCache(metric(registry, Counter, "claimx_enrich_events", "Consumed events by outcome and event type.", ["outcome", "event_type"])),
             api_calls=LabelCache(
@@ -64,11 +65,6 @@ class EnrichMetrics:
                 "Seconds every ClaimX API request still waits on a 429's Retry-After (capped by api.max_retry_after_s).", ["worker"],
             ),
         )
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry, *, worker: str) -> EnrichMetrics:
-        collector(registry, "claimx_api_values_nulled", _ValuesNulled)
-        return cls._declare(registry, worker=worker)
 
     def start_at_zero(self, outcomes: Iterable[str], event_types: Iterable[str]) -> None:
         """Every (outcome, type) series from the start: increase() misses a series' first value."""

@@ -110,7 +110,7 @@ class EnrichmentWorker(ConsumerWorker):
         self.name = settings.worker.name
         self.counts = WorkerCounts()
         self.aborted: WorkerAborted | None = None  # a message could not be produced: the worker stops
-        self.metrics = EnrichMetrics.on(registry, worker=self.name)
+        self.metrics = EnrichMetrics.on(registry)
         self.api = ClaimXApiClient(settings.api, transport=api_transport, observer=self.metrics.observe_api_call)
         self.cache: WorkerCache = cache if cache is not None else build_project_cache(
             settings.cache, registry=registry, on_background_refresh=self._emit_refreshed_project

@@ -45,18 +45,18 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.config import Settings
 from kafka_pipeline.dead_letters.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
 from kafka_pipeline.dead_letters.sink import Letter
 from kafka_pipeline.kafka.clients import connection_kwargs
 from kafka_pipeline.observability.logging import get_logger
-from kafka_pipeline.observability.metrics import metric
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
 from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleLine, CycleSnapshot
+from kafka_pipeline.workers.retry.metrics import SchedulerMetrics
 
 log = get_logger(__name__)
 
@@ -70,27 +70,6 @@ class _Entry:
     tp: TopicPartition = field(compare=False)
     record: Any = field(compare=False)
     target: str = field(compare=False)
-
-
-@dataclass
-class _Metrics:
-    forwarded: Any
-    dead_lettered: Any
-    send_errors: Any
-    waiting: Any
-    paused: Any
-    lateness: Any
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> _Metrics:
-        return cls(
-            forwarded=metric(registry, Counter, "retry_scheduler_forwarded", "Retry messages sent back to their target topic", ["target"]),
-            dead_lettered=metric(registry, Counter, "retry_scheduler_dead_lettered", "Retry messages sent to the dead-letter topic"),
-            send_errors=metric(registry, Counter, "retry_scheduler_send_errors", "Failed sends, tried again"),
-            waiting=metric(registry, Gauge, "retry_scheduler_waiting", "Retry messages held until they are due"),
-            paused=metric(registry, Gauge, "retry_scheduler_paused_partitions", "Retry partitions paused: too many waiting"),
-            lateness=metric(registry, Gauge, "retry_scheduler_last_forward_lateness_seconds", "How long after its due time the last message was forwarded"),
-        )
 
 
 @dataclass
@@ -121,7 +100,7 @@ class RetryScheduler(ConsumerWorker):
         self.kafka = settings.kafka
         self.max_waiting_per_partition = max_waiting_per_partition or settings.retry.max_waiting_per_partition
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = _Metrics.on(self.registry)
+        self.metrics = SchedulerMetrics.on(self.registry)
         self.stats = SchedulerStats()
         self.spec = ConsumerSpec(
             group_id=settings.retry.group_id,

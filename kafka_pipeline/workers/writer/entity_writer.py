@@ -38,7 +38,7 @@ from typing import Any
 
 import pyarrow as pa
 from aiokafka import ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
@@ -51,7 +51,6 @@ from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.maintenance.policy import WriterMaintenance
 from kafka_pipeline.observability.logging import get_logger
-from kafka_pipeline.observability.metrics import metric
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.observability.tracing import carry, linked_span
 from kafka_pipeline.offsets.log_identity import record_fingerprint
@@ -60,6 +59,7 @@ from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHand
 from kafka_pipeline.runtime.consumer import run_app
 from kafka_pipeline.runtime.cycle_stats import CycleLine, CycleSnapshot
 from kafka_pipeline.workers.writer.log_progress import LOG_METADATA_KEY, LogProgress, Verdict, app_id, log_description, progress_ids
+from kafka_pipeline.workers.writer.metrics import WriterMetrics
 from kafka_pipeline.workers.writer.row_conversion import BatchBuilder, SchemaMismatch
 from kafka_pipeline.workers.writer.table_freshness import TableFreshness
 
@@ -199,46 +199,6 @@ class FlushRetry:
         return max(0.0, self.retry_at - time.monotonic())
 
 
-@dataclass
-class _Metrics:
-    rows_written: Any
-    rows_skipped: Any
-    records_skipped: Any
-    commits: Any
-    conflicts: Any
-    flushes: Any
-    flush_seconds: Any
-    messages: Any
-    dead_letters: Any
-    lag: Any
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> _Metrics:
-        metrics = cls(
-            rows_written=metric(registry, Counter, "claimx_writer_rows_written", "Entity rows merged into a Delta table", ["table"]),
-            rows_skipped=metric(registry, Counter, "claimx_writer_rows_skipped", "Entity rows skipped: the table already held their offsets", ["table"]),
-            records_skipped=metric(
-                registry, Counter, "claimx_writer_records_skipped",
-                "Entity-rows messages at or below the offset the tables already hold for their partition (a replayed range): skipped",
-            ),
-            commits=metric(registry, Counter, "claimx_writer_delta_commits", "Delta commits (entity and clock tables)", ["table"]),
-            conflicts=metric(registry, Counter, "claimx_writer_commit_conflicts", "Delta commits redone after a concurrent commit", ["table"]),
-            flushes=metric(registry, Counter, "claimx_writer_flushes", "Flushes (batches) by outcome", ["outcome"]),
-            flush_seconds=metric(
-                registry, Histogram, "claimx_writer_flush_duration_seconds", "Time to convert, merge and commit one batch",
-                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-            ),
-            messages=metric(registry, Counter, "claimx_writer_messages", "Entity-rows messages consumed"),
-            dead_letters=metric(registry, Counter, "claimx_writer_dead_letters", "Messages sent to the dead-letter topic", ["error_type"]),
-            lag=metric(registry, Gauge, "claimx_writer_lag_messages", "Messages behind the high watermark, all assigned partitions"),
-        )
-        for outcome in ("ok", "error"):  # both series exist from the start: rate() and alerts see a 0, not nothing
-            metrics.flushes.labels(outcome)
-        for error_type in ("InvalidMessage", "SchemaMismatch"):  # a 0 first, so increase() sees the first
-            metrics.dead_letters.labels(error_type)
-        return metrics
-
-
 def should_flush(batch: _Batch, *, max_rows: int, max_latency_s: float, now: float) -> bool:
     """The flush policy: enough rows pending, or the oldest pending message old enough."""
     if not len(batch):
@@ -258,7 +218,7 @@ class EntityWriter(ConsumerWorker):
         self.topic = settings.kafka.entity_rows_topic
         self.group_id = settings.writer.group_id
         self.registry = registry or CollectorRegistry()
-        self.metrics = _Metrics.on(self.registry)
+        self.metrics = WriterMetrics.on(self.registry)
         self.freshness = TableFreshness(self.registry, settings.delta.tables_root, TABLES, settings.delta.storage_options)
         self.spec = ConsumerSpec(
             group_id=self.group_id,
