@@ -79,3 +79,16 @@ def test_committable_is_one_past_the_longest_finished_prefix(gaps: list[int], rn
             prefix += 1
         expected = {"p": offsets[prefix - 1] + 1} if prefix else {}
         assert tracker.committable() == expected
+
+
+def test_skip_to_moves_the_position_over_durable_offsets_only_when_nothing_is_in_flight() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.skip_to("p", 10)
+    assert tracker.committable() == {"p": 10}
+    tracker.skip_to("p", 5)  # never backwards
+    assert tracker.committable() == {"p": 10}
+    tracker.track("p", 10)
+    with pytest.raises(ValueError):
+        tracker.skip_to("p", 20)
+    tracker.done("p", 10)
+    assert tracker.committable() == {"p": 11}

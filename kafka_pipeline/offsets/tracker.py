@@ -59,6 +59,15 @@ class OffsetTracker(Generic[P]):
             state.position = head + 1
         return True
 
+    def skip_to(self, partition: P, offset: int) -> None:
+        """Everything of `partition` below `offset` is durable already (nothing of it is in flight):
+        the position moves there, so the next commit says so."""
+        state = self._partitions.setdefault(partition, _PartitionState())
+        if state.pending:
+            raise ValueError(f"{partition} has offsets in flight: {state.pending[0]}..{state.pending[-1]}")
+        if state.position is None or offset > state.position:
+            state.position = offset
+
     def committable(self, partitions: Iterable[P] | None = None) -> dict[P, int]:
         """Positions that moved past the last commit: partition -> next offset to consume."""
         chosen = self._partitions if partitions is None else {p: self._partitions[p] for p in partitions if p in self._partitions}

@@ -85,6 +85,11 @@ class RuntimeHandle(Protocol):
     def rewind(self, tp: TopicPartition, offset: int) -> None:
         """Read `tp` again from `offset` (nothing of it may be in flight)."""
 
+    async def skip_to(self, tp: TopicPartition, offset: int) -> int | None:
+        """Everything of `tp` below `offset` is durable already: read on from `offset` (and commit
+        it) unless the position is there already. Returns the position skipped from (None: none).
+        Nothing of `tp` may be in flight (the worker gave it no room)."""
+
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's high watermark from the last fetch response (None: none yet)."""
 

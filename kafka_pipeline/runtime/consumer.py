@@ -106,6 +106,18 @@ class ConsumerRuntime:
         assert self.consumer is not None, "the runtime is not started"
         self.consumer.seek(tp, offset)
 
+    async def skip_to(self, tp: TopicPartition, offset: int) -> int | None:
+        assert self.consumer is not None, "the runtime is not started"
+        if tp not in self.assigned:
+            return None
+        position = await self.consumer.position(tp)
+        if position >= offset:
+            return None
+        self.tracker.skip_to(tp, offset)
+        self.consumer.seek(tp, offset)
+        self._room_changed.set()  # a commit is due
+        return position
+
     @property
     def producer(self) -> AIOKafkaProducer:
         assert self._producer is not None, "the runtime is not started"

@@ -38,6 +38,7 @@ from typing import Any
 
 import pyarrow as pa
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -382,7 +383,24 @@ class EntityWriter(ConsumerWorker):
             if verdict.trusted and verdict.stored_offset is not None:
                 self._stored[TopicPartition(self.topic, verdict.partition)] = verdict.stored_offset
         _log_resumed([v for v in verdicts if v.trusted], self.topic)
+        for verdict in verdicts:
+            if verdict.trusted and verdict.written_through is not None:
+                await self._skip_written(TopicPartition(self.topic, verdict.partition), verdict.written_through)
         self.require_handle().wake()
+
+    async def _skip_written(self, tp: TopicPartition, written_through: int) -> None:
+        """Read on after what every table holds already instead of reading it to skip it."""
+        try:
+            skipped_from = await self.require_handle().skip_to(tp, written_through + 1)
+        except KafkaError as exc:  # the position is not known now: the records are read and skipped one by one
+            log.warning("position unknown; records the tables hold are read and skipped", partition=tp.partition, error=str(exc))
+            return
+        if skipped_from is not None:
+            skipped = written_through + 1 - skipped_from
+            self.records_skipped += skipped
+            self.metrics.records_skipped.inc(skipped)
+            log.info(f"{tp.topic}[{tp.partition}]: offsets {skipped_from}..{written_through} are in every table already; read on from {written_through + 1}",
+                     partition=tp.partition, skipped=skipped)
 
     async def drain(self, grace_s: float) -> None:
         """On stop: flush what is pending (retrying a failed batch a few times)."""
@@ -481,14 +499,19 @@ class EntityWriter(ConsumerWorker):
 
     def _log_record(self, batch: _Batch) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
         """What each commit records with a partition's offset: the offset again under the log's
-        identity, and the fingerprint of the record at it (`writer.log_progress`)."""
+        identity, the fingerprint of the record at it, and the offset every table holds the
+        partition through (`workers.writer.log_progress`)."""
         identity = self.progress.identity
         if identity is None:  # no partition was checked: nothing of the batch can be from a known log
             return {}, {}
         companions = {}
         for tp, record in batch.last.items():
             ids = progress_ids(self.group_id, tp.topic, tp.partition)
-            companions[ids.offset] = {ids.log(identity): record.offset, ids.record: record_fingerprint(record.timestamp, record.key, record.value)}
+            companions[ids.offset] = {
+                ids.log(identity): record.offset,
+                ids.record: record_fingerprint(record.timestamp, record.key, record.value),
+                ids.written: min(batch.offsets[tp]) - 1,
+            }
         return companions, {LOG_METADATA_KEY: log_description(self.topic, identity)}
 
     def _record(self, result: FlushResult) -> None:

@@ -5,7 +5,9 @@ Each Delta commit of a flush records, per source partition (see `entity_writer`)
 - `group:topic:partition` -> the last offset the commit incorporates (rows below it are skipped);
 - `group:topic:partition@<log token>` -> the same offset, under the identity of the log it was
   read from (`offsets.log_identity`: cluster id and topic id);
-- `group:topic:partition#record` -> a fingerprint of the record at that offset.
+- `group:topic:partition#record` -> a fingerprint of the record at that offset;
+- `group:topic:partition!written` -> the offset through which every table holds the partition's
+  rows (the flush's first offset - 1: every earlier flush finished before this one began).
 
 All three are app transactions of the same commit, so they can never disagree. On assignment,
 `check` compares them with the log the broker serves now:
@@ -19,6 +21,10 @@ All three are app transactions of the same commit, so they can never disagree. O
   (`adopt`, from `kafka-pipeline write --adopt-new-log`) records offset -1 under the new
   log's token, after which every record of the new log is written (the merge rule keeps rows
   right where some were written before).
+
+A trusted partition is read on from the highest `!written` offset + 1 (`Verdict.written_through`),
+as kafka-delta-ingest seeks to the offsets its Delta log stores: a replayed range is not read
+again, only the last flush's records are (each table skips what it holds).
 
 Progress written before log identities were recorded (no fingerprint stored) is taken as
 coming from the current log when its offset is below the log's end (said once in the log).
@@ -45,6 +51,7 @@ class ProgressIds:
 
     offset: str
     record: str
+    written: str
 
     def log(self, identity: LogIdentity) -> str:
         return f"{self.offset}@{identity.token}"
@@ -57,7 +64,7 @@ def app_id(group_id: str, topic: str, partition: int) -> str:
 
 def progress_ids(group_id: str, topic: str, partition: int) -> ProgressIds:
     offset = app_id(group_id, topic, partition)
-    return ProgressIds(offset=offset, record=f"{offset}#record")
+    return ProgressIds(offset=offset, record=f"{offset}#record", written=f"{offset}!written")
 
 
 def log_description(topic: str, identity: LogIdentity) -> str:
@@ -74,6 +81,7 @@ class Verdict:
     refusal: str = ""  # why the stored offset cannot be trusted for this log ("" = trusted)
     legacy: bool = False  # progress from before log identities were recorded
     tables: tuple[str, ...] = ()  # table locations holding progress of this partition
+    written_through: int | None = None  # every table holds the partition's rows through this offset
 
     @property
     def trusted(self) -> bool:
@@ -87,6 +95,7 @@ class _Stored:
     offset: int | None
     under_log: int | None
     fingerprint: int | None
+    written: int | None
 
 
 @dataclass
@@ -128,12 +137,12 @@ class LogProgress:
         result: dict[int, dict[str, _Stored]] = {}
         for partition, log in logs.items():
             ids = self.ids(partition)
-            apps = [ids.offset, ids.log(log.identity), ids.record]
+            apps = [ids.offset, ids.log(log.identity), ids.record, ids.written]
             per_table: dict[str, _Stored] = {}
             for writer in self.writers.values():
                 for uri, versions in writer.stored_transactions(apps).items():
                     if versions[ids.offset] is not None:
-                        per_table[uri] = _Stored(versions[ids.offset], versions[apps[1]], versions[ids.record])
+                        per_table[uri] = _Stored(versions[ids.offset], versions[apps[1]], versions[ids.record], versions[ids.written])
             result[partition] = per_table
         return result
 
@@ -156,7 +165,7 @@ class LogProgress:
         metadata = {LOG_METADATA_KEY: log_description(self.topic, identity), "kafka_pipeline.operation": "adopt new log"}
         for verdict in verdicts:
             ids = self.ids(verdict.partition)
-            transactions = {ids.offset: NO_RECORD, ids.log(identity): NO_RECORD, ids.record: NO_RECORD}
+            transactions = {ids.offset: NO_RECORD, ids.log(identity): NO_RECORD, ids.record: NO_RECORD, ids.written: NO_RECORD}
             for writer in self.writers.values():
                 uris = [uri for uri in (writer.uri, writer.clock_uri) if uri in verdict.tables]
                 if uris:
@@ -190,7 +199,9 @@ def _judge(partition: int, log: PartitionLog, stored: Mapping[str, _Stored]) -> 
         return Verdict(partition, log, highest, refusal="the tables' offsets were read from another log", tables=tables)
     if highest >= log.end:
         return Verdict(partition, log, highest, refusal=f"the log ends at offset {log.end}, at or before the stored one", tables=tables)
-    return Verdict(partition, log, highest, legacy=legacy, tables=tables)
+    written = [s.written for s in identified if s.written is not None and s.under_log == s.offset]
+    written_through = max(written) if written and max(written) >= 0 else None
+    return Verdict(partition, log, highest, legacy=legacy, tables=tables, written_through=written_through)
 
 
 def _fingerprint_at(stored: Mapping[str, _Stored], offset: int | None) -> int | None:
