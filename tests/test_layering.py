@@ -45,7 +45,7 @@ RULES: dict[str, frozenset[str]] = {name: frozenset(allowed) for name, allowed i
     "workers.writer": (
         "claimx", "config", "dead_letters", "delta", "errors", "maintenance", "observability", "offsets", "resilience", "runtime",
     ),
-    "workers.retry": ("config", "dead_letters", "errors", "kafka", "observability", "runtime"),
+    "workers.retry": ("config", "dead_letters", "errors", "observability", "runtime"),  # the broker only through the runtime
     # operator tools, the embedded stack, the simulator
     "ops": (
         "claimx", "claimx.handlers", "config", "dead_letters", "delta", "errors", "kafka", "maintenance", "observability", "offsets",

@@ -85,6 +85,9 @@ class RuntimeHandle(Protocol):
     def rewind(self, tp: TopicPartition, offset: int) -> None:
         """Read `tp` again from `offset` (nothing of it may be in flight)."""
 
+    async def topics(self) -> set[str]:
+        """The topics the broker has now (one metadata request)."""
+
     async def skip_to(self, tp: TopicPartition, offset: int) -> int | None:
         """Everything of `tp` below `offset` is durable already: read on from `offset` (and commit
         it) unless the position is there already. Returns the position skipped from (None: none).

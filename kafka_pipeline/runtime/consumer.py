@@ -106,6 +106,10 @@ class ConsumerRuntime:
         assert self.consumer is not None, "the runtime is not started"
         self.consumer.seek(tp, offset)
 
+    async def topics(self) -> set[str]:
+        assert self.consumer is not None, "the runtime is not started"
+        return set(await self.consumer.topics())
+
     async def skip_to(self, tp: TopicPartition, offset: int) -> int | None:
         assert self.consumer is not None, "the runtime is not started"
         if tp not in self.assigned:

@@ -33,7 +33,6 @@ module is only the scheduler's own logic: a heap of messages ordered by due time
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -43,14 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from kafka_pipeline.config import Settings
 from kafka_pipeline.dead_letters.routing import InvalidRetryHeaders, allowed_retry_targets, attempt_of, now_ms, parse_retry_headers
 from kafka_pipeline.dead_letters.sink import Letter
-from kafka_pipeline.kafka.clients import connection_kwargs
 from kafka_pipeline.observability.logging import get_logger
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.runtime.app import ConsumerSpec, ConsumerWorker, RuntimeHandle
@@ -115,7 +112,6 @@ class RetryScheduler(ConsumerWorker):
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._waiting: Tally[TopicPartition] = Tally()  # entries in the heap, per partition
-        self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
         self._topics_checked_at = 0.0
 
@@ -126,8 +122,6 @@ class RetryScheduler(ConsumerWorker):
 
     async def start(self, handle: RuntimeHandle) -> None:
         await super().start(handle)
-        self._admin = AIOKafkaAdminClient(**connection_kwargs(self.kafka))
-        await self._admin.start()
         log.info("retry scheduler started", retry_topic=self.kafka.retry_topic, group=self.settings.retry.group_id)
 
     def room(self, tp: TopicPartition) -> int:
@@ -193,9 +187,6 @@ class RetryScheduler(ConsumerWorker):
         return None  # nothing in flight between loop turns: waiting messages are re-read by the next owner
 
     async def close(self) -> None:
-        if self._admin is not None:
-            with contextlib.suppress(Exception):
-                await self._admin.close()
         log.info("retry scheduler stopped", forwarded=self.stats.forwarded, dead_lettered=self.stats.dead_lettered)
 
     def readiness(self) -> Mapping[str, ReadinessCheck]:
@@ -258,9 +249,8 @@ class RetryScheduler(ConsumerWorker):
         if topic in self._topics:
             return True
         if time.monotonic() - self._topics_checked_at >= self.settings.retry.topic_refresh_s or not self._topics:
-            assert self._admin is not None
             try:
-                self._topics = set(await self._admin.list_topics())
+                self._topics = await self.require_handle().topics()
             except KafkaError as exc:
                 # Cannot tell now: let the send decide (a failed send is tried again, never dropped).
                 log.warning("could not list topics", error=str(exc))
