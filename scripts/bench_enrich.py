@@ -54,7 +54,8 @@ from kafka_pipeline.claimx.cache.project_cache import NoCache
 from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
 from kafka_pipeline.kafka.clients import ensure_topics, make_producer
-from kafka_pipeline.lifecycle import event_loop, tracing
+from kafka_pipeline.lifecycle import event_loop
+from kafka_pipeline.observability import tracing
 from kafka_pipeline.observability.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.simulator.events import generate_events
