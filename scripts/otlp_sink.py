@@ -6,7 +6,7 @@ by service and name, and keeps the counts in a JSON file (rewritten after every 
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 kafka-pipeline run --until-drained
 
 Stands in for a collector on this machine: `scripts/bench_enrich.py --otlp-sink` measures the
-worker with its spans really exported, and tests/test_tracing.py checks that a `run` exports.
+worker with its spans really exported, and tests/observability/test_tracing.py checks that a `run` exports.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ apt_install redis-server redis-server
 apt_install promtool prometheus
 apt_install java openjdk-17-jdk-headless  # the Apache Kafka broker of the broker-facing tests
 apt_install mvn maven  # fetches its jars (pom.xml)
-apt_install dot graphviz  # tests/test_diagrams.py: scripts/diagrams/*.svg are the rendering of scripts/diagrams/*.dot
+apt_install dot graphviz  # tests/deployment/test_diagrams.py: scripts/diagrams/*.svg are the rendering of scripts/diagrams/*.dot
 bash "$ROOT/scripts/fetch-kafka-jars.sh"
 bash "$ROOT/scripts/bootstrap.sh" dev
 cd "$ROOT"

@@ -15,7 +15,6 @@ KP_API__AUTH_PROBE_INTERVAL_S = 1 s). Then the file gets the right token. After 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from kafka_pipeline.embedded.stack import EmbeddedStack
 from kafka_pipeline.simulator.app import make_token
 from tests.faults.harness import make_stream, reconciliation, run_pipeline, worker_env
 from tests.fixtures.broker import RunningBroker
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,6 @@ EVENTS, PROJECTS, STREAM_SEED, MALFORMED = 1000, 40, 23, 30
 MAX_IN_FLIGHT = 32
 PROBE_INTERVAL_S = 1.0
 PAUSE_OBSERVED_S = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.timeout(120)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
 from collections import Counter
@@ -21,30 +20,6 @@ from kafka_pipeline.errors import PermanentError
 
 SOCKET_TIMEOUT_S = 0.5  # the outage tests check that no call waits longer than about this
 RELAXED_TIMEOUT_S = 1.0  # the counting tests: a busy test machine must not look like a Redis outage
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], what: str = "condition", timeout_s: float = 5.0) -> None:
-    """Wait for `condition` (sync or async); fail the test at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        met = condition()
-        if inspect.isawaitable(met):
-            met = await met
-        if met:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def wait_until(condition: Callable[[], bool], what: Callable[[], str], timeout_s: float, interval_s: float = 0.5) -> None:
-    """`until` for tests that drive worker processes from plain (blocking) code; `what` is asked
-    only when the deadline passed, so it may describe the state it found."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what()}")
-        time.sleep(interval_s)
 
 
 class FakeClock:

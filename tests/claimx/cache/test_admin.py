@@ -17,7 +17,8 @@ from kafka_pipeline.claimx.cache.project_cache import ProjectCache
 from kafka_pipeline.claimx.cache.warm import delta_warmer
 from kafka_pipeline.config import CacheSettings, ConfigError, DeltaSettings, Settings
 from kafka_pipeline.observability.ops_server import OpsServer
-from tests.claimx.cache.helpers import Loader, event, make_worker, settings_for, tier_of, until
+from tests.claimx.cache.helpers import Loader, event, make_worker, settings_for, tier_of
+from tests.fixtures.waiting import until
 
 
 async def shared_entries(cache: ProjectCache, project_ids: list[str]) -> bool:

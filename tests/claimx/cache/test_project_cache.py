@@ -12,7 +12,8 @@ from kafka_pipeline.claimx.cache.project_cache import NoCache, ProjectCache, Pro
 from kafka_pipeline.claimx.cache.shared import SharedAnswer
 from kafka_pipeline.config import CacheSettings
 from kafka_pipeline.errors import PermanentError, TransientError
-from tests.claimx.cache.helpers import FakeClock, Loader, RecordingTier, make_cache, until, verify_confirmed
+from tests.claimx.cache.helpers import FakeClock, Loader, RecordingTier, make_cache, verify_confirmed
+from tests.fixtures.waiting import until
 
 
 async def test_miss_loads_then_confirmed_project_is_a_hit() -> None:

@@ -17,17 +17,9 @@ from prometheus_client import REGISTRY, generate_latest
 from kafka_pipeline.claimx.cache.project_cache import ProjectCache, ProjectSnapshot, Verification
 from kafka_pipeline.claimx.cache.redis_tier import RedisTier
 from kafka_pipeline.errors import PermanentError
-from tests.claimx.cache.helpers import (
-    SOCKET_TIMEOUT_S,
-    Loader,
-    ShiftedClock,
-    event,
-    make_worker,
-    settings_for,
-    tier_of,
-    until,
-)
+from tests.claimx.cache.helpers import SOCKET_TIMEOUT_S, Loader, ShiftedClock, event, make_worker, settings_for, tier_of
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.waiting import until
 
 
 async def test_three_workers_bursting_the_same_projects_load_each_once(workers: list[ProjectCache]) -> None:

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from kafka_pipeline.claimx.cache.single_flight import FlightResult, Flights
-from tests.claimx.cache.helpers import snapshot, until
+from tests.claimx.cache.helpers import snapshot
+from tests.fixtures.waiting import until
 
 
 async def test_callers_of_one_flight_share_its_result_and_it_leaves_the_table() -> None:

@@ -22,12 +22,14 @@ from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.embedded.broker import free_port
 from kafka_pipeline.embedded.worker_process import WorkerProcess
-from kafka_pipeline.kafka.clients import ensure_topics, make_producer
+from kafka_pipeline.kafka.clients import ensure_topics
 from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.offsets.topic_offsets import high_watermarks
 from kafka_pipeline.simulator.ids import project_children, project_ids
 from kafka_pipeline.simulator.server import SimulatorProcess
-from tests.claimx.cache.helpers import wait_until
+from tests.fixtures import kafka_io
+from tests.fixtures.kafka_io import Out
+from tests.fixtures.waiting import wait_until
 
 PARTITIONS = 6
 START = datetime(2026, 5, 1, tzinfo=UTC)
@@ -128,18 +130,11 @@ def burst_events(projects: list[int], per_project: int, start: datetime) -> list
 
 
 async def produce(kafka: KafkaSettings, events: list[tuple[int, dict]]) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(kafka.events_topic, json.dumps(e).encode(), key=str(e.get("project_id") or e.get("projectId")).encode(),
-                                partition=partition)
-            for partition, e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
+    """(partition, event) pairs onto the events topic, keyed by project."""
+    await kafka_io.produce(kafka, [
+        Out(kafka.events_topic, json.dumps(e).encode(), str(e.get("project_id") or e.get("projectId")).encode(), partition=partition)
+        for partition, e in events
+    ])
 
 def written(kafka: KafkaSettings, topic: str) -> int:
     return sum(asyncio.run(high_watermarks(kafka, topic)).values())
