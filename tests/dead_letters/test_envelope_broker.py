@@ -21,7 +21,8 @@ from kafka_pipeline.simulator import SimulatorProcess
 from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
 from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 from tests.faults.envelopes import Envelope, bomb, send_raw
-from tests.fixtures.enrich import committed, read_topic, running, worker_settings
+from tests.fixtures.enrich import committed, running, worker_settings
+from tests.fixtures.kafka_io import read_topic
 from tests.fixtures.retry import scheduler_settings
 from tests.fixtures.waiting import until
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.handlers import handler_for
-from kafka_pipeline.claimx.schemas import TABLES
+from kafka_pipeline.claimx.schemas import EVENTS, METADATA_COLUMN_NAMES, TABLES
 from kafka_pipeline.commands.run import bundled_sample
 from kafka_pipeline.config import load_settings
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
@@ -78,9 +78,20 @@ def test_a_second_run_on_the_same_tables_writes_every_row_of_both(tmp_path: Path
     assert "adopted a new log" in (logs / "write.log").read_text()
     assert ["dead", "letters", "0"] in [line.split() for line in result.stdout.splitlines()]
 
-    before = table_contents(str(tables))
+    before = entity_values(str(tables))
     run_embedded(tmp_path, tables, "--events", str(second))
-    assert table_contents(str(tables)) == before
+    assert entity_values(str(tables)) == before
+
+
+def entity_values(root: str) -> dict[str, list[dict[str, object]]]:
+    """The tables' values without the lineage of the row (trace_id, event_time) outside the event
+    log: which of a project's events carries its snapshot is decided by the race of its events in
+    flight (the first to miss the cache), so a replay may name another event of the same project
+    while every value stays the same."""
+    return {
+        name: [row if name == EVENTS.name else {k: v for k, v in row.items() if k not in METADATA_COLUMN_NAMES} for row in rows]
+        for name, rows in table_contents(root).items()
+    }
 
 
 def test_run_on_apache_kafka_keeps_the_topics_on_disk(tmp_path: Path) -> None:

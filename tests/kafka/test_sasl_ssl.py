@@ -16,12 +16,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from kafka_pipeline.claimx.events import parse_event
-from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.embedded.kafka_broker import SCRAM_MECHANISM, KafkaBroker, make_certificates
 from kafka_pipeline.embedded.worker_process import WorkerProcess
-from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.kafka.clients import BrokerUnreachable, ensure_topics
 from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.replay import replay
@@ -29,6 +26,7 @@ from kafka_pipeline.ops.replay_sources import FileSource
 from kafka_pipeline.simulator.events import generate_events, write_events
 from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.fixtures.broker import unique_topics
+from tests.fixtures.enrich import handled_trace_ids
 from tests.fixtures.secure import cli, secure_env
 
 EVENTS, PROJECTS, MALFORMED = 40, 5, 3
@@ -60,14 +58,7 @@ async def test_enrich_write_and_dlq_list_over_sasl_ssl(kafka_broker: KafkaBroker
     lines = generate_events(EVENTS, PROJECTS, seed=31, malformed=MALFORMED)
     events_file = tmp_path / "events.jsonl"
     write_events(events_file, lines)
-    known = set()
-    for line in lines:
-        try:
-            event = parse_event(line.encode())
-        except PermanentError:
-            continue
-        if handler_for(event.event_type) is not None:
-            known.add(event.trace_id)
+    known = handled_trace_ids(lines)
     tables = tmp_path / "delta"
     env = {
         **secure_env(kafka),

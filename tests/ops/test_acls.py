@@ -17,12 +17,9 @@ from pathlib import Path
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from pydantic import SecretStr
 
-from kafka_pipeline.claimx.events import parse_event
-from kafka_pipeline.claimx.handlers import handler_for
 from kafka_pipeline.config import KafkaSettings, load_settings
 from kafka_pipeline.embedded.kafka_broker import KafkaBroker
 from kafka_pipeline.embedded.worker_process import WorkerProcess
-from kafka_pipeline.errors import PermanentError
 from kafka_pipeline.kafka.clients import ensure_topics, make_producer
 from kafka_pipeline.maintenance.operations import table_row_counts
 from kafka_pipeline.ops.acls import acl_lines, apply_acls, pipeline_acls
@@ -31,6 +28,7 @@ from kafka_pipeline.ops.replay_sources import FileSource
 from kafka_pipeline.simulator.events import generate_events, write_events
 from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.fixtures.broker import unique_topics
+from tests.fixtures.enrich import handled_trace_ids
 from tests.fixtures.secure import cli, secure_env
 
 EVENTS, PROJECTS, MALFORMED = 30, 4, 2
@@ -79,14 +77,7 @@ async def test_the_pipeline_works_with_exactly_its_acls_and_nobody_else_writes_i
     lines = generate_events(EVENTS, PROJECTS, seed=41, malformed=MALFORMED)
     events_file = tmp_path / "events.jsonl"
     write_events(events_file, lines)
-    known = set()
-    for line in lines:
-        try:
-            event = parse_event(line.encode())
-        except PermanentError:
-            continue
-        if handler_for(event.event_type) is not None:
-            known.add(event.trace_id)
+    known = handled_trace_ids(lines)
     summary = await replay(as_user(kafka_broker, plain, "kp-source"), FileSource([events_file]), progress=False)
     assert summary.total_sent == len(lines)
 

@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import TopicPartition
 
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.cli import main
 from kafka_pipeline.config import KafkaSettings
-from kafka_pipeline.kafka.clients import ensure_topics, make_consumer
-
-
-async def read_all(kafka: KafkaSettings, topic: str, settle_s: float = 0.5) -> list:
-    """Every record of `topic` now (partitions assigned by hand, no group)."""
-    await ensure_topics(kafka, [topic])
-    consumer = make_consumer(kafka, group_id=None)
-    await consumer.start()
-    records: list = []
-    try:
-        await consumer._client.force_metadata_update()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
-        await consumer.seek_to_beginning()
-        quiet_until = time.monotonic() + settle_s
-        while time.monotonic() < quiet_until:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+from tests.fixtures.kafka_io import read_topic
 
 
 def test_inject_sends_one_valid_event(kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch,
@@ -44,7 +23,7 @@ def test_inject_sends_one_valid_event(kafka_settings: KafkaSettings, monkeypatch
     started = datetime.now(UTC)
     assert main(["inject", "--type", "PROJECT_CREATED", "--project-id", "124", "--refresh-project", "--topic", topic]) == 0
     out = capsys.readouterr().out
-    records = asyncio.run(read_all(kafka_settings, topic))
+    records = asyncio.run(read_topic(kafka_settings, topic))
     assert len(records) == 2
     first, second = sorted(records, key=lambda r: r.key)
     event = parse_event(first.value)

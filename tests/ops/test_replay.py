@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 
 from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
@@ -23,7 +22,7 @@ from kafka_pipeline.cli import main
 from kafka_pipeline.commands.arguments import duration, point_in_time
 from kafka_pipeline.config import DeltaSettings, KafkaSettings
 from kafka_pipeline.delta.table_writer import DeltaTableWriter
-from kafka_pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
+from kafka_pipeline.kafka.clients import ensure_topics, make_producer
 from kafka_pipeline.offsets import TimeLookupUnsupported
 from kafka_pipeline.ops.replay import UNREADABLE, key_of, replay
 from kafka_pipeline.ops.replay_sources import (
@@ -35,6 +34,7 @@ from kafka_pipeline.ops.replay_sources import (
     event_from_row,
 )
 from kafka_pipeline.workers.writer.row_conversion import BatchBuilder
+from tests.fixtures.kafka_io import read_topic
 
 # Record timestamps near now: Apache Kafka's retention (7 days by default) deletes records
 # stamped further back at its next check, which moved the log start under a test.
@@ -50,30 +50,6 @@ def write_events(path: Path, count: int) -> list[bytes]:
     lines.insert(3, "this is not json")
     path.write_text("\n".join(lines) + "\n\n")
     return [line.encode() for line in lines]
-
-
-async def consume_all(kafka_settings: KafkaSettings, topic: str, expected: int, settle_s: float = 0.0) -> list:
-    """Records of `topic` until `expected` arrived (and `settle_s` more without a new one).
-    Partitions assigned by hand: joining a group on tansu takes half a session timeout."""
-    consumer = make_consumer(kafka_settings, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        await ensure_topics(kafka_settings, [topic])
-        await consumer._client.force_metadata_update()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + 20
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        quiet_until = time.monotonic() + settle_s
-        while time.monotonic() < quiet_until:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def event_json(project: int, kind: str, at: datetime, **extra: object) -> bytes:
@@ -124,7 +100,7 @@ async def test_files_send_every_line_keyed(kafka_settings: KafkaSettings, tmp_pa
     summary = await replay(kafka_settings, FileSource([tmp_path / "events.jsonl"]), progress=False)
     assert summary.total_sent == 21 and summary.without_key == 1
     assert summary.sent == {"PROJECT_CREATED": 13, "POLICYHOLDER_INVITED": 7, UNREADABLE: 1}
-    records = await consume_all(kafka_settings, kafka_settings.events_topic, 21)
+    records = await read_topic(kafka_settings, kafka_settings.events_topic, 21, timeout_s=20, settle_s=0)
     assert sorted(r.value for r in records) == sorted(lines)
     for record in records:
         assert record.key == key_of(record.value) and not record.headers
@@ -139,7 +115,7 @@ async def test_limit_rate_and_dry_run(kafka_settings: KafkaSettings, tmp_path: P
     summary = await replay(kafka_settings, FileSource([tmp_path / "events.jsonl"]), limit=10, rate=20, progress=False)
     assert summary.total_sent == 10
     assert time.monotonic() - started >= 0.4  # 10 events at 20/s take at least ~0.45 s
-    records = await consume_all(kafka_settings, kafka_settings.events_topic, 10, settle_s=0.5)
+    records = await read_topic(kafka_settings, kafka_settings.events_topic, 10, timeout_s=20, settle_s=0.5)
     assert len(records) == 10  # the dry run sent nothing
 
 
@@ -158,7 +134,7 @@ def test_cli_filters_projects_from_a_file_and_types_and_headers(
     assert summary_rows(out) == {"PROJECT_CREATED": (16, len(expected), len(expected)), "POLICYHOLDER_INVITED": (8, 0, 0),
                                  UNREADABLE: (1, 0, 0), "total": (25, len(expected), len(expected))}
     assert f"sent {len(expected)} events" in out and "asking for project refetch" in out
-    records = asyncio.run(consume_all(kafka_settings, kafka_settings.events_topic, len(expected), settle_s=0.5))
+    records = asyncio.run(read_topic(kafka_settings, kafka_settings.events_topic, len(expected), timeout_s=20, settle_s=0.5))
     assert sorted(r.value for r in records) == sorted(expected)
     assert all(list(r.headers) == [("refresh-project", b"1")] for r in records)
 
@@ -175,7 +151,7 @@ async def test_topic_range_by_offsets_and_partitions(kafka_settings: KafkaSettin
     # partitions 1 and 2, offsets 2, 3, 4: projects 10/11 and 20/21 alternate with the offset
     expected = [sent[p][o] for p in (1, 2) for o in (2, 3, 4) if o % 2]
     assert sum(summary.read.values()) == 6 and summary.total_sent == len(expected) == 2
-    records = await consume_all(kafka_settings, kafka_settings.events_topic, len(expected), settle_s=0.5)
+    records = await read_topic(kafka_settings, kafka_settings.events_topic, len(expected), timeout_s=20, settle_s=0.5)
     assert sorted(r.value for r in records) == sorted(expected)
     assert {r.key for r in records} == {b"k"}  # the original key is kept
     # an open range is each partition's whole content; the source topic itself is untouched
@@ -194,7 +170,7 @@ async def test_topic_range_by_time(kafka_settings: KafkaSettings, time_lookups: 
     summary = await replay(kafka_settings, TopicSource(kafka_settings, spec), progress=False)
     expected = [sent[p][o] for p in sent for o in (2, 3)]  # stamped T0+2min and T0+3min
     assert summary.total_sent == len(expected)
-    records = await consume_all(kafka_settings, kafka_settings.events_topic, len(expected), settle_s=0.5)
+    records = await read_topic(kafka_settings, kafka_settings.events_topic, len(expected), timeout_s=20, settle_s=0.5)
     assert sorted(r.value for r in records) == sorted(expected)
 
 
@@ -244,7 +220,7 @@ async def test_table_source_rebuilds_each_event_exactly(kafka_settings: KafkaSet
     delta = DeltaSettings(tables_root=str(tmp_path))
     summary = await replay(kafka_settings, TableSource(delta, EventFilter()), progress=False)
     assert summary.total_sent == 6
-    records = await consume_all(kafka_settings, kafka_settings.events_topic, 6, settle_s=0.5)
+    records = await read_topic(kafka_settings, kafka_settings.events_topic, 6, timeout_s=20, settle_s=0.5)
     rebuilt = {parse_event(r.value).trace_id: (parse_event(r.value), r.key) for r in records}
     assert set(rebuilt) == {e.trace_id for e in events}  # hence the same rows, merged onto themselves
     for event in events:

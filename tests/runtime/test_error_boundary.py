@@ -28,7 +28,8 @@ from kafka_pipeline.workers.retry import scheduler as scheduler_module
 from kafka_pipeline.workers.retry.scheduler import RetryScheduler
 from kafka_pipeline.workers.writer import entity_writer as writer_module
 from kafka_pipeline.workers.writer.entity_writer import EntityWriter
-from tests.fixtures.enrich import all_committed, committed, produce, read_topic, running, worker_settings
+from tests.fixtures.enrich import all_committed, committed, produce, running, worker_settings
+from tests.fixtures.kafka_io import read_topic
 from tests.fixtures.retry import produce as produce_retries
 from tests.fixtures.retry import retry_message, scheduler_settings
 from tests.fixtures.waiting import until

@@ -35,7 +35,8 @@ from kafka_pipeline.simulator.ids import project_ids
 from kafka_pipeline.workers.enrich.worker import EnrichmentWorker
 from kafka_pipeline.workers.writer.entity_writer import EntityWriter
 from tests.fixtures import writer as writer_tests
-from tests.fixtures.enrich import all_committed, committed, produce, read_topic, running, start_enrich_process, worker_settings
+from tests.fixtures.enrich import all_committed, committed, produce, running, start_enrich_process, worker_settings
+from tests.fixtures.kafka_io import read_topic
 from tests.fixtures.ports import free_port
 from tests.fixtures.waiting import until
 

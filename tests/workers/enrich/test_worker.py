@@ -33,7 +33,8 @@ from kafka_pipeline.simulator.events import EVENT_TYPES, UNKNOWN_EVENT_TYPE, gen
 from kafka_pipeline.simulator.ids import project_children, project_ids
 from kafka_pipeline.workers.enrich.worker import EnrichmentWorker, route_failure
 from kafka_pipeline.workers.retry.scheduler import RetryScheduler
-from tests.fixtures.enrich import all_committed, committed, produce, read_topic, running, start_enrich_process, worker_settings
+from tests.fixtures.enrich import all_committed, committed, produce, running, start_enrich_process, worker_settings
+from tests.fixtures.kafka_io import read_topic
 from tests.fixtures.ports import free_port
 from tests.fixtures.waiting import until
 
