@@ -55,9 +55,10 @@ from kafka_pipeline.delta.maintenance_loop import TableMaintainer, table_labels 
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
 from kafka_pipeline.runtime.logging import configure_logging  # noqa: E402
-from kafka_pipeline.writer.entity_writer import app_id, table_properties  # noqa: E402
-from kafka_pipeline.writer.maintenance import policy  # noqa: E402
+from kafka_pipeline.writer.entity_writer import app_id  # noqa: E402
+from kafka_pipeline.writer.maintenance import layout_properties, policy  # noqa: E402
 from kafka_pipeline.writer.row_conversion import BatchBuilder  # noqa: E402
+from kafka_pipeline.writer.table_layout import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES, EVENTS_FILE_BYTES, table_properties, writer_properties  # noqa: E402
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 APP_ID = app_id("claimx-writer", "claimx.entity_rows", 0)
@@ -222,6 +223,12 @@ def s3_requests(server: Any) -> dict[str, int]:
     return counts
 
 
+def before_layout(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Table properties before issue 24 point 3: one file size for every entity table."""
+    size = EVENTS_FILE_BYTES if name == "claimx_events" else ENTITY_FILE_BYTES
+    return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -283,6 +290,9 @@ def main() -> int:
     parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
     parser.add_argument("--events-with-clocks", action="store_true",
                         help="merge claimx_events through a clock table like the updated tables (the layout before issue 24: the 'before')")
+    parser.add_argument("--before-layout", action="store_true",
+                        help="the file layout before issue 24 point 3 (the 'before'): every entity table 2 MiB files, clock tables "
+                             "256 KiB, snappy; without it: the writer's layout (kafka_pipeline/writer/table_layout.py)")
     parser.add_argument("--trickle", action="store_true",
                         help="the default-policy trickle instead of the soak: --events-per-s for --minutes, a flush every "
                              "writer.max_latency_s of simulated time, maintenance every --maintenance-interval-s of simulated time")
@@ -323,12 +333,15 @@ def main() -> int:
         storage = server.storage_options()
     try:
         specs = {name: dataclasses.replace(spec, immutable=False) if args.events_with_clocks else spec for name, spec in TABLES.items()}
-        writers = {name: DeltaTableWriter(spec, root, storage_options=storage, configuration=table_properties(name)[0],
-                                          clock_configuration=table_properties(name)[1])
+        layout = before_layout if args.before_layout else table_properties
+        encoding = None if args.before_layout else writer_properties()
+        writers = {name: DeltaTableWriter(spec, root, storage_options=storage, writer_properties=encoding,
+                                          configuration=layout(name)[0], clock_configuration=layout(name)[1])
                    for name, spec in specs.items()}
         settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
         maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
-                                     policy(settings), storage_options=storage)
+                                     policy(settings), storage_options=storage, writer_properties=encoding,
+                                     properties=None if args.before_layout else layout_properties(list(TABLES)))
         maintenance = Maintenance(maintainer, args.maintenance_interval_s)
         if not args.no_maintenance and not args.trickle:
             maintenance.start()
@@ -381,6 +394,7 @@ def main() -> int:
                  f"{args.maintenance_interval_s:g} simulated s" if args.trickle else
                  f"soak: {args.flushes:,} flushes of {args.messages_per_flush} messages, maintenance "
                  f"{'off' if args.no_maintenance else f'every {args.maintenance_interval_s:g} s'}")
+        shape += "; layout before issue 24 point 3" if args.before_layout else "; the writer's layout (table_layout.py)"
         print(f"\n{shape}; {rows:,} rows ({rows / args.flushes:.1f} per flush), {total_s:.0f} s; tables on {'local S3 server' if args.s3 else 'local disk'}")
         print(f"flush time, first {window:,}: p50 {statistics.median(first):.3f} s, p99 {percentile(first, 99):.3f} s, max {max(first):.3f} s")
         print(f"flush time, last  {window:,}: p50 {statistics.median(last):.3f} s, p99 {percentile(last, 99):.3f} s, max {max(last):.3f} s")

@@ -55,8 +55,8 @@ from kafka_pipeline.delta import merge_rule  # noqa: E402
 from kafka_pipeline.delta.maintenance import maintain  # noqa: E402
 from kafka_pipeline.delta.storage import TableRoot, join_uri  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter  # noqa: E402
-from kafka_pipeline.writer.entity_writer import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
 from kafka_pipeline.writer.row_conversion import BatchBuilder  # noqa: E402
+from kafka_pipeline.writer.table_layout import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
 
 GOAL_ROWS_PER_S = 30_000
 T0_US = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
