@@ -441,7 +441,7 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
                  rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
     """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
     print(f"\n{'table':34} {'data files':>10} {'log json':>9} {'checkpoints':>11} {'rows':>9} {'MiB written':>11}")
-    max_files = 0
+    max_files = live_bytes = 0
     checkpoints_everywhere, logs_bounded = True, True
     for name in TABLES:
         for label, uri in ((name, table_uri(root, name)), (f"{name} (clocks)", clock_table_uri(root, name))):
@@ -452,7 +452,9 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
             log_dir = Path(uri) / "_delta_log"
             logs = len(list(log_dir.glob("*.json")))
             checkpoints = len(list(log_dir.glob("*.checkpoint*.parquet")))
-            count = int(pc.sum(pa.table(table.get_add_actions(flatten=True))["num_records"]).as_py() or 0)
+            actions = pa.table(table.get_add_actions(flatten=True))
+            count = int(pc.sum(actions["num_records"]).as_py() or 0)
+            live_bytes += int(pc.sum(actions["size_bytes"]).as_py() or 0)
             max_files = max(max_files, files)
             checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
             logs_bounded &= logs < table.version() / 2
@@ -464,7 +466,8 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
     row_size = row_bytes / rows
     per_row = data_bytes / rows
     json_size = json_bytes / rows
-    print(f"\nbytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
+    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB ({live_bytes / rows:,.0f} bytes per row written)")
+    print(f"bytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
           f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
           f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
     goals: list[tuple[str, bool]] = []
