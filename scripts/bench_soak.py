@@ -3,6 +3,20 @@ beside it, as a long-running deployment sees them.
 
     .venv/bin/python scripts/bench_soak.py                      # 5,000 flushes (issue 13's goals)
     .venv/bin/python scripts/bench_soak.py --flushes 600        # quick
+    .venv/bin/python scripts/bench_soak.py --trickle            # issue 24's 15-minute default-policy trickle
+    .venv/bin/python scripts/bench_soak.py --s3 --flushes 80    # object-store requests per flush
+    ... --before-layout                                         # the same with the file layout before issue 24
+
+`--trickle` runs on a simulated clock: --events-per-s (20) for --minutes (15) of simulated time,
+one flush of `events/s x writer.max_latency_s` messages per `max_latency_s`, and a maintenance
+pass (`run_once`, in the flush loop) after every `--maintenance-interval-s` of simulated time,
+so the flush cadence and the maintenance interval are the deployment's while the run takes as
+long as the machine needs. It prints the bytes written per row and the second half's bytes
+against the first's (goals: <= 4 KiB, <= 1.3x). The soak prints the bytes per row of its first
+and last windows after the first compaction (goal: <= 1.3x). Bytes written are the sizes of
+every data file that appeared under the root (sampled every 10 or 50 flushes). `--s3` puts the
+tables on the tests' local S3 server (tests/fixtures/s3_server.py) and prints the PUT, GET and
+LIST requests it served per flush, writer and maintenance together.
 
 A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
 stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
