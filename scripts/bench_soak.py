@@ -3,6 +3,20 @@ beside it, as a long-running deployment sees them.
 
     .venv/bin/python scripts/bench_soak.py                      # 5,000 flushes (issue 13's goals)
     .venv/bin/python scripts/bench_soak.py --flushes 600        # quick
+    .venv/bin/python scripts/bench_soak.py --trickle            # issue 24's 15-minute default-policy trickle
+    .venv/bin/python scripts/bench_soak.py --s3 --flushes 80    # object-store requests per flush
+    ... --before-layout                                         # the same with the file layout before issue 24
+
+`--trickle` runs on a simulated clock: --events-per-s (20) for --minutes (15) of simulated time,
+one flush of `events/s x writer.max_latency_s` messages per `max_latency_s`, and a maintenance
+pass (`run_once`, in the flush loop) after every `--maintenance-interval-s` of simulated time,
+so the flush cadence and the maintenance interval are the deployment's while the run takes as
+long as the machine needs. It prints the bytes written per row and the second half's bytes
+against the first's (goals: <= 4 KiB, <= 1.3x). The soak prints the bytes per row of its first
+and last windows after the first compaction (goal: <= 1.3x). Bytes written are the sizes of
+every data file that appeared under the root (sampled every 10 or 50 flushes). `--s3` puts the
+tables on the tests' local S3 server (tests/fixtures/s3_server.py) and prints the PUT, GET and
+LIST requests it served per flush, writer and maintenance together.
 
 A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
 stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
@@ -49,14 +63,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
 from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
-from kafka_pipeline.config import MaintenanceSettings  # noqa: E402
+from kafka_pipeline.config import MaintenanceSettings, WriterSettings  # noqa: E402
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
 from kafka_pipeline.maintenance.loop import TableMaintainer, table_labels  # noqa: E402
 from kafka_pipeline.maintenance.operations import maintain  # noqa: E402
-from kafka_pipeline.maintenance.policy import policy  # noqa: E402
+from kafka_pipeline.maintenance.policy import layout_properties, policy  # noqa: E402
+from kafka_pipeline.maintenance.table_layout import (  # noqa: E402
+    CLOCK_FILE_RATIO,
+    ENTITY_FILE_BYTES,
+    EVENTS_FILE_BYTES,
+    table_properties,
+    writer_properties,
+)
 from kafka_pipeline.observability.logging import configure_logging  # noqa: E402
-from kafka_pipeline.workers.writer.entity_writer import app_id, table_properties  # noqa: E402
+from kafka_pipeline.workers.writer.entity_writer import app_id  # noqa: E402
 from kafka_pipeline.workers.writer.row_conversion import BatchBuilder  # noqa: E402
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
@@ -68,8 +89,9 @@ EVENT_US = 100_000  # 10 events/s
 class Stream:
     """A deterministic ClaimX-like stream of entity-rows messages."""
 
-    def __init__(self, seed: int = 13) -> None:
+    def __init__(self, seed: int = 13, event_us: int = EVENT_US) -> None:
         self.rng = random.Random(seed)
+        self.event_us = event_us
         self.n = 0
         self.projects = 5_000_000
         self.media = 70_000_000
@@ -81,7 +103,7 @@ class Stream:
 
     def message(self) -> EntityRowsMessage:
         self.n += 1
-        at = T0 + timedelta(microseconds=self.n * EVENT_US)
+        at = T0 + timedelta(microseconds=self.n * self.event_us)
         roll = self.rng.random()
         rows: dict[str, list[dict[str, Any]]]
         if roll < 0.12 or self.projects == 5_000_000:
@@ -155,7 +177,8 @@ class Stream:
 
 
 class Maintenance(threading.Thread):
-    """The writer's maintenance loop, in a thread, every `interval_s`."""
+    """The writer's maintenance loop: in a thread every `interval_s` (`start()`), or called by
+    the flush loop itself at simulated times (`run_pass()`, the trickle)."""
 
     def __init__(self, maintainer: TableMaintainer, interval_s: float) -> None:
         super().__init__(daemon=True)
@@ -163,17 +186,70 @@ class Maintenance(threading.Thread):
         self.stopped = threading.Event()
         self.compactions = self.conflicts = self.cycles = 0
         self.errors: list[str] = []
+        self.flushes_done = 0  # set by the flush loop
+        self.first_compaction_at: int | None = None  # flushes done when the first compaction finished
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            report = self.maintainer.run_once()
-            self.cycles += 1
-            self.compactions += len(report.compacted)
-            self.conflicts += report.conflicts
-            self.errors += list(report.errors.values())
+            self.run_pass()
+
+    def run_pass(self) -> None:
+        report = self.maintainer.run_once()
+        self.cycles += 1
+        self.compactions += len(report.compacted)
+        self.conflicts += report.conflicts
+        self.errors += list(report.errors.values())
+        if report.compacted and self.first_compaction_at is None:
+            self.first_compaction_at = self.flushes_done
 
 
-def percentile(values: list[float], q: float) -> float:
+class WrittenBytes:
+    """Bytes of data files written so far under a local root: every Parquet data file ever seen
+    (checkpoints excluded), so files a vacuum deleted after they were seen still count."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.seen: dict[Path, int] = {}
+
+    def total(self) -> int:
+        for path in self.root.rglob("*.parquet"):
+            if path not in self.seen and ".checkpoint" not in path.name and path.is_file():
+                self.seen[path] = path.stat().st_size
+        return sum(self.seen.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    flushes: int
+    rows: int
+    data_bytes: int
+
+
+def window_rate(samples: list[Sample], start: int, end: int) -> tuple[float, int, int]:
+    """Bytes per row written between the samples at flush `start` and flush `end` (both must be
+    sample points): (bytes per row, bytes, rows)."""
+    at = {sample.flushes: sample for sample in samples}
+    first, last = at[start], at[end]
+    written, rows = last.data_bytes - first.data_bytes, last.rows - first.rows
+    return written / max(rows, 1), written, rows
+
+
+def s3_requests(server: Any) -> dict[str, int]:
+    """Requests the local S3 server served so far, by kind (a GET with `list-type` is a LIST)."""
+    counts: dict[str, int] = {}
+    for method, path, _status in server.requests():
+        kind = "LIST" if method == "GET" and "list-type=" in path else method
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def before_layout(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Table properties before issue 24 point 3: one file size for every entity table."""
+    size = EVENTS_FILE_BYTES if name == "claimx_events" else ENTITY_FILE_BYTES
+    return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
+
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
@@ -234,29 +310,70 @@ def main() -> int:
     parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
     parser.add_argument("--events-with-clocks", action="store_true",
                         help="merge claimx_events through a clock table like the updated tables (the layout before issue 24: the 'before')")
+    parser.add_argument("--before-layout", action="store_true",
+                        help="the file layout before issue 24 point 3 (the 'before'): every entity table 2 MiB files, clock tables "
+                             "256 KiB, snappy; without it: the writer's layout (kafka_pipeline/maintenance/table_layout.py)")
+    parser.add_argument("--trickle", action="store_true",
+                        help="the default-policy trickle instead of the soak: --events-per-s for --minutes, a flush every "
+                             "writer.max_latency_s of simulated time, maintenance every --maintenance-interval-s of simulated time")
+    parser.add_argument("--events-per-s", type=float, default=20.0, help="--trickle: event rate (default 20)")
+    parser.add_argument("--minutes", type=float, default=15.0, help="--trickle: simulated minutes (default 15)")
+    parser.add_argument("--s3", action="store_true",
+                        help="tables on the tests' local S3 server (tests/fixtures/s3_server.py); prints object-store requests per flush")
     parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
     args = parser.parse_args()
     if args.flushes < 2 or args.messages_per_flush < 1 or args.maintenance_interval_s <= 0 or args.log_retention_hours < 0:
         parser.error("--flushes >= 2, --messages-per-flush >= 1, --maintenance-interval-s > 0, --log-retention-hours >= 0")
+    if args.events_per_s <= 0 or args.minutes <= 0:
+        parser.error("--events-per-s > 0, --minutes > 0")
+    if args.s3 and args.root:
+        parser.error("--s3 and --root exclude each other")
+
+    latency_s = WriterSettings().max_latency_s
+    event_us = EVENT_US
+    maintenance_every = 0  # trickle: a maintenance pass after this many flushes (simulated time)
+    if args.trickle:
+        args.messages_per_flush = max(1, round(args.events_per_s * latency_s))
+        args.flushes = max(2, round(args.minutes * 60 / latency_s))
+        event_us = round(1_000_000 / args.events_per_s)
+        maintenance_every = max(1, round(args.maintenance_interval_s / latency_s))
 
     configure_logging("bench-soak", level="WARNING")
-    root_path = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    root_path = Path(args.root) if args.root else work
     root = str(root_path)
+    server: Any = None
+    storage: dict[str, str] = {}
+    if args.s3:
+        from tests.fixtures.s3 import S3Server  # noqa: PLC0415 - the tests' server, only for --s3
+
+        server = S3Server(work)
+        server.start()
+        root = f"s3://{server.new_bucket()}/tables"
+        storage = server.storage_options()
     try:
         specs = {name: dataclasses.replace(spec, immutable=False) if args.events_with_clocks else spec for name, spec in TABLES.items()}
-        writers = {name: DeltaTableWriter(spec, root, configuration=table_properties(name)[0], clock_configuration=table_properties(name)[1])
+        layout = before_layout if args.before_layout else table_properties
+        encoding = None if args.before_layout else writer_properties()
+        writers = {name: DeltaTableWriter(spec, root, storage_options=storage, writer_properties=encoding,
+                                          configuration=layout(name)[0], clock_configuration=layout(name)[1])
                    for name, spec in specs.items()}
         settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
         maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
-                                     policy(settings))
+                                     policy(settings), storage_options=storage, writer_properties=encoding,
+                                     properties=None if args.before_layout else layout_properties(list(TABLES)))
         maintenance = Maintenance(maintainer, args.maintenance_interval_s)
-        if not args.no_maintenance:
+        if not args.no_maintenance and not args.trickle:
             maintenance.start()
+        written = None if args.s3 else WrittenBytes(root_path)
+        sample_every = 10 if args.trickle else 50
+        samples = [Sample(0, 0, 0)]
+        requests_before = s3_requests(server) if server is not None else {}
         pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         seconds: list[float] = []
         rows = row_bytes = json_bytes = offset = conflicts = commits = files_added = 0
         started_all = time.perf_counter()
-        for number, messages in enumerate(Stream().flushes(args.flushes, args.messages_per_flush)):
+        for number, messages in enumerate(Stream(event_us=event_us).flushes(args.flushes, args.messages_per_flush)):
             started = time.perf_counter()
             builder = BatchBuilder()
             for message in messages:
@@ -275,6 +392,11 @@ def main() -> int:
             for data in tables.values():
                 rows += data.num_rows
                 row_bytes += data.drop_columns([SEQ, APP, OFFSET]).nbytes
+            maintenance.flushes_done = number + 1
+            if maintenance_every and not args.no_maintenance and (number + 1) % maintenance_every == 0:
+                maintenance.run_pass()
+            if written is not None and ((number + 1) % sample_every == 0 or number + 1 == args.flushes):
+                samples.append(Sample(number + 1, rows, written.total()))
             if (number + 1) % 500 == 0:
                 print(f"  {number + 1:>6} flushes, {rows:,} rows, last 500 p50 {statistics.median(seconds[-500:]):.3f} s "
                       f"({time.perf_counter() - started_all:.0f} s so far)", flush=True)
@@ -283,75 +405,136 @@ def main() -> int:
         if maintenance.is_alive():
             maintenance.join()
         total_s = time.perf_counter() - started_all
+        requests = {kind: count - requests_before.get(kind, 0) for kind, count in s3_requests(server).items()} if server is not None else {}
 
         window = min(1000, args.flushes // 2)
         first, last = seconds[:window], seconds[-window:]
-        print(f"\nsoak: {args.flushes:,} flushes of {args.messages_per_flush} messages, {rows:,} rows ({rows / args.flushes:.1f} per flush), "
-              f"{total_s:.0f} s; maintenance {'off' if args.no_maintenance else f'every {args.maintenance_interval_s:g} s'}")
+        shape = (f"trickle: {args.events_per_s:g} events/s for {args.minutes:g} simulated minutes = {args.flushes:,} flushes of "
+                 f"{args.messages_per_flush} messages (writer.max_latency_s {latency_s:g}), maintenance every "
+                 f"{args.maintenance_interval_s:g} simulated s" if args.trickle else
+                 f"soak: {args.flushes:,} flushes of {args.messages_per_flush} messages, maintenance "
+                 f"{'off' if args.no_maintenance else f'every {args.maintenance_interval_s:g} s'}")
+        shape += "; layout before issue 24 point 3" if args.before_layout else "; the writer's layout (table_layout.py)"
+        print(f"\n{shape}; {rows:,} rows ({rows / args.flushes:.1f} per flush), {total_s:.0f} s; tables on {'local S3 server' if args.s3 else 'local disk'}")
         print(f"flush time, first {window:,}: p50 {statistics.median(first):.3f} s, p99 {percentile(first, 99):.3f} s, max {max(first):.3f} s")
         print(f"flush time, last  {window:,}: p50 {statistics.median(last):.3f} s, p99 {percentile(last, 99):.3f} s, max {max(last):.3f} s")
         print(f"writer commits: {commits / args.flushes:.2f} Delta commits and {files_added / args.flushes:.2f} data files added per flush "
               f"(entity and clock tables; claimx_events {'through a clock table' if args.events_with_clocks else 'insert-if-absent, no clock table'})")
-        print(f"maintenance: {maintenance.cycles} passes, {maintenance.compactions} compactions, {maintenance.conflicts} compaction conflicts, "
+        print(f"maintenance: {maintenance.cycles} passes, {maintenance.compactions} compactions (first after flush "
+              f"{maintenance.first_compaction_at}), {maintenance.conflicts} compaction conflicts, "
               f"{len(maintenance.errors)} errors; writer commit conflicts {conflicts}")
         for error in maintenance.errors[:3]:
             print(f"  maintenance error: {error}")
 
-        print(f"\n{'table':34} {'data files':>10} {'log json':>9} {'checkpoints':>11} {'rows':>9}")
-        max_files = 0
-        checkpoints_everywhere, logs_bounded = True, True
-        for name in TABLES:
-            for label, uri in ((name, table_uri(root, name)), (f"{name} (clocks)", clock_table_uri(root, name))):
-                if not DeltaTable.is_deltatable(uri):
-                    continue
-                table = DeltaTable(uri)
-                files = len(table.file_uris())
-                log_dir = Path(uri) / "_delta_log"
-                logs = len(list(log_dir.glob("*.json")))
-                checkpoints = len(list(log_dir.glob("*.checkpoint*.parquet")))
-                count = int(pc.sum(pa.table(table.get_add_actions(flatten=True))["num_records"]).as_py() or 0)
-                max_files = max(max_files, files)
-                checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
-                logs_bounded &= logs < table.version() / 2
-                print(f"{label:34} {files:>10,} {logs:>9,} {checkpoints:>11,} {count:>9,}")
-
-        data_bytes = tree_bytes(root_path, "*.parquet") - tree_bytes(root_path, "*.checkpoint*.parquet")
-        log_bytes = tree_bytes(root_path, "*.json") + tree_bytes(root_path, "*.checkpoint*.parquet")
-        row_size = row_bytes / rows
-        per_row = data_bytes / rows
-        json_size = json_bytes / rows
-        print(f"\nbytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
-              f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
-              f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
-
-        before = analyst_reads(root)
-        compact_started = time.perf_counter()
-        for name in ("claimx_events", "claimx_projects"):
-            maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False, dry_run=False)
-        compact_s = time.perf_counter() - compact_started
-        after = analyst_reads(root)
-        print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "
-              f"manual compaction took {compact_s:.1f} s:")
-        read_ratio = 0.0
-        for key in before:
-            ratio = before[key] / max(after[key], 1e-9)
-            read_ratio = max(read_ratio, ratio)
-            print(f"  {key:32} {before[key]:.3f} s as left by the writer, {after[key]:.3f} s after a full compaction ({ratio:.1f}x)")
-
-        p99_ratio = percentile(last, 99) / percentile(first, 99)
-        goals = [
-            (f"p99 of the last {window:,} flushes <= 1.5x the first {window:,} ({p99_ratio:.2f}x)", p99_ratio <= 1.5),
-            (f"data files per table bounded (max {max_files})", max_files <= 300),
-            ("checkpoints exist, old log files gone", checkpoints_everywhere and logs_bounded),
-            (f"bytes per row <= 10x the row's Arrow size ({per_row / row_size:.1f}x)", per_row <= 10 * row_size),
-            (f"analyst read within 2x of compacted ({read_ratio:.1f}x)", read_ratio <= 2.0),
-        ]
+        goals: list[tuple[str, bool]] = []
+        if server is not None:
+            goals += report_s3(server, root, requests, args.flushes, rows)
+        else:
+            goals += report_local(root_path, root, args, samples, maintenance, rows, row_bytes, json_bytes)
+        if not args.trickle:
+            p99_ratio = percentile(last, 99) / percentile(first, 99)
+            goals.insert(0, (f"p99 of the last {window:,} flushes <= 1.5x the first {window:,} ({p99_ratio:.2f}x)", p99_ratio <= 1.5))
         for text, met in goals:
             print(f"goal: {text} -> {'meets' if met else 'misses'}")
     finally:
-        if not args.root:
-            shutil.rmtree(root_path, ignore_errors=True)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def report_s3(server: Any, root: str, requests: dict[str, int], flushes: int, rows: int) -> list[tuple[str, bool]]:
+    """Object-store requests per flush (writer and maintenance together) and what the bucket holds."""
+    kinds = ("PUT", "GET", "LIST", "HEAD", "DELETE", "POST")
+    print("\nobject-store requests per flush (writer + maintenance): "
+          + ", ".join(f"{kind} {requests.get(kind, 0) / flushes:.1f}" for kind in kinds if kind in requests or kind in ("PUT", "GET", "LIST"))
+          + f"; {sum(requests.values()) / flushes:.1f} in all")
+    bucket, _, prefix = root.removeprefix("s3://").partition("/")
+    stored = 0
+    for page in server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        stored += sum(item["Size"] for item in page.get("Contents", []))
+    print(f"bucket holds {stored / 2**20:,.1f} MiB ({stored / rows:,.0f} bytes per row) after {flushes:,} flushes")
+    return []
+
+
+def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: list[Sample], maintenance: Maintenance,
+                 rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
+    """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
+    print(f"\n{'table':34} {'data files':>10} {'log json':>9} {'checkpoints':>11} {'rows':>9} {'MiB written':>11}")
+    max_files = live_bytes = 0
+    checkpoints_everywhere, logs_bounded = True, True
+    for name in TABLES:
+        for label, uri in ((name, table_uri(root, name)), (f"{name} (clocks)", clock_table_uri(root, name))):
+            if not DeltaTable.is_deltatable(uri):
+                continue
+            table = DeltaTable(uri)
+            files = len(table.file_uris())
+            log_dir = Path(uri) / "_delta_log"
+            logs = len(list(log_dir.glob("*.json")))
+            checkpoints = len(list(log_dir.glob("*.checkpoint*.parquet")))
+            actions = pa.table(table.get_add_actions(flatten=True))
+            count = int(pc.sum(actions["num_records"]).as_py() or 0)
+            live_bytes += int(pc.sum(actions["size_bytes"]).as_py() or 0)
+            max_files = max(max_files, files)
+            checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
+            logs_bounded &= logs < table.version() / 2
+            table_bytes = sum(f.stat().st_size for f in Path(uri).glob("*.parquet"))
+            print(f"{label:34} {files:>10,} {logs:>9,} {checkpoints:>11,} {count:>9,} {table_bytes / 2**20:>11,.1f}")
+
+    data_bytes = samples[-1].data_bytes
+    log_bytes = tree_bytes(root_path, "*.json") + tree_bytes(root_path, "*.checkpoint*.parquet")
+    row_size = row_bytes / rows
+    per_row = data_bytes / rows
+    json_size = json_bytes / rows
+    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB ({live_bytes / rows:,.0f} bytes per row written)")
+    print(f"bytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
+          f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
+          f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
+    goals: list[tuple[str, bool]] = []
+    points = [sample.flushes for sample in samples]
+    if args.trickle:
+        middle = min(points, key=lambda point: abs(point - args.flushes / 2))
+        first_rate, first_bytes, first_rows = window_rate(samples, 0, middle)
+        second_rate, second_bytes, second_rows = window_rate(samples, middle, points[-1])
+        halves = second_bytes / max(first_bytes, 1)
+        print(f"first half (flushes 1-{middle}): {first_bytes / 2**20:,.1f} MiB for {first_rows:,} rows ({first_rate:,.0f} bytes per row); "
+              f"second half: {second_bytes / 2**20:,.1f} MiB for {second_rows:,} rows ({second_rate:,.0f} bytes per row)")
+        goals += [(f"bytes written per row <= 4 KiB ({per_row:,.0f} bytes)", per_row <= 4096),
+                  (f"second half writes <= 1.3x the bytes of the first ({halves:.2f}x)", halves <= 1.3)]
+        return goals
+    start = next((point for point in points if maintenance.first_compaction_at is not None and point >= maintenance.first_compaction_at), None)
+    if start is not None and points[-1] - start >= 2 * 50:
+        span = min(1000, (points[-1] - start) // 2 // 50 * 50)
+        early_rate, _, _ = window_rate(samples, start, start + span)
+        late_rate, _, _ = window_rate(samples, points[-1] - span, points[-1])
+        ratio = late_rate / max(early_rate, 1e-9)
+        print(f"bytes per row after the first compaction: flushes {start + 1}-{start + span}: {early_rate:,.0f}; "
+              f"last {span:,} flushes: {late_rate:,.0f} ({ratio:.2f}x)")
+        goals.append((f"bytes per row of the last {span:,} flushes <= 1.3x the first {span:,} after the first compaction ({ratio:.2f}x)",
+                      ratio <= 1.3))
+    else:
+        print("bytes per row after the first compaction: too few flushes after it to compare two windows")
+
+    before = analyst_reads(root)
+    compact_started = time.perf_counter()
+    for name in ("claimx_events", "claimx_projects"):
+        maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False, dry_run=False)
+    compact_s = time.perf_counter() - compact_started
+    after = analyst_reads(root)
+    print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "
+          f"manual compaction took {compact_s:.1f} s:")
+    read_ratio = 0.0
+    for key in before:
+        ratio = before[key] / max(after[key], 1e-9)
+        read_ratio = max(read_ratio, ratio)
+        print(f"  {key:32} {before[key]:.3f} s as left by the writer, {after[key]:.3f} s after a full compaction ({ratio:.1f}x)")
+    goals += [
+        (f"data files per table bounded (max {max_files})", max_files <= 300),
+        ("checkpoints exist, old log files gone", checkpoints_everywhere and logs_bounded),
+        (f"bytes per row <= 10x the row's Arrow size ({per_row / row_size:.1f}x)", per_row <= 10 * row_size),
+        (f"analyst read within 2x of compacted ({read_ratio:.1f}x)", read_ratio <= 2.0),
+    ]
+    return goals
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import bench_writer  # noqa: E402
 from kafka_pipeline.claimx.schemas import EVENTS, PROJECTS, TABLES  # noqa: E402
 from kafka_pipeline.delta import merge_rule  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
-from kafka_pipeline.workers.writer.entity_writer import table_properties  # noqa: E402
+from kafka_pipeline.maintenance.table_layout import table_properties  # noqa: E402
 
 T0_US = bench_writer.T0_US
 APP = "bench:claimx.entity_rows:0"

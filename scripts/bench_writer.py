@@ -55,7 +55,7 @@ from kafka_pipeline.delta import merge_rule  # noqa: E402
 from kafka_pipeline.delta.storage import TableRoot, join_uri  # noqa: E402
 from kafka_pipeline.delta.table_writer import DeltaTableWriter  # noqa: E402
 from kafka_pipeline.maintenance.operations import maintain  # noqa: E402
-from kafka_pipeline.workers.writer.entity_writer import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
+from kafka_pipeline.maintenance.table_layout import CLOCK_FILE_RATIO, ENTITY_FILE_BYTES  # noqa: E402
 from kafka_pipeline.workers.writer.row_conversion import BatchBuilder  # noqa: E402
 
 GOAL_ROWS_PER_S = 30_000

@@ -30,7 +30,7 @@ class DeadLetterFailed(WorkerFailed):
 class Letter:
     """A record that failed, and why."""
 
-    record: Any  # aiokafka ConsumerRecord or runtime.dead_letter.RecordView
+    record: Any  # aiokafka ConsumerRecord or dead_letters.envelope.RecordView
     error_type: str
     message: str
     category: Category = "permanent"

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 from prometheus_client import CollectorRegistry
 
@@ -140,10 +140,18 @@ class TableMaintainer:
         *,
         storage_options: Mapping[str, str] | None = None,
         registry: CollectorRegistry | None = None,
+        properties: Mapping[str, Mapping[str, str]] | None = None,
+        writer_properties: WriterProperties | None = None,
     ) -> None:
+        """`properties`: per label, table properties the table must have (its file layout, such
+        as `delta.targetFileSize`): set on a table that lacks them (one metadata commit, before
+        it is compacted), so tables created before a layout change take it up.
+        `writer_properties`: how compaction encodes the files it writes."""
         self.uris = dict(tables)
         self.policy = policy
         self.storage_options = dict(storage_options or {})
+        self.properties = {label: dict(wanted) for label, wanted in (properties or {}).items()}
+        self.writer_properties = writer_properties
         self.metrics = MaintenanceMetrics.on(registry or CollectorRegistry())
         self._tables: dict[str, DeltaTable] = {}
         self._compacted_at: dict[str, int] = {}  # label -> table version of our last compaction
@@ -181,6 +189,7 @@ class TableMaintainer:
         if table is None:
             return None
         table.update_incremental()
+        self._ensure_properties(table, self.properties.get(label, {}))
         version = table.version()
         target = int(table.metadata().configuration.get(TARGET_SIZE_PROPERTY) or DEFAULT_TARGET_BYTES)
         sizes = pa.table(table.get_add_actions(flatten=False)).column("size_bytes")
@@ -219,7 +228,7 @@ class TableMaintainer:
         table, attempt = state.table, 0
         while True:
             try:
-                metrics = table.optimize.compact(target_size=state.compact_to or state.target_bytes)
+                metrics = table.optimize.compact(target_size=state.compact_to or state.target_bytes, writer_properties=self.writer_properties)
                 break
             except CommitFailedError:
                 attempt += 1
@@ -280,21 +289,24 @@ class TableMaintainer:
     def _ensure_retention(self, table: DeltaTable) -> None:
         """The table's retention properties say what the policy says: set once per table and
         change of setting (a metadata commit)."""
-        wanted = {
+        self._ensure_properties(table, {
             LOG_RETENTION_PROPERTY: interval_value(self.policy.log_retention_hours),
             DELETED_FILE_RETENTION_PROPERTY: interval_value(self.policy.vacuum_retention_hours),
-        }
+        })
+
+    def _ensure_properties(self, table: DeltaTable, wanted: Mapping[str, str]) -> None:
+        """Set `wanted` on the table where it differs (a metadata commit; none when it agrees)."""
         configuration = table.metadata().configuration
         if all(configuration.get(name) == value for name, value in wanted.items()):
             return
         for attempt in range(1, self.policy.max_conflict_retries + 1):
             try:
-                table.alter.set_table_properties(wanted)
+                table.alter.set_table_properties(dict(wanted))
                 return
             except CommitFailedError:
                 time.sleep(backoff_delay(attempt, self.policy.backoff_base_s, self.policy.backoff_max_s))
                 table.update_incremental()
-        table.alter.set_table_properties(wanted)
+        table.alter.set_table_properties(dict(wanted))
 
     def _open(self, label: str) -> DeltaTable | None:
         table = self._tables.get(label)

@@ -20,6 +20,7 @@ from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.config import MaintenanceSettings, Settings
 from kafka_pipeline.delta.table_writer import clock_table_uri, table_uri
 from kafka_pipeline.maintenance.loop import MaintenancePolicy, TableMaintainer, run_maintenance, table_labels
+from kafka_pipeline.maintenance.table_layout import table_properties, writer_properties
 
 MAINTENANCE_PARTITION = 0
 
@@ -38,7 +39,16 @@ def maintainer_for(settings: Settings, registry: CollectorRegistry | None = None
     """A maintainer of every entity table and clock table under `settings.delta.tables_root`."""
     root = settings.delta.tables_root
     labels = table_labels(list(TABLES), lambda name: table_uri(root, name), lambda name: clock_table_uri(root, name))
-    return TableMaintainer(labels, policy(settings.maintenance), storage_options=settings.delta.storage_options, registry=registry)
+    return TableMaintainer(labels, policy(settings.maintenance), storage_options=settings.delta.storage_options, registry=registry,
+                           properties=layout_properties(list(TABLES)), writer_properties=writer_properties())
+
+
+def layout_properties(names: list[str]) -> dict[str, dict[str, str]]:
+    """Per maintenance label (`table_labels`), the table properties of the writer's file layout."""
+    properties: dict[str, dict[str, str]] = {}
+    for name in names:
+        properties[name], properties[f"{name}/clocks"] = table_properties(name)
+    return properties
 
 
 class WriterMaintenance:

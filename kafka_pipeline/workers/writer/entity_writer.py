@@ -51,6 +51,7 @@ from kafka_pipeline.delta.storage import STORE_ERRORS, check_commit_safety, stor
 from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, read_delta_table, table_uri
 from kafka_pipeline.errors import WorkerFailed
 from kafka_pipeline.maintenance.policy import WriterMaintenance
+from kafka_pipeline.maintenance.table_layout import table_properties, writer_properties
 from kafka_pipeline.observability.logging import get_logger
 from kafka_pipeline.observability.ops_server import ReadinessCheck
 from kafka_pipeline.observability.tracing import carry, linked_span
@@ -66,21 +67,6 @@ from kafka_pipeline.workers.writer.table_freshness import TableFreshness
 
 log = get_logger("kafka_pipeline.entity_writer")
 
-# `delta.targetFileSize` of the tables the writer creates. Entity keys arrive roughly in id order
-# (recent claims are the busy ones), and each MERGE prunes target files by the batch's key range,
-# then rewrites the files holding matched keys: small files keep that rewrite small. The events
-# log is keyed by hashes, nothing prunes, every MERGE scans it all: fewer, larger files scan
-# faster. A clock row is about an eighth of an entity row, so its files are an eighth the size.
-ENTITY_FILE_BYTES = 2 * 1024 * 1024
-EVENTS_FILE_BYTES = 32 * 1024 * 1024
-CLOCK_FILE_RATIO = 8
-
-
-def table_properties(name: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Delta table properties (entity table, clock table) the writer creates table `name` with."""
-    size = EVENTS_FILE_BYTES if name == "claimx_events" else ENTITY_FILE_BYTES
-    return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
-
 
 def table_writers(settings: Settings) -> dict[str, DeltaTableWriter]:
     """One writer per table of the contract, creating tables with the writer's properties."""
@@ -89,6 +75,7 @@ def table_writers(settings: Settings) -> dict[str, DeltaTableWriter]:
             spec,
             settings.delta.tables_root,
             storage_options=settings.delta.storage_options,
+            writer_properties=writer_properties(),
             configuration=table_properties(name)[0],
             clock_configuration=table_properties(name)[1],
         )
