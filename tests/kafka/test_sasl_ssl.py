@@ -28,6 +28,7 @@ from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.fixtures.broker import unique_topics
 from tests.fixtures.enrich import handled_trace_ids
 from tests.fixtures.secure import cli, secure_env
+from tests.fixtures.writer import until_events_written
 
 EVENTS, PROJECTS, MALFORMED = 40, 5, 3
 
@@ -74,12 +75,7 @@ async def test_enrich_write_and_dlq_list_over_sasl_ssl(kafka_broker: KafkaBroker
 
     workers = [WorkerProcess(command, env, log_path=tmp_path / f"{command}.log").start() for command in ("enrich", "write")]
     try:
-        deadline = time.monotonic() + 90
-        while table_row_counts(str(tables), ["claimx_events"]).get("claimx_events", 0) < len(known):
-            for worker in workers:
-                assert worker.running, (tmp_path / f"{worker.command}.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, [(tmp_path / f"{w.command}.log").read_text()[-2000:] for w in workers]
-            await asyncio.sleep(0.5)
+        await until_events_written(str(tables), len(known), workers, tmp_path)
     finally:
         codes = [worker.stop(15) for worker in workers]
     assert codes == [0, 0]

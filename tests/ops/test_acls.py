@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from kafka_pipeline.simulator.server import SimulatorProcess
 from tests.fixtures.broker import unique_topics
 from tests.fixtures.enrich import handled_trace_ids
 from tests.fixtures.secure import cli, secure_env
+from tests.fixtures.writer import until_events_written
 
 EVENTS, PROJECTS, MALFORMED = 30, 4, 2
 PRINCIPALS = {"enrich": "User:kp-enrich", "writer": "User:kp-writer", "retry-scheduler": "User:kp-retry",
@@ -89,12 +89,7 @@ async def test_the_pipeline_works_with_exactly_its_acls_and_nobody_else_writes_i
     workers = [WorkerProcess(command, {**secure_env(as_user(kafka_broker, plain, user)), **common},
                              log_path=tmp_path / f"{command}.log").start() for command, user in users.items()]
     try:
-        deadline = time.monotonic() + 90
-        while table_row_counts(str(tables), ["claimx_events"]).get("claimx_events", 0) < len(known):
-            for worker in workers:
-                assert worker.running, (tmp_path / f"{worker.command}.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, [(tmp_path / f"{w.command}.log").read_text()[-2000:] for w in workers]
-            await asyncio.sleep(0.5)
+        await until_events_written(str(tables), len(known), workers, tmp_path)
         operator = {**secure_env(as_user(kafka_broker, plain, "kp-operator")), **common}
         listed = await asyncio.to_thread(cli, operator, "dlq", "list", "--json")
         status = await asyncio.to_thread(cli, operator, "status", "--json")
