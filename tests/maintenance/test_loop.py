@@ -148,16 +148,18 @@ async def test_run_maintenance_runs_only_while_owning_and_stops(tmp_path: Path) 
         writer.write(flush(i, keys), {P0: last_offset(i, keys)})
     tables = maintainer(root, compact_small_files=2)
     owner = False
+    asked: list[bool] = []
+
+    def should_run() -> bool:
+        asked.append(owner)
+        return owner
+
     stop = asyncio.Event()
-    task = asyncio.create_task(run_maintenance(tables, stop, interval_s=0.05, should_run=lambda: owner))
-    await asyncio.sleep(0.3)
+    task = asyncio.create_task(run_maintenance(tables, stop, interval_s=0.05, should_run=should_run))
+    await until(lambda: len(asked) >= 3, "the loop to ask three times whether it owns the tables")
     assert len(DeltaTable(table_uri(root, SPEC.name)).file_uris()) == 3  # not the owner: nothing done
     owner = True
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if len(DeltaTable(table_uri(root, SPEC.name)).file_uris()) == 1:
-            break
-    assert len(DeltaTable(table_uri(root, SPEC.name)).file_uris()) == 1
+    await until(lambda: len(DeltaTable(table_uri(root, SPEC.name)).file_uris()) == 1, "the owner's compaction", timeout_s=10)
     stop.set()
     await asyncio.wait_for(task, 10)
 

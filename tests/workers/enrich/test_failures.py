@@ -126,7 +126,8 @@ async def test_rejected_credentials_pause_consumption_until_the_token_file_is_fi
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(first.run(stop))
         await until(lambda: first.auth_failed, task=task)
-        await asyncio.sleep(1.2)  # a few probes go by
+        # a few probes go by: the held events' calls were answered 401, then at least two probes
+        await until(lambda: api.stats()["status"].get("401", 0) >= first.counts.consumed + 2, "two probes after the 401s", task=task)
         rejected = await ready(first)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{first.ops_port}") as ops:
             metrics = (await ops.get("/metrics")).text
