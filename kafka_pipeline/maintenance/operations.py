@@ -21,6 +21,7 @@ from deltalake import DeltaTable
 from deltalake.fs import DeltaStorageHandler
 
 from kafka_pipeline.delta.table_writer import open_table, table_uri
+from kafka_pipeline.maintenance.table_layout import writer_properties
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's default: time travel and slow readers keep working for a week
 TARGET_SIZE_PROPERTY = "delta.targetFileSize"
@@ -142,8 +143,8 @@ def _compaction_plan(table: DeltaTable, sort_by: Sequence[str]) -> CompactionPla
 
 def _compact(table: DeltaTable, sort_by: Sequence[str]) -> dict[str, Any]:
     if sort_by:
-        return table.optimize.z_order(list(sort_by))
-    return table.optimize.compact()
+        return table.optimize.z_order(list(sort_by), writer_properties=writer_properties())
+    return table.optimize.compact(writer_properties=writer_properties())  # zstd, as the writer writes
 
 
 def table_row_counts(root: str, names: Sequence[str], storage_options: Mapping[str, str] | None = None) -> dict[str, int]:
