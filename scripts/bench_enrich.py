@@ -55,6 +55,7 @@ from kafka_pipeline.config import Settings, load_settings
 from kafka_pipeline.embedded.broker import EmbeddedBroker, free_port
 from kafka_pipeline.kafka.clients import ensure_topics, make_producer
 from kafka_pipeline.lifecycle import event_loop
+from kafka_pipeline.lifecycle.garbage_collector import tune_for_long_running
 from kafka_pipeline.observability import tracing
 from kafka_pipeline.observability.logging import configure_logging
 from kafka_pipeline.simulator import SimulatorProcess
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sink, counts = start_sink(Path(folder)) if args.otlp_sink else (None, None)
         try:
             traced = tracing.configure_tracing("bench")
+            tune_for_long_running()  # as `kafka-pipeline enrich` does before its loop runs
             results = event_loop.run(bench(args))  # the loop `kafka-pipeline enrich` runs on
             tracing.shutdown()  # every span exported before the sink's count is read
         finally:

@@ -10,6 +10,7 @@ from typing import Protocol
 from kafka_pipeline.config import Settings
 from kafka_pipeline.kafka.clients import set_client_name
 from kafka_pipeline.lifecycle import event_loop
+from kafka_pipeline.lifecycle.garbage_collector import tune_for_long_running
 from kafka_pipeline.observability.logging import configure_logging
 from kafka_pipeline.observability.tracing import configure_tracing, shutdown
 
@@ -35,6 +36,7 @@ def run_worker(settings: Settings, make_worker: Callable[[], Worker]) -> int:
     configure_logging(settings.worker.name, log_format=settings.worker.log_format, level=settings.worker.log_level)
     set_client_name(settings.worker.name)
     configure_tracing(settings.worker.name)  # only when OTEL_* asks for traces
+    tune_for_long_running()
     try:
         event_loop.run(run_until_signalled(make_worker))
     finally:
