@@ -48,20 +48,19 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
+from kafka_pipeline.claimx.api.transport import ConnectionPool
 from kafka_pipeline.config import ApiSettings
-from kafka_pipeline.errors import AuthError, PermanentError, PipelineError, TransientError
+from kafka_pipeline.errors import AuthError, ConfigError, PermanentError, PipelineError, TransientError
 from kafka_pipeline.observability.logging import get_logger
 from kafka_pipeline.observability.tracing import traced_transport
 from kafka_pipeline.resilience.backoff import backoff_delay
@@ -84,24 +83,18 @@ _PATH_ID = re.compile(API_ID_PATTERN)
 
 
 def pooled_transport(max_connections: int, url: str) -> httpx.AsyncBaseTransport:
-    """httpx over aiohttp: one pool of `max_connections` kept-alive connections.
-
-    httpcore's pool does Python work proportional to its connections for every request
-    (expiry probes, assignment passes) and h11 parses in Python; aiohttp's connector hands out
-    a free connection in constant time and parses responses in C: less than half the CPU per
-    call (README, "What it costs"). No cookie jar (the API authenticates every request;
-    filtering the jar was a tenth of a call's CPU), and
-    certificates checked as httpx checks them, through the proxy the environment names for
-    `url` as httpx's own transport would be. aiohttp does not decompress here: httpx does, so
-    the size cap counts decoded bytes.
-    """
-    keepalive_s = httpx.Limits().keepalive_expiry
-
-    def session() -> aiohttp.ClientSession:  # made at the first request, inside the running loop
-        connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=keepalive_s, ssl=httpx.create_ssl_context())
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-    return _AiohttpTransport(client=session, proxy=environment_proxy(url))
+    """The client's own HTTP/1.1 transport (`transport.py`): one pool of `max_connections`
+    kept-alive connections, certificates checked as httpx checks them, through the proxy the
+    environment names for `url` as httpx's own transport would be."""
+    proxy = environment_proxy(url)
+    if proxy is not None and proxy.url.scheme != "http":  # its URL is not echoed: it may carry a password
+        raise ConfigError(f"the proxy the environment names for the ClaimX API is {proxy.url.scheme}://; only http:// proxies are supported")
+    return ConnectionPool(
+        max_connections=max_connections,
+        keepalive_s=httpx.Limits().keepalive_expiry or 5.0,
+        ssl_context=httpx.create_ssl_context() if url.startswith("https:") else None,
+        proxy=proxy,
+    )
 
 
 def environment_proxy(url: str) -> httpx.Proxy | None:
@@ -113,42 +106,6 @@ def environment_proxy(url: str) -> httpx.Proxy | None:
     if not proxy or (parts.hostname and proxy_bypass(parts.hostname)):
         return None
     return httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}")
-
-
-class _AiohttpTransport(AiohttpTransport):
-    """httpx-aiohttp maps every aiohttp connection error to httpx.ConnectTimeout, so a refused
-    or dropped connection would read as a timeout; here only a real timeout stays one."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await super().handle_async_request(request)
-        except httpx.ConnectTimeout as exc:
-            raise _timeout_or(exc, httpx.ConnectError) from exc.__cause__
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _BodyStream(response.stream)
-        return response
-
-
-class _BodyStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        except httpx.ConnectTimeout as exc:
-            raise _timeout_or(exc, httpx.ReadError) from exc.__cause__
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-def _timeout_or(exc: httpx.ConnectTimeout, error: type[httpx.TransportError]) -> httpx.TransportError:
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
-        return error(str(exc))
-    return exc
 
 
 class TokenBucket:
@@ -240,6 +197,7 @@ class ClaimXApiClient:
             timeout=httpx.Timeout(settings.timeout_s),
             transport=self._transport,
         )
+        self._extensions = {"timeout": self._http.timeout.as_dict()}
         self.reload_token()
         self.breaker = breaker or CircuitBreaker(
             "claimx-api",
@@ -401,10 +359,11 @@ class ClaimXApiClient:
         # An absolute URL built here is parsed once; a path plus params would be parsed
         # three times (base merge, params merge), a tenth of the client's CPU per call.
         url = self._base_url + path + ("?" + urlencode(params) if params else "")
-        request = self._http.build_request(method, url, json=json_body)
-        # Straight to the transport: the client's auth, redirect and cookie layers would do
-        # nothing here (the header carries the token, redirects are errors, the API sets no
-        # cookie) at a tenth of a call's CPU. The request still carries the client's timeouts.
+        # Built here and sent straight to the transport: the client's URL and header merging,
+        # auth, redirect and cookie layers would do nothing here (the URL is absolute, the
+        # header carries the token, redirects are errors, the API sets no cookie) at a fifth
+        # of a call's CPU. The request carries the client's headers and timeouts.
+        request = httpx.Request(method, url, headers=self._http.headers, json=json_body, extensions=self._extensions)
         response = await self._transport.handle_async_request(request)
         try:
             limit = self.settings.max_response_bytes

@@ -17,7 +17,7 @@ import structlog
 
 from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, environment_proxy, parse_retry_after
 from kafka_pipeline.config import ApiSettings
-from kafka_pipeline.errors import AuthError, PermanentError, TransientError
+from kafka_pipeline.errors import AuthError, ConfigError, PermanentError, TransientError
 from tests.fixtures.api import PASSWORD, TOKEN, Recorder, Sleeps
 
 
@@ -172,6 +172,11 @@ async def test_requests_go_through_the_proxy_the_environment_names(monkeypatch: 
             assert (await api.get_project("5"))["project"]["projectId"] == 5
         monkeypatch.setenv("NO_PROXY", "claimx.test")
         assert environment_proxy("http://claimx.test/api") is None
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.setenv("HTTP_PROXY", "https://user:hunter2@proxy.test:3128")
+        with pytest.raises(ConfigError, match="only http:// proxies are supported") as refused:
+            ClaimXApiClient(make_settings(url="http://claimx.test/api"))
+        assert "hunter2" not in str(refused.value)
     finally:
         server.close()
         await server.wait_closed()

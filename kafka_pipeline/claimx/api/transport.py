@@ -1,0 +1,388 @@
+"""HTTP/1.1 for the ClaimX API client: httpx's transport interface over asyncio protocols, with
+httptools' C parser and a pool of kept-alive connections.
+
+Why not httpx's own transport or aiohttp under it: the worker sends a few small requests per
+event, so what a request costs in Python, not the network, decides how many events a core
+enriches. httpcore's pool does work per pooled connection on every request and h11 parses in
+Python; aiohttp (through httpx-aiohttp) builds its own request, URL and response objects under
+httpx's and writes headers and body separately. Here a request is one `transport.write` of
+bytes built from the httpx request, and the response is parsed in C as it arrives: its status,
+headers and body usually come in one `data_received`, so awaiting the response is one wake-up.
+
+What it does, as httpx's transport would:
+
+- a pool of kept-alive connections per origin, at most `max_connections` open at once; an idle
+  connection is reused for `keepalive_s` and dropped when the server closed it or said
+  `Connection: close`; a request that finds its reused connection closed under it (the server's
+  idle timeout won the race) is sent once more on a new connection, as nothing was answered;
+- TLS with the given context (SNI and hostname checked), through an HTTP proxy when one is
+  given (absolute-form requests for `http://`, a `CONNECT` tunnel for `https://`);
+- httpx's timeouts: connect, pool (waiting for a connection) and read (each wait for bytes);
+  the client adds one deadline over the whole attempt;
+- httpx's exceptions: ConnectError, ConnectTimeout, PoolTimeout, ReadTimeout, ReadError (the
+  connection closed mid-response), RemoteProtocolError (what the parser refuses),
+  LocalProtocolError (a header that would split the request).
+
+The body is handed over as it is read, and reading pauses while more than `MAX_BUFFERED` bytes
+wait for the reader: a huge body is never held past what the client reads of it. Content
+decoding (gzip) is httpx's, on the response's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httptools
+import httpx
+
+MAX_BUFFERED = 256 * 1024  # body bytes read ahead of the reader before the socket is paused
+_FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
+
+Origin = tuple[bytes, bytes, int]  # scheme, host, port
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one request at a time, its response parsed as bytes arrive."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.active = False  # a request was sent and its response is not yet handed back
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+        self.error: httpx.TransportError | None = None
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self._paused = False
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        if self.complete or not self.active:  # bytes nobody asked for: the connection is not in a state to trust
+            self._fail(httpx.RemoteProtocolError("the server sent bytes outside a response"))
+            return
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.headers_done and not self.complete and self.error is None and not self._delimited():
+            self.complete = True  # a body without a length or chunks ends where the connection does
+        if not self.complete and self.error is None:
+            self.error = httpx.ReadError("the server closed the connection before the response ended")
+        self._wake()
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > MAX_BUFFERED and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()  # the parser forgets it once the message is done
+        self._wake()
+
+    # --- the request's side ------------------------------------------------------------------
+
+    @property
+    def status_code(self) -> int:
+        return int(self._parser.get_status_code())
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self._reset()
+        self.active = True
+        self.transport.write(data)
+
+    def take_chunks(self) -> list[bytes]:
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunks
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until the parser or the connection says something new; ReadTimeout after `timeout`."""
+        waiter = self._waiter = self._loop.create_future()
+        timer = None if timeout is None else self._loop.call_later(timeout, self._time_out, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _delimited(self) -> bool:
+        return any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+    def tunnelled(self, transport: asyncio.Transport) -> None:
+        """From now on bytes go through `transport` (TLS inside a CONNECT tunnel), and responses
+        come from the server behind the proxy: a fresh parser, the proxy's answer forgotten."""
+        self.transport = transport
+        self._parser = httptools.HttpResponseParser(self)
+        self.active = False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        self.error = error
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    @staticmethod
+    def _time_out(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(httpx.ReadTimeout("no response bytes within the read timeout"))
+
+
+@dataclass
+class _Pool:
+    """Idle connections per origin, and a bound on the connections open at once."""
+
+    slots: asyncio.Semaphore
+    idle: dict[Origin, deque[_Connection]] = field(default_factory=dict)
+
+
+class ConnectionPool(httpx.AsyncBaseTransport):
+    """httpx transport: HTTP/1.1 over kept-alive connections (see the module's docstring)."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keepalive_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: httpx.Proxy | None = None,  # an http:// proxy (the client refuses others)
+    ) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._ssl_context = ssl_context
+        self._proxy = proxy
+        self._proxy_headers = _proxy_headers(proxy) if proxy is not None else []
+        self._pool: _Pool | None = None  # made in the running loop, at the first request
+        self._closing = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        url = request.url
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+        data = _serialize(request, await request.aread(), absolute=self._proxy is not None and origin[0] == b"http",
+                          extra=self._proxy_headers if self._proxy is not None and origin[0] == b"http" else ())
+        pool = self._pool or self._make_pool()
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await pool.slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no free connection within the pool timeout") from None
+        connection = self._idle(pool, origin)
+        try:
+            if connection is not None:
+                connection.send(data)
+                try:
+                    await self._head(connection, timeouts.get("read"))
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    if connection.received_any:
+                        raise
+                    connection.close()
+                    connection = None  # closed by the server while idle: nothing was answered
+            if connection is None:
+                connection = await self._connect(origin, timeouts.get("connect"))
+                connection.send(data)
+                await self._head(connection, timeouts.get("read"))
+        except BaseException:
+            pool.slots.release()
+            if connection is not None:
+                connection.close()
+            raise
+        return httpx.Response(
+            connection.status_code,
+            headers=connection.headers,
+            stream=_ResponseStream(self, pool, origin, connection, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+        )
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._pool is not None:
+            for idle in self._pool.idle.values():
+                for connection in idle:
+                    connection.close()
+            self._pool.idle.clear()
+
+    # --- the pool ----------------------------------------------------------------------------
+
+    def _make_pool(self) -> _Pool:
+        self._pool = _Pool(slots=asyncio.Semaphore(self._max_connections))
+        return self._pool
+
+    def _idle(self, pool: _Pool, origin: Origin) -> _Connection | None:
+        idle = pool.idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to have timed out
+            if not connection.closed and now - connection.idle_since < self._keepalive_s:
+                return connection
+            connection.close()
+        return None
+
+    def release(self, pool: _Pool, origin: Origin, connection: _Connection) -> None:
+        connection.active = False
+        if connection.reusable and not self._closing:
+            connection.idle_since = time.monotonic()
+            pool.idle.setdefault(origin, deque()).append(connection)
+        else:
+            connection.close()
+        pool.slots.release()
+
+    # --- a new connection --------------------------------------------------------------------
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = scheme == b"https"
+        if tls and self._ssl_context is None:
+            raise httpx.ConnectError("https needs an SSL context")
+        where = (self._proxy.url.host, self._proxy.url.port or 80) if self._proxy is not None else (host.decode("ascii"), port)
+        connection = _Connection(loop)
+        try:
+            async with asyncio.timeout(timeout):
+                direct_tls = tls and self._proxy is None
+                await loop.create_connection(
+                    lambda: connection, where[0], where[1],
+                    ssl=self._ssl_context if direct_tls else None,
+                    server_hostname=host.decode("ascii") if direct_tls else None,
+                )
+                if tls and self._proxy is not None:
+                    await self._tunnel(loop, connection, host, port)
+        except TimeoutError:
+            connection.close()
+            raise httpx.ConnectTimeout(f"no connection to {where[0]}:{where[1]} within the connect timeout") from None
+        except (OSError, ssl.SSLError) as exc:
+            connection.close()
+            raise httpx.ConnectError(f"cannot connect to {where[0]}:{where[1]}: {exc}") from None
+        return connection
+
+    async def _tunnel(self, loop: asyncio.AbstractEventLoop, connection: _Connection, host: bytes, port: int) -> None:
+        """CONNECT through the proxy, then TLS inside the tunnel."""
+        authority = b"%s:%d" % (host, port)
+        lines = [b"CONNECT %s HTTP/1.1" % authority, b"Host: " + authority] + [b"%s: %s" % h for h in self._proxy_headers]
+        # the proxy's answer to CONNECT has no body; the parser must not wait for one
+        connection.send(b"\r\n".join(lines) + b"\r\n\r\n")
+        while not connection.headers_done:
+            if connection.error is not None:
+                raise connection.error
+            await connection.wait(None)
+        if not 200 <= connection.status_code < 300:
+            raise httpx.ConnectError(f"the proxy refused the tunnel: {connection.status_code}")
+        assert connection.transport is not None and self._ssl_context is not None
+        tls = await loop.start_tls(connection.transport, connection, self._ssl_context, server_hostname=host.decode("ascii"))
+        assert tls is not None
+        connection.tunnelled(tls)
+
+    @staticmethod
+    async def _head(connection: _Connection, timeout: float | None) -> None:
+        while not connection.headers_done:
+            if connection.error is not None:
+                raise connection.error
+            await connection.wait(timeout)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, owner: ConnectionPool, pool: _Pool, origin: Origin, connection: _Connection, timeout: float | None) -> None:
+        self._owner, self._pool, self._origin, self._connection, self._timeout = owner, pool, origin, connection, timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while True:
+            chunks = connection.take_chunks()
+            if chunks:
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if connection.complete:
+                return
+            if connection.error is not None:
+                raise connection.error
+            if not connection.chunks:
+                await connection.wait(self._timeout)
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner.release(self._pool, self._origin, self._connection)
+
+
+def _proxy_headers(proxy: httpx.Proxy) -> list[tuple[bytes, bytes]]:
+    """The proxy's own headers, with Basic credentials when its URL carries them."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in proxy.headers.items()]
+    if proxy.raw_auth is not None:
+        user, password = proxy.raw_auth
+        headers.append((b"Proxy-Authorization", b"Basic " + base64.b64encode(user + b":" + password)))
+    return headers
+
+
+def _serialize(request: httpx.Request, body: bytes, *, absolute: bool, extra: Any) -> bytes:
+    """The request as bytes on the wire: request line, headers, body."""
+    url = request.url
+    target = str(url).encode("ascii") if absolute else url.raw_path
+    headers = [*request.headers.raw, *extra]
+    fields = b"".join(name + value for name, value in headers)
+    if any(c in fields for c in _FORBIDDEN_IN_HEADERS):  # one would end the header early: a request of the sender's choosing
+        raise httpx.LocalProtocolError("a request header has a line break or NUL")
+    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
