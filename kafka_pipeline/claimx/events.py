@@ -29,6 +29,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationInfo, computed_field, field_validator, model_validator
 
 from kafka_pipeline.errors import PermanentError
@@ -256,13 +257,26 @@ def parse_event(
     if len(raw) > MAX_EVENT_BYTES:
         raise PermanentError(f"message of {len(raw)} bytes is over the {MAX_EVENT_BYTES} bytes an event may have", error_type="MalformedEvent")
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)  # in C: a tenth of the standard parser's time per event
+    except orjson.JSONDecodeError:
+        obj = _standard_loads(raw)  # says why; and reads what orjson refuses, as it always was read
+    if not isinstance(obj, dict):
+        raise PermanentError(f"not a JSON object: got {type(obj).__name__}", error_type="MalformedEvent")
+    return _event_of(obj, max_future_skew_s, now)
+
+
+def _standard_loads(raw: bytes | str) -> Any:
+    """The standard parser: it reads what orjson refuses (integers past 64 bits, NaN) and names
+    what is wrong with the rest."""
+    try:
+        return json.loads(raw)
     except RecursionError:
         raise PermanentError("not JSON: nested too deeply", error_type="MalformedEvent") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of more than 4300 digits
         raise PermanentError(f"not JSON: {str(exc)[:200]}", error_type="MalformedEvent") from None
-    if not isinstance(obj, dict):
-        raise PermanentError(f"not a JSON object: got {type(obj).__name__}", error_type="MalformedEvent")
+
+
+def _event_of(obj: dict[str, Any], max_future_skew_s: float, now: datetime | None) -> ClaimXEvent:
     fields = _canonical_fields(obj)
     for name in REQUIRED_FIELDS:
         value = fields.get(name)
