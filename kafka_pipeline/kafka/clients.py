@@ -26,6 +26,7 @@ from kafka_pipeline.config import KafkaSettings
 from kafka_pipeline.errors import BrokerUnreachable
 from kafka_pipeline.kafka.capabilities import producer_idempotence, resolve_capabilities
 from kafka_pipeline.kafka.connection import connection_kwargs
+from kafka_pipeline.kafka.partitioner import RememberingPartitioner
 
 # What connecting can raise: each is reported in one line (`first_contact_error`), never retried.
 CONNECT_ERRORS = (KafkaConnectionError, KafkaError, asyncio.TimeoutError, OSError)
@@ -71,6 +72,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "compression_type": kafka.compression_type,
         "linger_ms": 5,
         "max_batch_size": 1_048_576,
+        "partitioner": RememberingPartitioner(),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
