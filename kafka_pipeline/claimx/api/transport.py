@@ -221,11 +221,14 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         data = _serialize(request, await request.aread(), absolute=self._proxy is not None and origin[0] == b"http",
                           extra=self._proxy_headers if self._proxy is not None and origin[0] == b"http" else ())
         pool = self._pool or self._make_pool()
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await pool.slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection within the pool timeout") from None
+        if pool.slots.locked():  # every connection is taken: wait, at most the pool timeout
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await pool.slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection within the pool timeout") from None
+        else:
+            await pool.slots.acquire()  # free: no deadline to set up and cancel
         connection = self._idle(pool, origin)
         try:
             if connection is not None:
