@@ -211,11 +211,16 @@ class WrittenBytes:
         self.root = root
         self.seen: dict[Path, int] = {}
 
-    def total(self) -> int:
+    def by_table(self) -> dict[str, int]:
+        """Bytes written so far per table folder (`claimx_tasks`, `_clocks/claimx_tasks`, ...)."""
         for path in self.root.rglob("*.parquet"):
             if path not in self.seen and ".checkpoint" not in path.name and path.is_file():
                 self.seen[path] = path.stat().st_size
-        return sum(self.seen.values())
+        tables: dict[str, int] = {}
+        for path, size in self.seen.items():
+            folder = path.parent.relative_to(self.root).as_posix()
+            tables[folder] = tables.get(folder, 0) + size
+        return tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +228,17 @@ class Sample:
     flushes: int
     rows: int
     data_bytes: int
+    table_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes written so far per table folder
+    live: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (trickle, middle and end) live (files, bytes)
+
+
+def live_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Per table folder under a local root, its live data files and their bytes."""
+    live: dict[str, tuple[int, int]] = {}
+    for log in root.rglob("_delta_log"):
+        actions = pa.table(DeltaTable(str(log.parent)).get_add_actions(flatten=True))
+        live[log.parent.relative_to(root).as_posix()] = (actions.num_rows, int(pc.sum(actions["size_bytes"]).as_py() or 0))
+    return live
 
 
 def window_rate(samples: list[Sample], start: int, end: int) -> tuple[float, int, int]:
@@ -367,6 +383,7 @@ def main() -> int:
             maintenance.start()
         written = None if args.s3 else WrittenBytes(root_path)
         sample_every = 10 if args.trickle else 50
+        middle = round(args.flushes / 2 / sample_every) * sample_every  # the trickle's halves meet at a sample point
         samples = [Sample(0, 0, 0)]
         requests_before = s3_requests(server) if server is not None else {}
         pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
@@ -396,7 +413,9 @@ def main() -> int:
             if maintenance_every and not args.no_maintenance and (number + 1) % maintenance_every == 0:
                 maintenance.run_pass()
             if written is not None and ((number + 1) % sample_every == 0 or number + 1 == args.flushes):
-                samples.append(Sample(number + 1, rows, written.total()))
+                table_bytes = written.by_table()
+                live = live_files(root_path) if args.trickle and number + 1 in (middle, args.flushes) else {}
+                samples.append(Sample(number + 1, rows, sum(table_bytes.values()), table_bytes, live))
             if (number + 1) % 500 == 0:
                 print(f"  {number + 1:>6} flushes, {rows:,} rows, last 500 p50 {statistics.median(seconds[-500:]):.3f} s "
                       f"({time.perf_counter() - started_all:.0f} s so far)", flush=True)
@@ -457,6 +476,23 @@ def report_s3(server: Any, root: str, requests: dict[str, int], flushes: int, ro
     return []
 
 
+def print_halves_by_table(samples: list[Sample], middle: int) -> None:
+    """Per table, the bytes each half wrote and the live files at its end: a table whose flush
+    writes about its whole live size rewrites itself on every flush (copy-on-write MERGE)."""
+    at = {sample.flushes: sample for sample in samples}
+    first, mid, last = samples[0], at[middle], samples[-1]
+    halves = (middle - first.flushes, last.flushes - middle)
+    print(f"\n{'table':34} {'MiB 1st half':>12} {'MiB 2nd half':>12} {'2nd/1st':>7} {'KiB/flush 2nd':>13} "
+          f"{'live files mid/end':>18} {'live KiB mid/end':>17}")
+    for folder in sorted(last.table_bytes, key=lambda name: -last.table_bytes[name]):
+        one = mid.table_bytes.get(folder, 0) - first.table_bytes.get(folder, 0)
+        two = last.table_bytes[folder] - mid.table_bytes.get(folder, 0)
+        files_mid, bytes_mid = mid.live.get(folder, (0, 0))
+        files_end, bytes_end = last.live.get(folder, (0, 0))
+        print(f"{folder:34} {one / 2**20:>12,.2f} {two / 2**20:>12,.2f} {two / max(one, 1):>7.2f} {two / halves[1] / 1024:>13,.1f} "
+              f"{f'{files_mid}/{files_end}':>18} {f'{bytes_mid // 1024:,}/{bytes_end // 1024:,}':>17}")
+
+
 def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: list[Sample], maintenance: Maintenance,
                  rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
     """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
@@ -493,12 +529,13 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
     goals: list[tuple[str, bool]] = []
     points = [sample.flushes for sample in samples]
     if args.trickle:
-        middle = min(points, key=lambda point: abs(point - args.flushes / 2))
+        middle = next(sample.flushes for sample in samples[1:] if sample.live)
         first_rate, first_bytes, first_rows = window_rate(samples, 0, middle)
         second_rate, second_bytes, second_rows = window_rate(samples, middle, points[-1])
         halves = second_bytes / max(first_bytes, 1)
         print(f"first half (flushes 1-{middle}): {first_bytes / 2**20:,.1f} MiB for {first_rows:,} rows ({first_rate:,.0f} bytes per row); "
               f"second half: {second_bytes / 2**20:,.1f} MiB for {second_rows:,} rows ({second_rate:,.0f} bytes per row)")
+        print_halves_by_table(samples, middle)
         goals += [(f"bytes written per row <= 4 KiB ({per_row:,.0f} bytes)", per_row <= 4096),
                   (f"second half writes <= 1.3x the bytes of the first ({halves:.2f}x)", halves <= 1.3)]
         return goals
