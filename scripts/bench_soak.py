@@ -65,7 +65,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
 from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
 from kafka_pipeline.config import MaintenanceSettings, WriterSettings  # noqa: E402
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
-from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
+from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, clock_table_uri, table_uri  # noqa: E402
 from kafka_pipeline.maintenance.loop import TableMaintainer, table_labels  # noqa: E402
 from kafka_pipeline.maintenance.operations import maintain  # noqa: E402
 from kafka_pipeline.maintenance.policy import layout_properties, policy  # noqa: E402
@@ -265,6 +265,41 @@ def before_layout(name: str) -> tuple[dict[str, str], dict[str, str]]:
     return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
 
 
+TRICKLE_WARM_HOURS = 8.0  # see the module docstring: why the trickle starts on tables with uptime
+WARM_BATCH = 10_000  # messages per warm-up flush: few large MERGEs, so hours of stream take minutes
+
+
+def write_flush(writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, messages: list[EntityRowsMessage],
+                offset: int) -> tuple[dict[str, pa.Table], list[TableWriteResult], int]:
+    """One flush the way the entity writer does it: typed Arrow tables, every table merged
+    concurrently with the app transaction. Returns the tables, their results and the next offset."""
+    builder = BatchBuilder()
+    for message in messages:
+        builder.add(message, app=APP_ID, offset=offset)
+        offset += 1
+    tables = builder.tables()
+    progress = {APP_ID: offset - 1}
+    now = datetime.now(UTC)
+    futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
+    return tables, [future.result() for future in futures], offset
+
+
+def warm_up(stream: Stream, writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, maintainer: TableMaintainer,
+            hours: float) -> int:
+    """Writes `hours` of `stream` (at its event rate) through the writer's path in flushes of
+    WARM_BATCH messages, then runs one maintenance pass: the tables of a deployment with that
+    uptime. Returns the next offset."""
+    started = time.perf_counter()
+    messages = round(hours * 3600 * 1_000_000 / stream.event_us)
+    offset = 0
+    while offset < messages:
+        _, _, offset = write_flush(writers, pool, [stream.message() for _ in range(min(WARM_BATCH, messages - offset))], offset)
+    maintainer.run_once()
+    print(f"warm-up: {hours:g} simulated hours ({offset:,} messages in flushes of {WARM_BATCH:,}, then a maintenance pass) "
+          f"in {time.perf_counter() - started:.0f} s; the figures below count only what follows", flush=True)
+    return offset
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -273,10 +308,13 @@ def tree_bytes(path: Path, pattern: str) -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
 
 
+ANALYST_TABLES = ("claimx_events", "claimx_projects", "claimx_tasks")  # read most; the last two are the updated tables
+
+
 def analyst_reads(root: str) -> dict[str, float]:
     """Seconds of a full read of the two tables an analyst reads most (best of two)."""
     times: dict[str, float] = {}
-    for name in ("claimx_events", "claimx_projects"):
+    for name in ANALYST_TABLES:
         best = float("inf")
         for _ in range(2):
             started = time.perf_counter()
@@ -285,7 +323,7 @@ def analyst_reads(root: str) -> dict[str, float]:
         times[f"deltalake {name}"] = best
     duck = duckdb_connection()
     if duck is not None:
-        for name in ("claimx_events", "claimx_projects"):
+        for name in ANALYST_TABLES:
             best = float("inf")
             for _ in range(2):
                 started = time.perf_counter()
@@ -334,6 +372,9 @@ def main() -> int:
                              "writer.max_latency_s of simulated time, maintenance every --maintenance-interval-s of simulated time")
     parser.add_argument("--events-per-s", type=float, default=20.0, help="--trickle: event rate (default 20)")
     parser.add_argument("--minutes", type=float, default=15.0, help="--trickle: simulated minutes (default 15)")
+    parser.add_argument("--warm-hours", type=float, default=None,
+                        help="simulated hours of the same stream written (in large flushes, then a maintenance pass) before the measured "
+                             f"part starts (default: {TRICKLE_WARM_HOURS:g} with --trickle, else 0)")
     parser.add_argument("--s3", action="store_true",
                         help="tables on the tests' local S3 server (tests/fixtures/s3_server.py); prints object-store requests per flush")
     parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
@@ -342,6 +383,10 @@ def main() -> int:
         parser.error("--flushes >= 2, --messages-per-flush >= 1, --maintenance-interval-s > 0, --log-retention-hours >= 0")
     if args.events_per_s <= 0 or args.minutes <= 0:
         parser.error("--events-per-s > 0, --minutes > 0")
+    if args.warm_hours is None:
+        args.warm_hours = TRICKLE_WARM_HOURS if args.trickle else 0.0
+    if args.warm_hours < 0:
+        parser.error("--warm-hours >= 0")
     if args.s3 and args.root:
         parser.error("--s3 and --root exclude each other")
 
@@ -385,23 +430,21 @@ def main() -> int:
         sample_every = 10 if args.trickle else 50
         middle = round(args.flushes / 2 / sample_every) * sample_every  # the trickle's halves meet at a sample point
         samples = [Sample(0, 0, 0)]
-        requests_before = s3_requests(server) if server is not None else {}
         pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         seconds: list[float] = []
         rows = row_bytes = json_bytes = offset = conflicts = commits = files_added = 0
+        stream = Stream(event_us=event_us)
+        if args.warm_hours:
+            offset = warm_up(stream, writers, pool, maintainer, args.warm_hours)
+        if written is not None:
+            table_bytes = written.by_table()  # the measured part starts here: what the warm-up wrote is not counted
+            samples = [Sample(0, 0, sum(table_bytes.values()), table_bytes)]
+        requests_before = s3_requests(server) if server is not None else {}
         started_all = time.perf_counter()
-        for number, messages in enumerate(Stream(event_us=event_us).flushes(args.flushes, args.messages_per_flush)):
+        for number, messages in enumerate(stream.flushes(args.flushes, args.messages_per_flush)):
             started = time.perf_counter()
-            builder = BatchBuilder()
-            for message in messages:
-                builder.add(message, app=APP_ID, offset=offset)
-                offset += 1
-                json_bytes += sum(len(json.dumps(row, separators=(",", ":"))) for table_rows in message.rows.values() for row in table_rows)
-            tables = builder.tables()
-            progress = {APP_ID: offset - 1}
-            now = datetime.now(UTC)
-            futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
-            results = [future.result() for future in futures]
+            json_bytes += sum(len(json.dumps(row, separators=(",", ":"))) for m in messages for table_rows in m.rows.values() for row in table_rows)
+            tables, results, offset = write_flush(writers, pool, messages, offset)
             seconds.append(time.perf_counter() - started)
             conflicts += sum(r.conflicts for r in results)
             commits += sum(r.commits for r in results)
@@ -493,6 +536,23 @@ def print_halves_by_table(samples: list[Sample], middle: int) -> None:
               f"{f'{files_mid}/{files_end}':>18} {f'{bytes_mid // 1024:,}/{bytes_end // 1024:,}':>17}")
 
 
+def soak_windows(samples: list[Sample], maintenance: Maintenance) -> list[tuple[str, bool]]:
+    """Bytes per row of the soak's last window against its first after the first compaction."""
+    points = [sample.flushes for sample in samples]
+    start = next((point for point in points if maintenance.first_compaction_at is not None and point >= maintenance.first_compaction_at), None)
+    if start is not None and points[-1] - start >= 2 * 50:
+        span = min(1000, (points[-1] - start) // 2 // 50 * 50)
+        early_rate, _, _ = window_rate(samples, start, start + span)
+        late_rate, _, _ = window_rate(samples, points[-1] - span, points[-1])
+        ratio = late_rate / max(early_rate, 1e-9)
+        print(f"bytes per row after the first compaction: flushes {start + 1}-{start + span}: {early_rate:,.0f}; "
+              f"last {span:,} flushes: {late_rate:,.0f} ({ratio:.2f}x)")
+        return [(f"bytes per row of the last {span:,} flushes <= 1.3x the first {span:,} after the first compaction ({ratio:.2f}x)",
+                 ratio <= 1.3)]
+    print("bytes per row after the first compaction: too few flushes after it to compare two windows")
+    return []
+
+
 def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: list[Sample], maintenance: Maintenance,
                  rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
     """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
@@ -514,15 +574,17 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
             max_files = max(max_files, files)
             checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
             logs_bounded &= logs < table.version() / 2
-            table_bytes = sum(f.stat().st_size for f in Path(uri).glob("*.parquet"))
+            folder = Path(uri).relative_to(root_path).as_posix()
+            table_bytes = samples[-1].table_bytes.get(folder, 0) - samples[0].table_bytes.get(folder, 0)
             print(f"{label:34} {files:>10,} {logs:>9,} {checkpoints:>11,} {count:>9,} {table_bytes / 2**20:>11,.1f}")
 
-    data_bytes = samples[-1].data_bytes
+    data_bytes = samples[-1].data_bytes - samples[0].data_bytes
     log_bytes = tree_bytes(root_path, "*.json") + tree_bytes(root_path, "*.checkpoint*.parquet")
     row_size = row_bytes / rows
     per_row = data_bytes / rows
     json_size = json_bytes / rows
-    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB ({live_bytes / rows:,.0f} bytes per row written)")
+    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB"
+          + (f" (after {args.warm_hours:g} hours of warm-up)" if args.warm_hours else f" ({live_bytes / rows:,.0f} bytes per row written)"))
     print(f"bytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
           f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
           f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
@@ -538,27 +600,16 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
         print_halves_by_table(samples, middle)
         goals += [(f"bytes written per row <= 4 KiB ({per_row:,.0f} bytes)", per_row <= 4096),
                   (f"second half writes <= 1.3x the bytes of the first ({halves:.2f}x)", halves <= 1.3)]
-        return goals
-    start = next((point for point in points if maintenance.first_compaction_at is not None and point >= maintenance.first_compaction_at), None)
-    if start is not None and points[-1] - start >= 2 * 50:
-        span = min(1000, (points[-1] - start) // 2 // 50 * 50)
-        early_rate, _, _ = window_rate(samples, start, start + span)
-        late_rate, _, _ = window_rate(samples, points[-1] - span, points[-1])
-        ratio = late_rate / max(early_rate, 1e-9)
-        print(f"bytes per row after the first compaction: flushes {start + 1}-{start + span}: {early_rate:,.0f}; "
-              f"last {span:,} flushes: {late_rate:,.0f} ({ratio:.2f}x)")
-        goals.append((f"bytes per row of the last {span:,} flushes <= 1.3x the first {span:,} after the first compaction ({ratio:.2f}x)",
-                      ratio <= 1.3))
     else:
-        print("bytes per row after the first compaction: too few flushes after it to compare two windows")
+        goals += soak_windows(samples, maintenance)
 
     before = analyst_reads(root)
     compact_started = time.perf_counter()
-    for name in ("claimx_events", "claimx_projects"):
+    for name in ANALYST_TABLES:
         maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False, dry_run=False)
     compact_s = time.perf_counter() - compact_started
     after = analyst_reads(root)
-    print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "
+    print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ANALYST_TABLES)}), "
           f"manual compaction took {compact_s:.1f} s:")
     read_ratio = 0.0
     for key in before:
