@@ -263,13 +263,47 @@ def window_rate(samples: list[Sample], start: int, end: int) -> tuple[float, int
     return written / max(rows, 1), written, rows
 
 
-def s3_requests(server: Any) -> dict[str, int]:
-    """Requests the local S3 server served so far, by kind (a GET with `list-type` is a LIST)."""
+def request_kind(method: str, path: str) -> str:
+    """PUT, GET, LIST, ... of one logged request (a GET with `list-type` is a LIST)."""
+    return "LIST" if method == "GET" and "list-type=" in path else method
+
+
+def s3_requests(server: Any, since: int = 0) -> dict[str, int]:
+    """Requests the local S3 server served from its `since`-th on, by kind."""
     counts: dict[str, int] = {}
-    for method, path, _status in server.requests():
-        kind = "LIST" if method == "GET" and "list-type=" in path else method
+    for method, path, _status in server.requests()[since:]:
+        kind = request_kind(method, path)
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def object_kind(path: str) -> str:
+    """What a request's object is: a commit, a checkpoint, `_last_checkpoint`, a data file."""
+    name = path.partition("?")[0].rsplit("/", 1)[-1]
+    if "/_delta_log/" not in path:
+        return "data file" if name.endswith(".parquet") else f"other ({name})"
+    if name == "_last_checkpoint":
+        return "_last_checkpoint"
+    return "checkpoint" if ".checkpoint" in name else "commit (json)" if name.endswith(".json") else f"log other ({name})"
+
+
+def print_s3_objects(logged: list[tuple[str, str, int]], flushes: int) -> None:
+    """Per flush, the GETs and PUTs by object kind, and how many distinct data files were read
+    (a Parquet read is several ranged GETs: footer, then column chunks)."""
+    counts: dict[tuple[str, str], int] = {}
+    data_files: set[str] = set()
+    for method, path, status in logged:
+        kind = request_kind(method, path)
+        if kind not in ("GET", "PUT", "HEAD"):
+            continue
+        what = object_kind(path) + ("" if status < 300 else f" ({status})")  # a 404 GET: a commit not there (yet)
+        counts[kind, what] = counts.get((kind, what), 0) + 1
+        if kind == "GET" and what == "data file":
+            data_files.add(path.partition("?")[0])
+    for (kind, what), count in sorted(counts.items(), key=lambda item: -item[1]):
+        print(f"  {kind:4} {what:26} {count / flushes:8.1f} per flush")
+    reads = counts.get(("GET", "data file"), 0)
+    print(f"  data-file GETs: {reads:,} on {len(data_files):,} distinct files ({reads / max(len(data_files), 1):.1f} GETs per file read)")
 
 
 def before_layout(name: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -374,6 +408,9 @@ def main() -> int:
                         help=f"seconds between maintenance passes (default {defaults.interval_s:g}, the setting's)")
     parser.add_argument("--log-retention-hours", type=float, default=0.05,
                         help="log retention of the tables (default 0.05 h = 3 min, so the run shows the cleanup; the setting's default is 168)")
+    parser.add_argument("--checkpoint-after-commits", type=int, default=defaults.checkpoint_after_commits,
+                        help=f"the maintenance setting (default {defaults.checkpoint_after_commits}, the setting's): each flush reads every "
+                             "commit since the last checkpoint to find the writer's transaction versions")
     parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
     parser.add_argument("--events-with-clocks", action="store_true",
                         help="merge claimx_events through a clock table like the updated tables (the layout before issue 24: the 'before')")
@@ -394,6 +431,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.flushes < 2 or args.messages_per_flush < 1 or args.maintenance_interval_s <= 0 or args.log_retention_hours < 0:
         parser.error("--flushes >= 2, --messages-per-flush >= 1, --maintenance-interval-s > 0, --log-retention-hours >= 0")
+    if args.checkpoint_after_commits < 1:
+        parser.error("--checkpoint-after-commits >= 1")
     if args.events_per_s <= 0 or args.minutes <= 0:
         parser.error("--events-per-s > 0, --minutes > 0")
     if args.warm_hours is None:
@@ -432,7 +471,7 @@ def main() -> int:
         writers = {name: DeltaTableWriter(spec, root, storage_options=storage, writer_properties=encoding,
                                           configuration=layout(name)[0], clock_configuration=layout(name)[1])
                    for name, spec in specs.items()}
-        settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
+        settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours, checkpoint_after_commits=args.checkpoint_after_commits)
         maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
                                      policy(settings), storage_options=storage, writer_properties=encoding,
                                      properties=None if args.before_layout else layout_properties(list(TABLES)))
@@ -452,7 +491,7 @@ def main() -> int:
         if written is not None:
             table_bytes = written.by_table()  # the measured part starts here: what the warm-up wrote is not counted
             samples = [Sample(0, 0, sum(table_bytes.values()), table_bytes)]
-        requests_before = s3_requests(server) if server is not None else {}
+        logged_before = len(server.requests()) if server is not None else 0
         started_all = time.perf_counter()
         for number, messages in enumerate(stream.flushes(args.flushes, args.messages_per_flush)):
             started = time.perf_counter()
@@ -480,7 +519,7 @@ def main() -> int:
         if maintenance.is_alive():
             maintenance.join()
         total_s = time.perf_counter() - started_all
-        requests = {kind: count - requests_before.get(kind, 0) for kind, count in s3_requests(server).items()} if server is not None else {}
+        requests = s3_requests(server, logged_before) if server is not None else {}
 
         window = min(1000, args.flushes // 2)
         first, last = seconds[:window], seconds[-window:]
@@ -504,6 +543,7 @@ def main() -> int:
         goals: list[tuple[str, bool]] = []
         if server is not None:
             goals += report_s3(server, root, requests, args.flushes, rows)
+            print_s3_objects(server.requests()[logged_before:], args.flushes)
         else:
             goals += report_local(root_path, root, args, samples, maintenance, rows, row_bytes, json_bytes)
         if not args.trickle:
