@@ -29,7 +29,8 @@ whether that still grows. The soak prints the bytes per row of its first
 and last windows after the first compaction (goal: <= 1.3x). Bytes written are the sizes of
 every data file that appeared under the root (sampled every 10 or 50 flushes). `--s3` puts the
 tables on the tests' local S3 server (tests/fixtures/s3_server.py) and prints the PUT, GET and
-LIST requests it served per flush, writer and maintenance together.
+LIST requests it served per flush, writer and maintenance together, and the GETs and PUTs by
+object (commits, checkpoints, data files); `--warm-hours` works there too.
 
 A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
 stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
