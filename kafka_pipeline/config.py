@@ -219,7 +219,9 @@ class MaintenanceSettings(Section):
     interval_s: float = Field(30.0, gt=0)  # how often every table is looked at
     compact_small_files: int = Field(16, ge=2)  # compact once a table has this many files below its target size
     compact_after_commits: int = Field(200, ge=1)  # ... or this many commits since the last compaction
-    checkpoint_after_commits: int = Field(50, ge=1)
+    # each flush reads every commit since the last checkpoint (delta-rs replays them for the
+    # writer's transaction versions): 10 keeps that to a few GETs per table on an object store
+    checkpoint_after_commits: int = Field(10, ge=1)
     log_retention_hours: float = Field(168.0, ge=0)  # commits older than this (and than a checkpoint) are deleted
     # data files removed from a table longer ago than this are deleted (Delta's default: a week of
     # time travel, and room for slow readers); fractional hours allowed, 0 needs delta.single_writer_acknowledged

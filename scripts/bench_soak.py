@@ -3,7 +3,8 @@ beside it, as a long-running deployment sees them.
 
     .venv/bin/python scripts/bench_soak.py                      # 5,000 flushes (issue 13's goals)
     .venv/bin/python scripts/bench_soak.py --flushes 600        # quick
-    .venv/bin/python scripts/bench_soak.py --trickle            # issue 24's 15-minute default-policy trickle
+    .venv/bin/python scripts/bench_soak.py --trickle            # issue 24's 15-minute default-policy trickle, after 8 h of uptime
+    ... --trickle --warm-hours 0                                # the same trickle from empty tables (warm-up included)
     .venv/bin/python scripts/bench_soak.py --s3 --flushes 80    # object-store requests per flush
     ... --before-layout                                         # the same with the file layout before issue 24
 
@@ -12,11 +13,24 @@ one flush of `events/s x writer.max_latency_s` messages per `max_latency_s`, and
 pass (`run_once`, in the flush loop) after every `--maintenance-interval-s` of simulated time,
 so the flush cadence and the maintenance interval are the deployment's while the run takes as
 long as the machine needs. It prints the bytes written per row and the second half's bytes
-against the first's (goals: <= 4 KiB, <= 1.3x). The soak prints the bytes per row of its first
+against the first's (goals: <= 4 KiB, <= 1.3x), per table too.
+
+Why the trickle starts on tables with 8 simulated hours of the same stream (`--warm-hours`,
+written in flushes of 10,000 messages, then a maintenance pass; only what follows is counted):
+delta-rs MERGE is copy-on-write, so a flush pays, per updated table, the files holding the rows
+it updates. Task completions land on open tasks of any age, so a flush rewrites min(U, F) files
+of `claimx_tasks` and its clocks (U: completions per flush, about 4 at 20 events/s; F: files).
+From empty tables, F and the file sizes grow during the whole 15 minutes, so the second half
+pays more than the first because the tables are young (2.18x), not because of uptime, and the
+bytes per row are those of small tables. After 8 hours `claimx_tasks` has about 40 files near
+their bound (F about 10 U: a flush touches about 95% of the distinct files it would on an
+endless table), so the trickle measures what a deployment with uptime pays per row and
+whether that still grows. The soak prints the bytes per row of its first
 and last windows after the first compaction (goal: <= 1.3x). Bytes written are the sizes of
 every data file that appeared under the root (sampled every 10 or 50 flushes). `--s3` puts the
 tables on the tests' local S3 server (tests/fixtures/s3_server.py) and prints the PUT, GET and
-LIST requests it served per flush, writer and maintenance together.
+LIST requests it served per flush, writer and maintenance together, and the GETs and PUTs by
+object (commits, checkpoints, data files); `--warm-hours` works there too.
 
 A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
 stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
@@ -65,7 +79,7 @@ from kafka_pipeline.claimx.entity_rows import EntityRowsMessage  # noqa: E402
 from kafka_pipeline.claimx.schemas import TABLES  # noqa: E402
 from kafka_pipeline.config import MaintenanceSettings, WriterSettings  # noqa: E402
 from kafka_pipeline.delta.merge_rule import APP, OFFSET, SEQ  # noqa: E402
-from kafka_pipeline.delta.table_writer import DeltaTableWriter, clock_table_uri, table_uri  # noqa: E402
+from kafka_pipeline.delta.table_writer import DeltaTableWriter, TableWriteResult, clock_table_uri, table_uri  # noqa: E402
 from kafka_pipeline.maintenance.loop import TableMaintainer, table_labels  # noqa: E402
 from kafka_pipeline.maintenance.operations import maintain  # noqa: E402
 from kafka_pipeline.maintenance.policy import layout_properties, policy  # noqa: E402
@@ -211,11 +225,16 @@ class WrittenBytes:
         self.root = root
         self.seen: dict[Path, int] = {}
 
-    def total(self) -> int:
+    def by_table(self) -> dict[str, int]:
+        """Bytes written so far per table folder (`claimx_tasks`, `_clocks/claimx_tasks`, ...)."""
         for path in self.root.rglob("*.parquet"):
             if path not in self.seen and ".checkpoint" not in path.name and path.is_file():
                 self.seen[path] = path.stat().st_size
-        return sum(self.seen.values())
+        tables: dict[str, int] = {}
+        for path, size in self.seen.items():
+            folder = path.parent.relative_to(self.root).as_posix()
+            tables[folder] = tables.get(folder, 0) + size
+        return tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +242,17 @@ class Sample:
     flushes: int
     rows: int
     data_bytes: int
+    table_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # bytes written so far per table folder
+    live: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # (trickle, middle and end) live (files, bytes)
+
+
+def live_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Per table folder under a local root, its live data files and their bytes."""
+    live: dict[str, tuple[int, int]] = {}
+    for log in root.rglob("_delta_log"):
+        actions = pa.table(DeltaTable(str(log.parent)).get_add_actions(flatten=True))
+        live[log.parent.relative_to(root).as_posix()] = (actions.num_rows, int(pc.sum(actions["size_bytes"]).as_py() or 0))
+    return live
 
 
 def window_rate(samples: list[Sample], start: int, end: int) -> tuple[float, int, int]:
@@ -234,19 +264,88 @@ def window_rate(samples: list[Sample], start: int, end: int) -> tuple[float, int
     return written / max(rows, 1), written, rows
 
 
-def s3_requests(server: Any) -> dict[str, int]:
-    """Requests the local S3 server served so far, by kind (a GET with `list-type` is a LIST)."""
+def request_kind(method: str, path: str) -> str:
+    """PUT, GET, LIST, ... of one logged request (a GET with `list-type` is a LIST)."""
+    return "LIST" if method == "GET" and "list-type=" in path else method
+
+
+def s3_requests(server: Any, since: int = 0) -> dict[str, int]:
+    """Requests the local S3 server served from its `since`-th on, by kind."""
     counts: dict[str, int] = {}
-    for method, path, _status in server.requests():
-        kind = "LIST" if method == "GET" and "list-type=" in path else method
+    for method, path, _status in server.requests()[since:]:
+        kind = request_kind(method, path)
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def object_kind(path: str) -> str:
+    """What a request's object is: a commit, a checkpoint, `_last_checkpoint`, a data file."""
+    name = path.partition("?")[0].rsplit("/", 1)[-1]
+    if "/_delta_log/" not in path:
+        return "data file" if name.endswith(".parquet") else f"other ({name})"
+    if name == "_last_checkpoint":
+        return "_last_checkpoint"
+    return "checkpoint" if ".checkpoint" in name else "commit (json)" if name.endswith(".json") else f"log other ({name})"
+
+
+def print_s3_objects(logged: list[tuple[str, str, int]], flushes: int) -> None:
+    """Per flush, the GETs and PUTs by object kind, and how many distinct data files were read
+    (a Parquet read is several ranged GETs: footer, then column chunks)."""
+    counts: dict[tuple[str, str], int] = {}
+    data_files: set[str] = set()
+    for method, path, status in logged:
+        kind = request_kind(method, path)
+        if kind not in ("GET", "PUT", "HEAD"):
+            continue
+        what = object_kind(path) + ("" if status < 300 else f" ({status})")  # a 404 GET: a commit not there (yet)
+        counts[kind, what] = counts.get((kind, what), 0) + 1
+        if kind == "GET" and what == "data file":
+            data_files.add(path.partition("?")[0])
+    for (kind, what), count in sorted(counts.items(), key=lambda item: -item[1]):
+        print(f"  {kind:4} {what:26} {count / flushes:8.1f} per flush")
+    reads = counts.get(("GET", "data file"), 0)
+    print(f"  data-file GETs: {reads:,} on {len(data_files):,} distinct files ({reads / max(len(data_files), 1):.1f} GETs per file read)")
 
 
 def before_layout(name: str) -> tuple[dict[str, str], dict[str, str]]:
     """Table properties before issue 24 point 3: one file size for every entity table."""
     size = EVENTS_FILE_BYTES if name == "claimx_events" else ENTITY_FILE_BYTES
     return {"delta.targetFileSize": str(size)}, {"delta.targetFileSize": str(size // CLOCK_FILE_RATIO)}
+
+
+TRICKLE_WARM_HOURS = 8.0  # see the module docstring: why the trickle starts on tables with uptime
+WARM_BATCH = 10_000  # messages per warm-up flush: few large MERGEs, so hours of stream take minutes
+
+
+def write_flush(writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, messages: list[EntityRowsMessage],
+                offset: int) -> tuple[dict[str, pa.Table], list[TableWriteResult], int]:
+    """One flush the way the entity writer does it: typed Arrow tables, every table merged
+    concurrently with the app transaction. Returns the tables, their results and the next offset."""
+    builder = BatchBuilder()
+    for message in messages:
+        builder.add(message, app=APP_ID, offset=offset)
+        offset += 1
+    tables = builder.tables()
+    progress = {APP_ID: offset - 1}
+    now = datetime.now(UTC)
+    futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
+    return tables, [future.result() for future in futures], offset
+
+
+def warm_up(stream: Stream, writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, maintainer: TableMaintainer,
+            hours: float) -> int:
+    """Writes `hours` of `stream` (at its event rate) through the writer's path in flushes of
+    WARM_BATCH messages, then runs one maintenance pass: the tables of a deployment with that
+    uptime. Returns the next offset."""
+    started = time.perf_counter()
+    messages = round(hours * 3600 * 1_000_000 / stream.event_us)
+    offset = 0
+    while offset < messages:
+        _, _, offset = write_flush(writers, pool, [stream.message() for _ in range(min(WARM_BATCH, messages - offset))], offset)
+    maintainer.run_once()
+    print(f"warm-up: {hours:g} simulated hours ({offset:,} messages in flushes of {WARM_BATCH:,}, then a maintenance pass) "
+          f"in {time.perf_counter() - started:.0f} s; the figures below count only what follows", flush=True)
+    return offset
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -257,10 +356,13 @@ def tree_bytes(path: Path, pattern: str) -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
 
 
+ANALYST_TABLES = ("claimx_events", "claimx_projects", "claimx_tasks")  # read most; the last two are the updated tables
+
+
 def analyst_reads(root: str) -> dict[str, float]:
     """Seconds of a full read of the two tables an analyst reads most (best of two)."""
     times: dict[str, float] = {}
-    for name in ("claimx_events", "claimx_projects"):
+    for name in ANALYST_TABLES:
         best = float("inf")
         for _ in range(2):
             started = time.perf_counter()
@@ -269,7 +371,7 @@ def analyst_reads(root: str) -> dict[str, float]:
         times[f"deltalake {name}"] = best
     duck = duckdb_connection()
     if duck is not None:
-        for name in ("claimx_events", "claimx_projects"):
+        for name in ANALYST_TABLES:
             best = float("inf")
             for _ in range(2):
                 started = time.perf_counter()
@@ -307,6 +409,9 @@ def main() -> int:
                         help=f"seconds between maintenance passes (default {defaults.interval_s:g}, the setting's)")
     parser.add_argument("--log-retention-hours", type=float, default=0.05,
                         help="log retention of the tables (default 0.05 h = 3 min, so the run shows the cleanup; the setting's default is 168)")
+    parser.add_argument("--checkpoint-after-commits", type=int, default=defaults.checkpoint_after_commits,
+                        help=f"the maintenance setting (default {defaults.checkpoint_after_commits}, the setting's): each flush reads every "
+                             "commit since the last checkpoint to find the writer's transaction versions")
     parser.add_argument("--no-maintenance", action="store_true", help="run without the maintenance loop (the 'before')")
     parser.add_argument("--events-with-clocks", action="store_true",
                         help="merge claimx_events through a clock table like the updated tables (the layout before issue 24: the 'before')")
@@ -318,14 +423,23 @@ def main() -> int:
                              "writer.max_latency_s of simulated time, maintenance every --maintenance-interval-s of simulated time")
     parser.add_argument("--events-per-s", type=float, default=20.0, help="--trickle: event rate (default 20)")
     parser.add_argument("--minutes", type=float, default=15.0, help="--trickle: simulated minutes (default 15)")
+    parser.add_argument("--warm-hours", type=float, default=None,
+                        help="simulated hours of the same stream written (in large flushes, then a maintenance pass) before the measured "
+                             f"part starts (default: {TRICKLE_WARM_HOURS:g} with --trickle, else 0)")
     parser.add_argument("--s3", action="store_true",
                         help="tables on the tests' local S3 server (tests/fixtures/s3_server.py); prints object-store requests per flush")
     parser.add_argument("--root", help="folder for the tables (default: a temporary folder, removed afterwards)")
     args = parser.parse_args()
     if args.flushes < 2 or args.messages_per_flush < 1 or args.maintenance_interval_s <= 0 or args.log_retention_hours < 0:
         parser.error("--flushes >= 2, --messages-per-flush >= 1, --maintenance-interval-s > 0, --log-retention-hours >= 0")
+    if args.checkpoint_after_commits < 1:
+        parser.error("--checkpoint-after-commits >= 1")
     if args.events_per_s <= 0 or args.minutes <= 0:
         parser.error("--events-per-s > 0, --minutes > 0")
+    if args.warm_hours is None:
+        args.warm_hours = TRICKLE_WARM_HOURS if args.trickle else 0.0
+    if args.warm_hours < 0:
+        parser.error("--warm-hours >= 0")
     if args.s3 and args.root:
         parser.error("--s3 and --root exclude each other")
 
@@ -358,7 +472,7 @@ def main() -> int:
         writers = {name: DeltaTableWriter(spec, root, storage_options=storage, writer_properties=encoding,
                                           configuration=layout(name)[0], clock_configuration=layout(name)[1])
                    for name, spec in specs.items()}
-        settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours)
+        settings = MaintenanceSettings(log_retention_hours=args.log_retention_hours, checkpoint_after_commits=args.checkpoint_after_commits)
         maintainer = TableMaintainer(table_labels(list(TABLES), lambda n: table_uri(root, n), lambda n: clock_table_uri(root, n)),
                                      policy(settings), storage_options=storage, writer_properties=encoding,
                                      properties=None if args.before_layout else layout_properties(list(TABLES)))
@@ -367,24 +481,23 @@ def main() -> int:
             maintenance.start()
         written = None if args.s3 else WrittenBytes(root_path)
         sample_every = 10 if args.trickle else 50
+        middle = round(args.flushes / 2 / sample_every) * sample_every  # the trickle's halves meet at a sample point
         samples = [Sample(0, 0, 0)]
-        requests_before = s3_requests(server) if server is not None else {}
         pool = ThreadPoolExecutor(max_workers=len(TABLES), thread_name_prefix="delta-merge")
         seconds: list[float] = []
         rows = row_bytes = json_bytes = offset = conflicts = commits = files_added = 0
+        stream = Stream(event_us=event_us)
+        if args.warm_hours:
+            offset = warm_up(stream, writers, pool, maintainer, args.warm_hours)
+        if written is not None:
+            table_bytes = written.by_table()  # the measured part starts here: what the warm-up wrote is not counted
+            samples = [Sample(0, 0, sum(table_bytes.values()), table_bytes)]
+        logged_before = len(server.requests()) if server is not None else 0
         started_all = time.perf_counter()
-        for number, messages in enumerate(Stream(event_us=event_us).flushes(args.flushes, args.messages_per_flush)):
+        for number, messages in enumerate(stream.flushes(args.flushes, args.messages_per_flush)):
             started = time.perf_counter()
-            builder = BatchBuilder()
-            for message in messages:
-                builder.add(message, app=APP_ID, offset=offset)
-                offset += 1
-                json_bytes += sum(len(json.dumps(row, separators=(",", ":"))) for table_rows in message.rows.values() for row in table_rows)
-            tables = builder.tables()
-            progress = {APP_ID: offset - 1}
-            now = datetime.now(UTC)
-            futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
-            results = [future.result() for future in futures]
+            json_bytes += sum(len(json.dumps(row, separators=(",", ":"))) for m in messages for table_rows in m.rows.values() for row in table_rows)
+            tables, results, offset = write_flush(writers, pool, messages, offset)
             seconds.append(time.perf_counter() - started)
             conflicts += sum(r.conflicts for r in results)
             commits += sum(r.commits for r in results)
@@ -396,7 +509,9 @@ def main() -> int:
             if maintenance_every and not args.no_maintenance and (number + 1) % maintenance_every == 0:
                 maintenance.run_pass()
             if written is not None and ((number + 1) % sample_every == 0 or number + 1 == args.flushes):
-                samples.append(Sample(number + 1, rows, written.total()))
+                table_bytes = written.by_table()
+                live = live_files(root_path) if args.trickle and number + 1 in (middle, args.flushes) else {}
+                samples.append(Sample(number + 1, rows, sum(table_bytes.values()), table_bytes, live))
             if (number + 1) % 500 == 0:
                 print(f"  {number + 1:>6} flushes, {rows:,} rows, last 500 p50 {statistics.median(seconds[-500:]):.3f} s "
                       f"({time.perf_counter() - started_all:.0f} s so far)", flush=True)
@@ -405,7 +520,7 @@ def main() -> int:
         if maintenance.is_alive():
             maintenance.join()
         total_s = time.perf_counter() - started_all
-        requests = {kind: count - requests_before.get(kind, 0) for kind, count in s3_requests(server).items()} if server is not None else {}
+        requests = s3_requests(server, logged_before) if server is not None else {}
 
         window = min(1000, args.flushes // 2)
         first, last = seconds[:window], seconds[-window:]
@@ -429,6 +544,7 @@ def main() -> int:
         goals: list[tuple[str, bool]] = []
         if server is not None:
             goals += report_s3(server, root, requests, args.flushes, rows)
+            print_s3_objects(server.requests()[logged_before:], args.flushes)
         else:
             goals += report_local(root_path, root, args, samples, maintenance, rows, row_bytes, json_bytes)
         if not args.trickle:
@@ -457,6 +573,40 @@ def report_s3(server: Any, root: str, requests: dict[str, int], flushes: int, ro
     return []
 
 
+def print_halves_by_table(samples: list[Sample], middle: int) -> None:
+    """Per table, the bytes each half wrote and the live files at its end: a table whose flush
+    writes about its whole live size rewrites itself on every flush (copy-on-write MERGE)."""
+    at = {sample.flushes: sample for sample in samples}
+    first, mid, last = samples[0], at[middle], samples[-1]
+    halves = (middle - first.flushes, last.flushes - middle)
+    print(f"\n{'table':34} {'MiB 1st half':>12} {'MiB 2nd half':>12} {'2nd/1st':>7} {'KiB/flush 2nd':>13} "
+          f"{'live files mid/end':>18} {'live KiB mid/end':>17}")
+    for folder in sorted(last.table_bytes, key=lambda name: -last.table_bytes[name]):
+        one = mid.table_bytes.get(folder, 0) - first.table_bytes.get(folder, 0)
+        two = last.table_bytes[folder] - mid.table_bytes.get(folder, 0)
+        files_mid, bytes_mid = mid.live.get(folder, (0, 0))
+        files_end, bytes_end = last.live.get(folder, (0, 0))
+        print(f"{folder:34} {one / 2**20:>12,.2f} {two / 2**20:>12,.2f} {two / max(one, 1):>7.2f} {two / halves[1] / 1024:>13,.1f} "
+              f"{f'{files_mid}/{files_end}':>18} {f'{bytes_mid // 1024:,}/{bytes_end // 1024:,}':>17}")
+
+
+def soak_windows(samples: list[Sample], maintenance: Maintenance) -> list[tuple[str, bool]]:
+    """Bytes per row of the soak's last window against its first after the first compaction."""
+    points = [sample.flushes for sample in samples]
+    start = next((point for point in points if maintenance.first_compaction_at is not None and point >= maintenance.first_compaction_at), None)
+    if start is not None and points[-1] - start >= 2 * 50:
+        span = min(1000, (points[-1] - start) // 2 // 50 * 50)
+        early_rate, _, _ = window_rate(samples, start, start + span)
+        late_rate, _, _ = window_rate(samples, points[-1] - span, points[-1])
+        ratio = late_rate / max(early_rate, 1e-9)
+        print(f"bytes per row after the first compaction: flushes {start + 1}-{start + span}: {early_rate:,.0f}; "
+              f"last {span:,} flushes: {late_rate:,.0f} ({ratio:.2f}x)")
+        return [(f"bytes per row of the last {span:,} flushes <= 1.3x the first {span:,} after the first compaction ({ratio:.2f}x)",
+                 ratio <= 1.3)]
+    print("bytes per row after the first compaction: too few flushes after it to compare two windows")
+    return []
+
+
 def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: list[Sample], maintenance: Maintenance,
                  rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
     """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
@@ -478,50 +628,42 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
             max_files = max(max_files, files)
             checkpoints_everywhere &= checkpoints > 0 or args.no_maintenance
             logs_bounded &= logs < table.version() / 2
-            table_bytes = sum(f.stat().st_size for f in Path(uri).glob("*.parquet"))
+            folder = Path(uri).relative_to(root_path).as_posix()
+            table_bytes = samples[-1].table_bytes.get(folder, 0) - samples[0].table_bytes.get(folder, 0)
             print(f"{label:34} {files:>10,} {logs:>9,} {checkpoints:>11,} {count:>9,} {table_bytes / 2**20:>11,.1f}")
 
-    data_bytes = samples[-1].data_bytes
+    data_bytes = samples[-1].data_bytes - samples[0].data_bytes
     log_bytes = tree_bytes(root_path, "*.json") + tree_bytes(root_path, "*.checkpoint*.parquet")
     row_size = row_bytes / rows
     per_row = data_bytes / rows
     json_size = json_bytes / rows
-    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB ({live_bytes / rows:,.0f} bytes per row written)")
+    print(f"\nlive data files: {live_bytes / 2**20:,.1f} MiB"
+          + (f" (after {args.warm_hours:g} hours of warm-up)" if args.warm_hours else f" ({live_bytes / rows:,.0f} bytes per row written)"))
     print(f"bytes written: {data_bytes / 2**20:,.1f} MiB of data files, {log_bytes / 2**20:,.1f} MiB of log (on disk now); "
           f"{per_row:,.0f} data bytes per row written; a row's own size: {row_size:,.0f} bytes in Arrow ({per_row / row_size:.1f}x), "
           f"{json_size:,.0f} bytes as JSON in its message ({per_row / json_size:.1f}x)")
     goals: list[tuple[str, bool]] = []
     points = [sample.flushes for sample in samples]
     if args.trickle:
-        middle = min(points, key=lambda point: abs(point - args.flushes / 2))
+        middle = next(sample.flushes for sample in samples[1:] if sample.live)
         first_rate, first_bytes, first_rows = window_rate(samples, 0, middle)
         second_rate, second_bytes, second_rows = window_rate(samples, middle, points[-1])
         halves = second_bytes / max(first_bytes, 1)
         print(f"first half (flushes 1-{middle}): {first_bytes / 2**20:,.1f} MiB for {first_rows:,} rows ({first_rate:,.0f} bytes per row); "
               f"second half: {second_bytes / 2**20:,.1f} MiB for {second_rows:,} rows ({second_rate:,.0f} bytes per row)")
+        print_halves_by_table(samples, middle)
         goals += [(f"bytes written per row <= 4 KiB ({per_row:,.0f} bytes)", per_row <= 4096),
                   (f"second half writes <= 1.3x the bytes of the first ({halves:.2f}x)", halves <= 1.3)]
-        return goals
-    start = next((point for point in points if maintenance.first_compaction_at is not None and point >= maintenance.first_compaction_at), None)
-    if start is not None and points[-1] - start >= 2 * 50:
-        span = min(1000, (points[-1] - start) // 2 // 50 * 50)
-        early_rate, _, _ = window_rate(samples, start, start + span)
-        late_rate, _, _ = window_rate(samples, points[-1] - span, points[-1])
-        ratio = late_rate / max(early_rate, 1e-9)
-        print(f"bytes per row after the first compaction: flushes {start + 1}-{start + span}: {early_rate:,.0f}; "
-              f"last {span:,} flushes: {late_rate:,.0f} ({ratio:.2f}x)")
-        goals.append((f"bytes per row of the last {span:,} flushes <= 1.3x the first {span:,} after the first compaction ({ratio:.2f}x)",
-                      ratio <= 1.3))
     else:
-        print("bytes per row after the first compaction: too few flushes after it to compare two windows")
+        goals += soak_windows(samples, maintenance)
 
     before = analyst_reads(root)
     compact_started = time.perf_counter()
-    for name in ("claimx_events", "claimx_projects"):
+    for name in ANALYST_TABLES:
         maintain(table_uri(root, name), compact=True, checkpoint=True, vacuum=False, dry_run=False)
     compact_s = time.perf_counter() - compact_started
     after = analyst_reads(root)
-    print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ('claimx_events', 'claimx_projects'))}), "
+    print(f"\nfull read ({'; '.join(f'{DeltaTable(table_uri(root, n)).version()} versions of {n}' for n in ANALYST_TABLES)}), "
           f"manual compaction took {compact_s:.1f} s:")
     read_ratio = 0.0
     for key in before:

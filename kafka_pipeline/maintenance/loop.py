@@ -92,7 +92,7 @@ def interval_value(hours: float) -> str:
 class MaintenancePolicy:
     compact_small_files: int = 16
     compact_after_commits: int = 200
-    checkpoint_after_commits: int = 50
+    checkpoint_after_commits: int = 10
     log_retention_hours: float = 168.0
     vacuum_retention_hours: float = 168.0
     max_conflict_retries: int = 10
