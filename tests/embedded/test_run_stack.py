@@ -101,7 +101,9 @@ def test_commands_beside_run_use_its_stack_and_status_shows_the_workers(tmp_path
         wait_until(lambda: skipped_in_cycle_lines() == skipped, f"cycle lines counting every skipped event by type: {skipped}")
         assert "skipped event of unknown type" not in enrich_log.read_text()
         # status and the commands above asked tansu for no producer id: no red ERROR line in its log
-        assert "ERROR" not in (tmp_path / "logs" / "tansu.log").read_text()
+        # (but a broken pipe: a command that stops while tansu still answers its long-poll fetch)
+        errors = [line for line in (tmp_path / "logs" / "tansu.log").read_text().splitlines() if "ERROR" in line and "BrokenPipe" not in line]
+        assert errors == [], errors
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its whole foreground process group
