@@ -11,7 +11,9 @@ nulls has passed by: after `t=1 {status: open}` and `t=3 {status: null}`, a late
 {status: closed}` must win, but `source.event_time >= target.event_time` (2 >= 3) says no. A
 row-level MERGE expression therefore makes the table depend on arrival order. The contract's
 table schema has no room for per-column times, so every entity table has a companion *clock
-table* (same merge key, `event_time`, and one timestamp per value column) that holds them. The
+table* (same merge key, `event_time`, and one timestamp per value column) that holds them for
+the keys that need them: a key whose every value came with its row's newest event (a task or
+media row fetched whole) has clocks that follow from its entity row, and no clock row. The
 writer reads the clocks of a batch's keys, decides per column which source values win (the
 `CASE WHEN source.c IS NOT NULL AND (target.c IS NULL OR source.time_c >= target.time_c)` rule,
 evaluated with per-column times), and sends the entity table a pre-resolved source whose losing
@@ -40,6 +42,8 @@ SEQ = "__kp_seq"  # arrival order inside a batch (Kafka offset order within a pa
 APP = "__kp_app"  # Delta app transaction id of the row's source partition
 OFFSET = "__kp_offset"  # the row's Kafka offset
 NEWEST = "__kp_newest"  # in a MERGE source: the source row is the key's newest event
+BASIS = "resolved_against"  # clock-table column: the entity row's event_time its clocks were resolved against
+TRIVIAL = "__kp_trivial"  # in a clock-table MERGE source: the key's clocks follow from its entity row
 _CLOCK = "__kp_clock__"  # in a combined batch: event time (µs) of column c's value
 _OLD = "__kp_old__"  # clock columns joined beside a combined batch
 
@@ -102,6 +106,7 @@ def clock_schema(spec: TableContract) -> pa.Schema:
     return pa.schema(
         [*keys, pa.field("event_time", TIMESTAMP, nullable=False)]
         + [pa.field(name, TIMESTAMP) for name in spec.value_columns]
+        + [pa.field(BASIS, TIMESTAMP)]
     )
 
 
@@ -185,6 +190,7 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
         newest = pa.chunked_array([pa.repeat(pa.scalar(True), combined.num_rows)])
         new_row_us = src_row_us
         any_taken = newest
+        basis = pa.nulls(combined.num_rows, TIMESTAMP)
         for name in spec.value_columns:
             src_us = combined[_CLOCK + name]
             clock_columns[name] = pc.if_else(
@@ -194,6 +200,7 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
     else:
         stored = aligned_clocks(spec, combined, clocks)  # row i: the stored clocks of combined's key i
         old_row_us = pc.cast(stored["event_time"], pa.int64())  # null: a new key
+        basis = stored[BASIS]
         newest = pc.or_kleene(pc.is_null(old_row_us), pc.greater_equal(src_row_us, old_row_us))
         new_row_us = pc.max_element_wise(src_row_us, old_row_us)  # skips the null of a new key
         any_taken = newest
@@ -220,6 +227,7 @@ def resolve(spec: TableContract, combined: pa.Table, clocks: pa.Table | None, no
             **changed_keys,
             "event_time": pc.cast(keep(new_row_us), TIMESTAMP),
             **{name: pc.cast(keep(clock_columns[name]), TIMESTAMP) for name in spec.value_columns},
+            BASIS: keep(basis),
         },
         schema=clock_schema(spec),
     )
@@ -254,14 +262,61 @@ def aligned_clocks(spec: TableContract, combined: pa.Table, clocks: pa.Table | N
     return clocks.take(positions)
 
 
-def overlay(spec: TableContract, clocks: pa.Table | None, updates: pa.Table) -> pa.Table:
-    """`clocks` with the rows of `updates` replacing those of the same keys."""
-    if clocks is None or clocks.num_rows == 0:
-        return updates
-    if updates.num_rows == 0:
-        return clocks
-    kept = clocks.filter(pc.invert(pc.is_in(key_text(spec, clocks), value_set=key_text(spec, updates))))
-    return pa.concat_tables([kept.select(updates.column_names).cast(updates.schema), updates])
+def stored_clocks(spec: TableContract, entity: pa.Table, held: pa.Table) -> pa.Table:
+    """The clocks of the keys the tables hold (clock-table schema, `BASIS` the entity row's
+    `event_time`), from the entity rows of those keys (`entity`: keys, `event_time`, value
+    columns) and the clock rows the clock table holds for them (`held`).
+
+    The clock table keeps a row only for a key with a value older than its row's newest event
+    (`clock_changes`); any other key's clocks follow from its entity row: each value is as old
+    as the row (clock null), each null column holds no value (`NO_VALUE`). A held row counts
+    when it describes the entity row: committed with it (same `event_time`), or committed just
+    before it, after a crash between the two commits (resolved against the entity row as it
+    still is: `BASIS`; the replayed batch ties with it). Any other held row was committed by a
+    writer that then lost the entity commit to a concurrent one: the entity row decides.
+    """
+    schema = clock_schema(spec)
+    no_value = pa.scalar(NO_VALUE_US, pa.int64()).cast(TIMESTAMP)
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {key: entity[key] for key in spec.merge_keys}
+    columns["event_time"] = entity["event_time"]
+    for name in spec.value_columns:
+        columns[name] = pc.if_else(pc.is_valid(entity[name]), _typed_null(TIMESTAMP), no_value)
+    columns[BASIS] = entity["event_time"]
+    derived = pa.table(columns, schema=schema)
+    if held.num_rows == 0:
+        return derived
+    entity_time = aligned_clocks(spec, held, derived)["event_time"]  # per held row; null: no entity row
+    with_row = pc.equal(held["event_time"], entity_time)
+    before_row = pc.if_else(pc.is_null(entity_time), pc.is_null(held[BASIS]), pc.equal(held[BASIS], entity_time))
+    counts = pc.or_(pc.fill_null(with_row, False), pc.fill_null(before_row, False))
+    used = held.filter(counts).cast(schema)
+    used = used.set_column(used.schema.get_field_index(BASIS), BASIS, entity_time.filter(counts))
+    rest = derived.filter(pc.invert(pc.is_in(key_text(spec, derived), value_set=key_text(spec, used))))
+    return pa.concat_tables([used, rest])
+
+
+def clock_changes(spec: TableContract, clock_rows: pa.Table, held: pa.Table) -> pa.Table:
+    """What a `resolve()`d batch changes in the clock table: the rows of keys that have a value
+    older than their row's newest event (upserted), and of keys the table holds a row for whose
+    clocks now follow from the entity row (`TRIVIAL`: deleted). Keys with neither need no row:
+    for a table whose rows come whole from one event (most of them, most of the time) the clock
+    table stays empty and a flush is one commit."""
+    trivial = pa.chunked_array([pa.repeat(pa.scalar(True), clock_rows.num_rows)])
+    for name in spec.value_columns:
+        cell = pc.cast(clock_rows[name], pa.int64())
+        trivial = pc.and_(trivial, pc.fill_null(pc.equal(cell, _NO_VALUE_SCALAR), True))
+    wanted = pc.invert(trivial)
+    if held.num_rows:
+        wanted = pc.or_(wanted, pc.is_in(key_text(spec, clock_rows), value_set=key_text(spec, held)))
+        # a row the table already holds as it is (a batch redone after its entity commit lost
+        # a race, or replayed after a crash) needs no commit
+        stored = aligned_clocks(spec, clock_rows, held)
+        same = pc.invert(trivial)
+        for name in clock_rows.column_names:
+            equal = pc.fill_null(pc.equal(clock_rows[name], stored[name]), False)
+            same = pc.and_(same, pc.or_(equal, pc.and_(pc.is_null(clock_rows[name]), pc.is_null(stored[name]))))
+        wanted = pc.and_(wanted, pc.invert(same))
+    return clock_rows.append_column(TRIVIAL, trivial).filter(wanted)
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,20 @@
 1. Load both snapshots (entity table first, then clocks) and drop the rows at offsets the table
    already holds: each Delta commit carries `Transaction(app_id, last_offset)` per source
    partition, so `transaction_version(app_id)` says how far that partition got into this table.
-2. Fold the rows per key (`merge_rule.combine`), read the stored clocks of those keys, resolve
-   which values win (`merge_rule.resolve`), MERGE the new clocks into the clock table.
+2. Fold the rows per key (`merge_rule.combine`), read the clocks of those keys (the clock
+   table's rows, and the entity rows that make the others derivable:
+   `merge_rule.stored_clocks`), resolve which values win (`merge_rule.resolve`), and MERGE into
+   the clock table only what changes there (`merge_rule.clock_changes`): keys with a value
+   older than their row's newest event. Rows that come whole from one event need no clock row,
+   so most flushes of most tables skip this commit.
 3. MERGE the resolved rows into the entity table with `coalesce(source.c, target.c)`.
 
-Both commits carry the same app transactions. The clock table commits first: if the process
-dies between the two commits, the clock table already has the batch and the entity table does
-not; on replay the entity table re-applies the batch, whose values tie with the clocks they
-set and therefore win, so the tables converge to the same state. A concurrent commit by another
-writer makes delta-rs reject ours (`CommitFailedError`); the step is redone on fresh snapshots
-after a jittered backoff.
+When there is a clock commit it carries the same app transactions and comes first: if the
+process dies between the two commits, the clock table already has the batch and the entity
+table does not; on replay the entity table re-applies the batch, whose values tie with the
+clocks they set and therefore win, so the tables converge to the same state. A concurrent
+commit by another writer makes delta-rs reject ours (`CommitFailedError`); the step is redone
+on fresh snapshots after a jittered backoff.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pyarrow.fs as pa_fs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
+from deltalake.schema import Field, PrimitiveType
 from deltalake.table import TableMerger
 
 from kafka_pipeline.delta import merge_rule
@@ -184,19 +189,21 @@ class DeltaTableWriter:
                 table = open_table(uri, self.storage_options)  # another writer created it first
                 assert table is not None
         actual = pa.schema(table.schema().to_arrow())
+        if merge_rule.BASIS in schema.names and actual.equals(schema.remove(schema.get_field_index(merge_rule.BASIS))):
+            # a clock table from before sparse clocks: it gains the column (its rows, all of them
+            # committed with their entity rows, read as such: null)
+            table.alter.add_columns(Field(merge_rule.BASIS, PrimitiveType("timestamp"), nullable=True))
+            table = DeltaTable(uri, storage_options=self.storage_options or None)
+            actual = pa.schema(table.schema().to_arrow())
         if not actual.equals(schema):
             raise TableSchemaError(f"{uri}: schema differs from the contract: {_schema_diff(schema, actual)}")
         return table
 
     def transaction_versions(self, app_ids: list[str]) -> dict[str, int | None]:
-        """Per app id the last offset both tables hold (None: nothing yet). Creates nothing."""
-        uris = (self.uri,) if self.spec.immutable else (self.uri, self.clock_uri)
-        tables = [open_table(uri, self.storage_options) for uri in uris]
-        result: dict[str, int | None] = {}
-        for app in app_ids:
-            versions = [None if table is None else table.transaction_version(app) for table in tables]
-            result[app] = None if None in versions else min(v for v in versions if v is not None)
-        return result
+        """Per app id the last offset the entity table holds (None: nothing yet); the clock table
+        commits only the flushes that change it. Creates nothing."""
+        table = open_table(self.uri, self.storage_options)
+        return {app: None if table is None else table.transaction_version(app) for app in app_ids}
 
     def stored_transactions(self, app_ids: list[str]) -> dict[str, dict[str, int | None]]:
         """Per existing table (entity table, clock table) the version of each app id. Creates
@@ -288,47 +295,20 @@ class DeltaTableWriter:
         # entity change we can see has its clocks visible to the read below.
         main = self._snapshot(self._table, apps)
         clocks = self._snapshot(self._clocks, apps)
-        main_rows = _unwritten(rows, main.versions)
-        clock_rows = _unwritten(rows, clocks.versions)
-        result.skipped = rows.num_rows - main_rows.num_rows
-        if main_rows.num_rows == 0 and clock_rows.num_rows == 0:
+        fresh = _unwritten(rows, main.versions)
+        result.skipped = rows.num_rows - fresh.num_rows
+        if fresh.num_rows == 0:
             return
-
-        main_combined = merge_rule.combine(self.spec, main_rows) if main_rows.num_rows else None
-        if clock_rows.num_rows == 0:
-            clock_combined = None
-        elif main.versions == clocks.versions:  # both tables are at the same offsets: same rows
-            clock_combined = main_combined
-        else:
-            clock_combined = merge_rule.combine(self.spec, clock_rows)
-        wanted = [t for t in (main_combined, clock_combined) if t is not None]
-        stored = self._read_clocks(clocks.table, pa.concat_tables([merge_rule.key_table(self.spec, t) for t in wanted]))
-
-        clocks_after = stored
-        main_source: pa.Table | None = None
-        if clock_combined is not None:
-            resolution = merge_rule.resolve(self.spec, clock_combined, stored, now)
-            if resolution.clock_rows.num_rows:
-                result.files_added += _files_added(self._merge_clocks(clocks, resolution.clock_rows, progress))
-                result.commits += 1
-                committed = clocks.table.version()
-                clocks.table.update_incremental()
-                if clocks.table.version() == committed:
-                    clocks_after = merge_rule.overlay(self.spec, stored, resolution.clock_rows)
-                    if clock_combined is main_combined:
-                        # Resolving the same rows against the clocks they just set gives the
-                        # same winners: the entity source is this resolution's.
-                        main_source = resolution.source
-                else:  # another writer moved the clocks on since our commit: read them again
-                    clocks_after = self._read_clocks(clocks.table, merge_rule.key_table(self.spec, main_combined or clock_combined))
-
-        if main_combined is None:
+        combined = merge_rule.combine(self.spec, fresh)
+        held, stored = self._stored_clocks(main.table, clocks.table, merge_rule.key_table(self.spec, combined))
+        resolution = merge_rule.resolve(self.spec, combined, stored, now)
+        if resolution.source.num_rows == 0:
             return
-        if main_source is None:
-            main_source = merge_rule.resolve(self.spec, main_combined, clocks_after, now).source
-        if main_source.num_rows == 0:
-            return
-        metrics = self._merge_entities(main, main_source, progress)
+        changes = merge_rule.clock_changes(self.spec, resolution.clock_rows, held)
+        if changes.num_rows:
+            result.files_added += _files_added(self._merge_clocks(clocks, changes, progress))
+            result.commits += 1
+        metrics = self._merge_entities(main, resolution.source, progress)
         result.commits += 1
         result.files_added += _files_added(metrics)
         result.keys_changed = int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0))  # type: ignore[call-overload]
@@ -349,8 +329,15 @@ class DeltaTableWriter:
         result.files_added += _files_added(metrics)
         result.keys_changed = int(str(metrics.get("num_target_rows_inserted", 0)))
 
-    def _merge_clocks(self, clocks: _Snapshot, rows: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
-        return self._merger(clocks, rows, progress).when_matched_update_all().when_not_matched_insert_all().execute()
+    def _merge_clocks(self, clocks: _Snapshot, changes: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
+        """`merge_rule.clock_changes`: a key whose clocks became derivable is deleted, any other
+        is upserted."""
+        s, trivial = merge_rule.SOURCE_ALIAS, merge_rule.TRIVIAL
+        names = self._clock_schema.names
+        updates = {name: f"{s}.{name}" for name in names if name not in self.spec.merge_keys}
+        inserts = {name: f"{s}.{name}" for name in names}
+        merger = self._merger(clocks, changes, progress).when_matched_delete(predicate=f"{s}.{trivial}")
+        return merger.when_matched_update(updates).when_not_matched_insert(inserts, predicate=f"NOT {s}.{trivial}").execute()
 
     def _merge_entities(self, main: _Snapshot, source: pa.Table, progress: _ProgressRecord) -> dict[str, object]:
         expressions = self._expressions
@@ -374,8 +361,17 @@ class DeltaTableWriter:
         table.update_incremental()
         return _Snapshot(table, {app: table.transaction_version(app) for app in apps})
 
-    def _read_clocks(self, clocks: DeltaTable, keys: pa.Table) -> pa.Table:
-        """The clock rows of `keys` (`merge_rule.key_table`: merge-key columns, event time range).
+    def _stored_clocks(self, table: DeltaTable, clocks: DeltaTable, keys: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """The clock rows the clock table holds for `keys` (`merge_rule.key_table`), and the
+        clocks of every such key the tables hold (`merge_rule.stored_clocks`): read from the
+        clock table where it has a row, derived from the entity row where it has none."""
+        held = self._read_keys(clocks, self._clock_schema, keys)
+        entity = self._read_keys(table, self.spec.schema, keys, columns=[*self.spec.merge_keys, "event_time", *self.spec.value_columns])
+        return held, merge_rule.stored_clocks(self.spec, entity, held)
+
+    def _read_keys(self, table: DeltaTable, schema: pa.Schema, keys: pa.Table, columns: list[str] | None = None) -> pa.Table:
+        """The rows of `keys` (`merge_rule.key_table`: merge-key columns, event time range) in
+        `table`, with `columns` (default: all of `schema`).
 
         Only files that can hold the keys are read: pruned by the first key column's min/max in
         the Delta log and, for a table with `fixed_event_time`, by the keys' event time range
@@ -385,14 +381,16 @@ class DeltaTableWriter:
         a pyarrow filter is pushed into the scan, where delta-rs-written files carry
         `string_view` columns that pyarrow will not compare with the dataset's `string`.)
         """
+        names = columns or schema.names
+        empty = pa.schema([schema.field(name) for name in names]).empty_table()
         if keys.num_rows == 0:
-            return self._clock_schema.empty_table()
-        actions = pa.table(clocks.get_add_actions(flatten=True))
+            return empty
+        actions = pa.table(table.get_add_actions(flatten=True))
         if actions.num_rows == 0:
-            return self._clock_schema.empty_table()
-        names = list(self.spec.merge_keys)
-        first = keys[names[0]]
-        ranges = [(names[0], pc.min(first), pc.max(first))]
+            return empty
+        key_names = list(self.spec.merge_keys)
+        first = keys[key_names[0]]
+        ranges = [(key_names[0], pc.min(first), pc.max(first))]
         if self.spec.fixed_event_time:
             # the log's timestamp statistics are truncated to milliseconds: a file's true max
             # may lie up to 1 ms above its recorded one
@@ -405,12 +403,12 @@ class DeltaTableWriter:
                 overlaps = pc.and_(pc.greater_equal(actions[max_col], low), pc.less_equal(actions[min_col], high))
                 actions = actions.filter(pc.fill_null(overlaps, True))  # no stats: read the file
         if actions.num_rows == 0:
-            return self._clock_schema.empty_table()
+            return empty
         paths = actions["path"].to_pylist()
         sizes = dict(zip(paths, actions["size_bytes"].to_pylist(), strict=True))
-        filesystem = pa_fs.PyFileSystem(DeltaStorageHandler(clocks.table_uri, self.storage_options or None, sizes))
-        dataset = pds.dataset(paths, schema=self._clock_schema, format="parquet", filesystem=filesystem)
-        candidates = dataset.to_table()
+        filesystem = pa_fs.PyFileSystem(DeltaStorageHandler(table.table_uri, self.storage_options or None, sizes))
+        dataset = pds.dataset(paths, schema=schema, format="parquet", filesystem=filesystem)
+        candidates = dataset.to_table(columns=names)
         wanted = pc.is_in(merge_rule.key_text(self.spec, candidates), value_set=merge_rule.key_text(self.spec, keys))
         return candidates.filter(wanted)
 

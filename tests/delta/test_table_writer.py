@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +14,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from kafka_pipeline.claimx.schemas import TABLES, TableSpec
 from kafka_pipeline.cli import main
-from kafka_pipeline.delta import DeltaTableWriter, TableSchemaError, clock_table_uri, table_uri
+from kafka_pipeline.delta import DeltaTableWriter, TableSchemaError, clock_table_uri, merge_rule, table_uri
 from kafka_pipeline.maintenance.operations import describe, maintain
 from kafka_pipeline.workers.writer.entity_writer import read_table
 from tests.fixtures.tables import P0, P1, T0, batch, content
@@ -85,9 +85,10 @@ def test_app_transactions_record_each_partition_and_replays_are_skipped(tmp_path
         batch([("claimx_projects", {"project_id": "2", "status": "new"}, 1, "b", 20)], app=P1),
     )
     progress = {P0: 10, P1: 20}
-    assert projects.write(first["claimx_projects"], progress).commits == 2
-    assert media.write(first["claimx_media"], progress).commits == 2
-    for uri in (projects.uri, projects.clock_uri, media.uri, media.clock_uri):
+    # rows that come whole from one event: no clock rows, one commit each
+    assert projects.write(first["claimx_projects"], progress).commits == 1
+    assert media.write(first["claimx_media"], progress).commits == 1
+    for uri in (projects.uri, media.uri):
         table = DeltaTable(uri)
         # every partition of the flush, also in media, which got no rows from partition 1
         assert (table.transaction_version(P0), table.transaction_version(P1)) == (10, 20), uri
@@ -141,6 +142,80 @@ def test_a_crash_between_the_two_commits_converges(tmp_path) -> None:
     assert content(read_rows(crashed_root, spec.name)) == content(read_rows(str(tmp_path / "clean"), spec.name))
     [p1, _] = read_rows(crashed_root, spec.name)
     assert (p1["status"], p1["city"], p1["trace_id"]) == ("closed", "B", "t3")
+
+
+def test_a_crash_keeps_the_older_clocks_a_replayed_batch_was_resolved_against(tmp_path) -> None:
+    """The clock row committed before a crash describes the entity row as it still is (its
+    basis): the replay resolves against it, not against clocks derived from the entity row,
+    which would date `status` at hour 5 and let it refuse the hour-3 value."""
+    spec = TABLES["claimx_projects"]
+    b1 = batch([("claimx_projects", {"project_id": "1", "status": "open", "city": "A"}, 1, "t1", 0)])["claimx_projects"]
+    b2 = batch([("claimx_projects", {"project_id": "1", "status": None, "city": "B"}, 5, "t5", 1)])["claimx_projects"]
+    b3 = batch([("claimx_projects", {"project_id": "1", "city": "C"}, 7, "t7", 2)])["claimx_projects"]
+    b4 = batch([("claimx_projects", {"project_id": "1", "status": "closed"}, 3, "t3", 3)])["claimx_projects"]
+    clean = DeltaTableWriter(spec, str(tmp_path / "clean"))
+    for b, last in ((b1, 0), (b2, 1), (b3, 2), (b4, 3)):
+        clean.write(b, {P0: last})
+    crashed_root = str(tmp_path / "crashed")
+    writer = DeltaTableWriter(spec, crashed_root)
+    writer.write(b1, {P0: 0})
+    writer.write(b2, {P0: 1})
+    with pytest.raises(SystemExit):
+        CrashBeforeEntityCommit(spec, crashed_root).write(b3, {P0: 2})
+    DeltaTableWriter(spec, crashed_root).write(pa.concat_tables([b3, b4]), {P0: 3})
+    [row] = read_rows(crashed_root, spec.name)
+    assert (row["status"], row["city"], row["trace_id"]) == ("closed", "C", "t7")
+    assert content(read_rows(crashed_root, spec.name)) == content(read_rows(str(tmp_path / "clean"), spec.name))
+
+
+def test_rows_fetched_whole_need_no_clock_rows_and_a_single_commit(tmp_path) -> None:
+    """A key whose every value came with its newest event has no clock row: full task rows are
+    one commit per flush and leave the clock table empty; a newer row without a value the key
+    holds adds a clock row, and the next whole row removes it again."""
+    spec = TABLES["claimx_tasks"]
+    root = str(tmp_path)
+    tasks = DeltaTableWriter(spec, root)
+    whole = {"status": "ASSIGNED", "task_name": "Roof", "project_id": "p1"}
+
+    def clock_rows() -> list[dict[str, Any]]:
+        return DeltaTable(clock_table_uri(root, spec.name)).to_pyarrow_table().to_pylist()
+
+    first = tasks.write(batch([("claimx_tasks", {"assignment_id": f"a{n}", **whole}, 1, f"t{n}", n) for n in range(3)])["claimx_tasks"], {P0: 2})
+    again = tasks.write(batch([("claimx_tasks", {"assignment_id": "a1", **whole, "status": "COMPLETED"}, 2, "t3", 3)])["claimx_tasks"], {P0: 3})
+    assert (first.commits, first.keys_changed, again.commits, again.keys_changed) == (1, 3, 1, 1)
+    assert clock_rows() == []
+    partial = tasks.write(batch([("claimx_tasks", {"assignment_id": "a1", "status": "CANCELLED"}, 3, "t4", 4)])["claimx_tasks"], {P0: 4})
+    assert partial.commits == 2
+    [clock] = clock_rows()
+    assert (clock["assignment_id"], clock["task_name"], clock["status"]) == ("a1", T0 + timedelta(hours=2), None)
+    # an older row fills nothing and loses `status`; a whole newer row makes the clock row go
+    older = tasks.write(batch([("claimx_tasks", {"assignment_id": "a1", "status": "IN_PROGRESS", "task_name": "Old"}, 0, "t5", 5)])["claimx_tasks"], {P0: 5})
+    assert older.commits == 0
+    tasks.write(batch([("claimx_tasks", {"assignment_id": "a1", **whole, "task_name": "Roof 2"}, 4, "t6", 6)])["claimx_tasks"], {P0: 6})
+    assert clock_rows() == []
+    rows = {row["assignment_id"]: row for row in read_rows(root, spec.name)}
+    assert (rows["a1"]["status"], rows["a1"]["task_name"], rows["a1"]["trace_id"]) == ("ASSIGNED", "Roof 2", "t6")
+    assert DeltaTable(table_uri(root, spec.name)).transaction_version(P0) == 6
+
+
+def test_a_clock_table_from_before_sparse_clocks_gains_its_column(tmp_path) -> None:
+    """A clock table written by an older version (a row for every key, no `resolved_against`)
+    is upgraded in place and its rows still count."""
+    spec = TABLES["claimx_projects"]
+    root = str(tmp_path)
+    b1 = batch([("claimx_projects", {"project_id": "1", "status": "open", "city": "A"}, 1, "t1", 0)])["claimx_projects"]
+    b2 = batch([("claimx_projects", {"project_id": "1", "city": "B"}, 5, "t5", 1)])["claimx_projects"]
+    DeltaTableWriter(spec, root).write(pa.concat_tables([b1, b2]), {P0: 1})
+    clocks = DeltaTable(clock_table_uri(root, spec.name)).to_pyarrow_table()
+    legacy = clocks.drop_columns([merge_rule.BASIS])
+    legacy_root = str(tmp_path / "legacy")
+    write_deltalake(table_uri(legacy_root, spec.name), read_table(root, spec.name))
+    write_deltalake(clock_table_uri(legacy_root, spec.name), legacy)
+    DeltaTableWriter(spec, legacy_root).write(
+        batch([("claimx_projects", {"project_id": "1", "status": "closed"}, 3, "t3", 2)])["claimx_projects"], {P0: 2})
+    assert DeltaTable(clock_table_uri(legacy_root, spec.name)).schema().to_arrow().names[-1] == merge_rule.BASIS
+    [row] = read_rows(legacy_root, spec.name)
+    assert (row["status"], row["city"], row["trace_id"]) == ("closed", "B", "t5")  # status dated hour 1 by the legacy row
 
 
 def test_concurrent_writers_retry_conflicts_and_lose_nothing(tmp_path) -> None:
@@ -228,7 +303,7 @@ def test_tables_and_maintain_commands(tmp_path, capsys) -> None:
     assert main(["tables", "--tables-root", root, "--samples", "1"]) == 0
     out = capsys.readouterr().out
     assert "claimx_projects: version 2, 10 rows, 2 files" in out and re.search(r"\(MERGE, \d+s ago\)", out), out  # freshness
-    assert "merge clocks: version 2, 10 rows" in out
+    assert "merge clocks: version 0, 0 rows, 0 files" in out, out  # every value came with its row's newest event
     assert "claimx_media: not created yet" in out
     assert '"project_id": ' in out  # a sample row
     assert main(["tables", "--tables-root", root]) == 0
@@ -237,7 +312,7 @@ def test_tables_and_maintain_commands(tmp_path, capsys) -> None:
     assert main(["maintain", "--tables-root", root, "--table", "claimx_projects"]) == 0  # no --apply: a plan per table
     out = capsys.readouterr().out
     assert "claimx_projects (plan): would compact 2 files below the target size" in out and "would checkpoint at version 2" in out
-    assert "vacuum would delete 0 files" in out and "claimx_projects (merge clocks) (plan): would compact 2 files" in out
+    assert "vacuum would delete 0 files" in out and "claimx_projects (merge clocks) (plan): nothing to compact" in out, out
     assert out.rstrip().endswith("dry run: nothing changed; add --apply to do it")
     assert DeltaTable(table_uri(root, "claimx_projects")).version() == 2  # nothing committed
 

@@ -32,9 +32,14 @@ SPEC = TABLES["claimx_projects"]
 
 
 def flush(i: int, keys: range) -> pa.Table:
-    """Flush `i`: every key in `keys` gets status s<i>, city c<i> (even flushes only), at hour i."""
-    rows = [("claimx_projects", {"project_id": f"{k:03d}", "status": f"s{i}", "city": f"c{i}" if i % 2 == 0 else None},
-             i, f"t{i}-{k}", i * 100 + n) for n, k in enumerate(keys)]
+    """Flush `i`: every key in `keys` gets status s<i>, city c<i> (even flushes only), at hour i,
+    after a row of hour i - 1 with county k<i>: the county is older than the row's newest event,
+    so every key of every flush has a clock row (a table updated by partial rows)."""
+    rows = []
+    for n, k in enumerate(keys):
+        rows.append(("claimx_projects", {"project_id": f"{k:03d}", "county": f"k{i}"}, i - 1, f"t{i}-{k}-old", i * 100 + 2 * n))
+        rows.append(("claimx_projects", {"project_id": f"{k:03d}", "status": f"s{i}", "city": f"c{i}" if i % 2 == 0 else None},
+                     i, f"t{i}-{k}", i * 100 + 2 * n + 1))
     return batch(rows)["claimx_projects"]
 
 
@@ -42,7 +47,7 @@ FLUSHES = [(i, range(i * 3, i * 3 + 3)) for i in range(6)] + [(6, range(0, 2)), 
 
 
 def last_offset(i: int, keys: range) -> int:
-    return i * 100 + len(keys) - 1
+    return i * 100 + 2 * len(keys) - 1
 
 
 def maintainer(root: str, registry: CollectorRegistry | None = None, **policy: Any) -> TableMaintainer:
