@@ -34,7 +34,8 @@ object (commits, checkpoints, data files); `--warm-hours` works there too.
 
 A steady trickle: --messages-per-flush entity-rows messages (20, about 50 rows) per flush, as a
 stream of about 10 events/s produces with `writer.max_latency_s=2`: new projects with contacts,
-media, task assignments and completions (with their shared task templates and external links),
+media, task assignments and completions (with their shared task templates and external links;
+a completion's task and link rows are whole, as the task handler fetches the assignment again),
 policyholder and MFN updates of recent projects, video collaborations, and one `claimx_events`
 row per event. Each flush goes the way the entity writer's does, without Kafka: the messages
 become typed Arrow tables (`BatchBuilder`), and every table with rows is merged by its
@@ -110,7 +111,7 @@ class Stream:
         self.projects = 5_000_000
         self.media = 70_000_000
         self.assignments = 900_000
-        self.open_tasks: list[tuple[str, str]] = []
+        self.open_tasks: list[dict[str, Any]] = []
 
     def recent_project(self) -> str:
         return str(self.projects - self.rng.randrange(min(400, self.projects - 4_999_999)))
@@ -136,20 +137,19 @@ class Stream:
             kind, project = "CUSTOM_TASK_ASSIGNED", self.recent_project()
             self.assignments += 1
             assignment, template = str(self.assignments), str(100 + self.rng.randrange(TEMPLATES))
-            self.open_tasks.append((assignment, project))
-            rows = {"claimx_tasks": [{"assignment_id": assignment, "task_id": template, "task_name": f"Task {template}", "project_id": project,
-                                      "assignee_id": str(self.rng.randrange(500)), "assignor_email": "ops@example.com",
-                                      "date_assigned": at.isoformat(), "status": "ASSIGNED", "stp_enabled": False}],
-                    "claimx_task_templates": [self.template_row(template, at)],
-                    "claimx_external_links": [{"link_id": f"L{assignment}", "assignment_id": assignment, "project_id": project,
-                                               "link_code": f"C{assignment}", "url": f"https://x.example.com/l/{assignment}",
-                                               "email": f"ph{project}@example.com"}]}
+            task = {"assignment_id": assignment, "task_id": template, "task_name": f"Task {template}", "project_id": project,
+                    "assignee_id": str(self.rng.randrange(500)), "assignor_email": "ops@example.com",
+                    "date_assigned": at.isoformat(), "status": "ASSIGNED", "stp_enabled": False}
+            self.open_tasks.append(task)
+            rows = {"claimx_tasks": [task], "claimx_task_templates": [self.template_row(template, at)],
+                    "claimx_external_links": [self.link_row(task)]}
         elif roll < 0.85 and self.open_tasks:
-            assignment, project = self.open_tasks.pop(self.rng.randrange(len(self.open_tasks)))
-            kind = "CUSTOM_TASK_COMPLETED"
-            template = str(100 + int(assignment) % TEMPLATES)
-            rows = {"claimx_tasks": [{"assignment_id": assignment, "status": "COMPLETED", "date_completed": at.isoformat()}],
-                    "claimx_task_templates": [self.template_row(template, at)]}
+            # The task handler fetches the whole assignment again: the completion's row is the
+            # assigned one with its new status and completion date.
+            assigned = self.open_tasks.pop(self.rng.randrange(len(self.open_tasks)))
+            kind, project, template = "CUSTOM_TASK_COMPLETED", assigned["project_id"], assigned["task_id"]
+            rows = {"claimx_tasks": [{**assigned, "status": "COMPLETED", "date_completed": at.isoformat()}],
+                    "claimx_task_templates": [self.template_row(template, at)], "claimx_external_links": [self.link_row(assigned)]}
         elif roll < 0.95:
             kind, project = self.rng.choice(("POLICYHOLDER_INVITED", "POLICYHOLDER_JOINED", "PROJECT_MFN_ADDED")), self.recent_project()
             column = {"POLICYHOLDER_INVITED": "policyholder_invited_at", "POLICYHOLDER_JOINED": "policyholder_joined_at"}.get(kind)
@@ -180,6 +180,11 @@ class Stream:
                 "latitude": 30.2 + self.rng.random() / 10, "longitude": -97.7 - self.rng.random() / 10, "taken_date": at.isoformat(),
                 "full_download_link": f"https://media.example.com/{self.media}?sig={self.rng.getrandbits(64):016x}",
                 "expires_at": (at + timedelta(hours=1)).isoformat()}
+
+    def link_row(self, task: dict[str, Any]) -> dict[str, Any]:
+        assignment, project = task["assignment_id"], task["project_id"]
+        return {"link_id": f"L{assignment}", "assignment_id": assignment, "project_id": project, "link_code": f"C{assignment}",
+                "url": f"https://x.example.com/l/{assignment}", "email": f"ph{project}@example.com"}
 
     def template_row(self, template: str, at: datetime) -> dict[str, Any]:
         return {"task_id": template, "comp_id": "7", "name": f"Task {template}", "form_id": f"F{template}", "enabled": True,

@@ -6,14 +6,16 @@ inserted ones, into files of the table's `delta.targetFileSize`. Compaction pack
 into files of that size too. So what one update costs is the size of the file holding its row,
 and that size is the table's target.
 
-- **Updated tables** (`claimx_projects`, `claimx_tasks`, and their clock tables): their rows
-  change for their whole life (a project gets policyholder and MFN updates, a task is completed
-  days after it was assigned, at any age), so their files stay small: an update rewrites at
-  most about `UPDATED_FILE_BYTES` per file it touches, however old the table or the row. With a
-  2 MiB target the file holding the newest rows grew flush by flush up to 2 MiB and was
-  rewritten by nearly every flush, so the bytes written per row grew with uptime.
-- **The other entity tables** (contacts, media, links, templates, video collaborations) are
-  mostly appended to: `ENTITY_FILE_BYTES`, their clock tables an eighth of it.
+- **Updated tables** (`claimx_projects`, `claimx_tasks`, `claimx_external_links`, and their
+  clock tables): their rows change for their whole life (a project gets policyholder and MFN
+  updates; a task is completed days after it was assigned, at any age, and its completion
+  fetches the assignment again, which emits its task and external-link rows again), so their
+  files stay small: an update rewrites at most about `UPDATED_FILE_BYTES` per file it touches,
+  however old the table or the row. With a 2 MiB target the file holding the newest rows grew
+  flush by flush up to 2 MiB and was rewritten by nearly every flush, so the bytes written per
+  row grew with uptime.
+- **The other entity tables** (contacts, media, templates, video collaborations) are mostly
+  appended to: `ENTITY_FILE_BYTES`, their clock tables an eighth of it.
 - **`claimx_events`** is insert-only and keyed by hashes (nothing prunes): few large files.
 
 Every data file is written with zstd: about a third fewer bytes than snappy for these rows,
@@ -28,7 +30,7 @@ ENTITY_FILE_BYTES = 2 * 1024 * 1024
 EVENTS_FILE_BYTES = 32 * 1024 * 1024
 UPDATED_FILE_BYTES = 128 * 1024
 CLOCK_FILE_RATIO = 8  # a clock row of a mostly-appended table is about an eighth of its entity row
-UPDATED_TABLES = frozenset({"claimx_projects", "claimx_tasks"})
+UPDATED_TABLES = frozenset({"claimx_projects", "claimx_tasks", "claimx_external_links"})
 TARGET_SIZE_PROPERTY = "delta.targetFileSize"
 
 
