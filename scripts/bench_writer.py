@@ -149,12 +149,13 @@ def stream(args: argparse.Namespace) -> list[pa.Table]:
 def bench_merge(writer: DeltaTableWriter, batches: list[pa.Table]) -> dict[str, float]:
     versions_before = table_versions(writer)
     seconds: list[float] = []
-    changed = 0
+    changed = files_added = 0
     for batch in batches:
         started = time.perf_counter()
         result = writer.write(batch, {APP: batch[merge_rule.OFFSET][-1].as_py()})
         seconds.append(time.perf_counter() - started)
         changed += result.keys_changed
+        files_added += result.files_added
     rows = sum(b.num_rows for b in batches)
     commits = table_versions(writer) - versions_before
     merge_ms = {name: sum(h["operationMetrics"].get("execution_time_ms", 0)
@@ -169,6 +170,8 @@ def bench_merge(writer: DeltaTableWriter, batches: list[pa.Table]) -> dict[str, 
         "flush_p50_s": statistics.median(seconds),
         "flush_max_s": max(seconds),
         "commits_per_100k": commits / rows * 100_000,
+        "commits_per_flush": commits / len(batches),
+        "files_added_per_flush": files_added / len(batches),
         "keys_changed": changed,
     }
 
@@ -296,7 +299,8 @@ def bench_root(args: argparse.Namespace, root: TableRoot, clock_mb: float) -> fl
     other = merged["seconds"] - merged["entity_merge_s"] - merged["clock_merge_s"]
     print(f"time   : entity MERGE {merged['entity_merge_s']:.1f} s, clock MERGE {merged['clock_merge_s']:.1f} s, "
           f"fold/read/resolve {other:.1f} s, of {merged['seconds']:.1f} s")
-    print(f"commits: {merged['commits_per_100k']:.1f} Delta commits per 100,000 rows (entity + clock table)")
+    print(f"commits: {merged['commits_per_100k']:.1f} Delta commits per 100,000 rows (entity + clock table); per flush "
+          f"{merged['commits_per_flush']:.2f} commits, {merged['files_added_per_flush']:.1f} data files added")
     print(f"files  : {files_before} -> {files_after} in the entity table")
     print(f"convert: {conversion:>10,.0f} rows/s   (entity-rows messages -> typed Arrow, one thread)")
     verdict = "meets" if merged["rows_per_s"] >= GOAL_ROWS_PER_S else "misses"
