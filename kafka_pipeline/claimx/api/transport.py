@@ -43,7 +43,6 @@ import httptools
 import httpx
 
 MAX_BUFFERED = 256 * 1024  # body bytes read ahead of the reader before the socket is paused
-_FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
 
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
 
@@ -379,13 +378,11 @@ def _serialize(request: httpx.Request, body: bytes, *, absolute: bool, extra: An
     """The request as bytes on the wire: request line, headers, body."""
     url = request.url
     target = str(url).encode("ascii") if absolute else url.raw_path
-    headers = [*request.headers.raw, *extra]
-    fields = b"".join(name + value for name, value in headers)
-    if any(c in fields for c in _FORBIDDEN_IN_HEADERS):  # one would end the header early: a request of the sender's choosing
+    headers = request.headers.raw
+    if extra:
+        headers += extra
+    block = b"".join([b"%s: %s\r\n" % header for header in headers])
+    # a line break or NUL of a name or value would end the header early: a request of the sender's choosing
+    if block.count(b"\r") != len(headers) or block.count(b"\n") != len(headers) or b"\0" in block:
         raise httpx.LocalProtocolError("a request header has a line break or NUL")
-    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+    return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (request.method.encode("ascii"), target, block, body)
