@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from kafka_pipeline.claimx.entity_rows import Row, utc_iso
-from kafka_pipeline.claimx.events import ClaimXEvent, parse_timestamp
+from kafka_pipeline.claimx.events import ClaimXEvent, parse_timestamp, to_utc
 from kafka_pipeline.claimx.schemas import (
     BOOL,
     CONTACTS,
@@ -95,6 +95,8 @@ def as_timestamp(value: Any) -> str | None:
     if value is None or value == "":
         return None
     try:
+        if isinstance(value, datetime):  # an event's time, already parsed
+            return to_utc(value).isoformat()
         return utc_iso(parse_timestamp(value, "timestamp"))
     except (ValueError, OverflowError):  # overflow: year 1 or 9999 moved to UTC leaves the calendar
         return None

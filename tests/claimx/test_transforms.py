@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
@@ -205,7 +205,15 @@ def test_event_row() -> None:
     }]
 
 
-@pytest.mark.parametrize(("value", "expected"), [("2026-01-01", "2026-01-01T00:00:00+00:00"), ("garbage", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-01", "2026-01-01T00:00:00+00:00"), ("garbage", None), ("", None), (None, None),
+        (datetime(2026, 1, 1, 12), "2026-01-01T12:00:00+00:00"),  # an event's time: naive is UTC
+        (datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=timezone(timedelta(hours=-2))), "2026-01-01T14:00:00.250000+00:00"),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2))), None),  # before year 1 in UTC
+    ],
+)
 def test_timestamp_conversion(value: object, expected: str | None) -> None:
     assert transforms.as_timestamp(value) == expected
 

@@ -35,7 +35,6 @@ import base64
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -342,22 +341,28 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
 
 class _ResponseStream(httpx.AsyncByteStream):
+    """The body as it arrives. An async iterator of its own, not an async generator: the event
+    loop tracks every async generator in a weak set (its shutdown closes them), a cost per
+    response for nothing, since `aclose` releases the connection whether or not the body was read."""
+
     def __init__(self, owner: ConnectionPool, pool: _Pool, origin: Origin, connection: _Connection, timeout: float | None) -> None:
         self._owner, self._pool, self._origin, self._connection, self._timeout = owner, pool, origin, connection, timeout
         self._released = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> _ResponseStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         connection = self._connection
         while True:
             chunks = connection.take_chunks()
             if chunks:
-                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if connection.complete:
-                return
+                raise StopAsyncIteration
             if connection.error is not None:
                 raise connection.error
-            if not connection.chunks:
-                await connection.wait(self._timeout)
+            await connection.wait(self._timeout)
 
     async def aclose(self) -> None:
         if not self._released:
