@@ -526,23 +526,25 @@ def video_collab_rows(item: Mapping[str, Any], project_id: str | None = None) ->
 
 
 def event_row(event: ClaimXEvent) -> Rows:
-    """The `claimx_events` row every parsed event produces."""
+    """The `claimx_events` row every parsed event produces.
+
+    Built as `conform` would build it, without its per-column conversions (one of these rows per
+    event): a parsed event's ids and text are valid strings already and its time is UTC
+    (`test_event_rows_are_conformed` holds the two equal)."""
+    ingested_at = event.ingested_at
     return {
         EVENTS.name: [
-            conform(
-                EVENTS,
-                {
-                    "trace_id": event.trace_id,
-                    "event_type": event.event_type,
-                    "project_id": event.project_id,
-                    "media_id": event.media_id,
-                    "task_assignment_id": event.task_assignment_id,
-                    "video_collaboration_id": event.video_collaboration_id,
-                    "master_file_name": event.master_file_name,
-                    "ingested_at": event.ingested_at,
-                    "event_date": event.event_date,
-                },
-            )
+            {
+                "trace_id": event.trace_id,
+                "event_type": event.event_type,
+                "project_id": event.project_id,
+                "media_id": event.media_id,
+                "task_assignment_id": event.task_assignment_id,
+                "video_collaboration_id": event.video_collaboration_id,
+                "master_file_name": event.master_file_name,
+                "ingested_at": ingested_at.isoformat(),
+                "event_date": ingested_at.date().isoformat(),
+            }
         ]
     }
 
