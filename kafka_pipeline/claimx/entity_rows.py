@@ -30,13 +30,7 @@ class EntityRowsMessage(BaseModel):
     rows: dict[str, list[Row]] = Field(default_factory=dict)  # table name -> rows
 
     def to_bytes(self) -> bytes:
-        # orjson: the rows are plain JSON values, which pydantic's serializer would inspect one
-        # by one as `Any` at several times the cost; `from_bytes` reads either form
-        return orjson.dumps(
-            {"trace_id": self.trace_id, "event_type": self.event_type, "project_id": self.project_id,
-             "event_time": self.event_time, "rows": self.rows},
-            option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z,  # "Z", as pydantic writes UTC
-        )
+        return encode_rows_message(self.trace_id, self.event_type, self.project_id, self.event_time, self.rows)
 
     @classmethod
     def from_bytes(cls, value: bytes) -> EntityRowsMessage:
@@ -47,6 +41,18 @@ class EntityRowsMessage(BaseModel):
 
     def row_count(self) -> int:
         return sum(len(rows) for rows in self.rows.values())
+
+
+def encode_rows_message(trace_id: str, event_type: str, project_id: str, event_time: datetime, rows: dict[str, list[Row]]) -> bytes:
+    """`EntityRowsMessage(...).to_bytes()` of fields already valid (a parsed event's), without
+    building the model: the enrichment worker writes one per event.
+
+    orjson: the rows are plain JSON values, which pydantic's serializer would inspect one by one
+    as `Any` at several times the cost; `from_bytes` reads either form."""
+    return orjson.dumps(
+        {"trace_id": trace_id, "event_type": event_type, "project_id": project_id, "event_time": event_time, "rows": rows},
+        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z,  # "Z", as pydantic writes UTC
+    )
 
 
 def utc_iso(value: datetime | None) -> str | None:

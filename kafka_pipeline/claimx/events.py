@@ -60,6 +60,8 @@ MAX_EVENT_TYPE_CHARS = 100
 # would pin the row's columns for good (`settings.enrich.max_future_skew_s` overrides it).
 DEFAULT_MAX_FUTURE_SKEW_S = 86_400.0
 
+_UNSET_OPTIONAL: dict[str, None] = dict.fromkeys(("event_id", "media_id", "task_assignment_id", "video_collaboration_id", "master_file_name"))
+
 # Event types whose handling needs an optional id.
 REQUIRED_BY_TYPE: dict[str, str] = {
     "PROJECT_FILE_ADDED": "media_id",
@@ -301,5 +303,6 @@ def _event_of(obj: dict[str, Any], max_future_skew_s: float, now: datetime | Non
     needed = REQUIRED_BY_TYPE.get(values["event_type"])
     if needed is not None and values.get(needed) is None:
         raise PermanentError(f"{values['event_type']} requires {needed}", error_type="MalformedEvent")
-    return ClaimXEvent.model_construct(**values)
+    # every field given (the absent ones None, their default): pydantic then looks up no defaults
+    return ClaimXEvent.model_construct(set(values), **{**_UNSET_OPTIONAL, **values})
 

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from kafka_pipeline.claimx.entity_rows import Row, utc_iso
-from kafka_pipeline.claimx.events import ClaimXEvent, parse_timestamp
+from kafka_pipeline.claimx.events import ClaimXEvent, parse_timestamp, to_utc
 from kafka_pipeline.claimx.schemas import (
     BOOL,
     CONTACTS,
@@ -95,6 +95,8 @@ def as_timestamp(value: Any) -> str | None:
     if value is None or value == "":
         return None
     try:
+        if isinstance(value, datetime):  # an event's time, already parsed
+            return to_utc(value).isoformat()
         return utc_iso(parse_timestamp(value, "timestamp"))
     except (ValueError, OverflowError):  # overflow: year 1 or 9999 moved to UTC leaves the calendar
         return None
@@ -524,23 +526,25 @@ def video_collab_rows(item: Mapping[str, Any], project_id: str | None = None) ->
 
 
 def event_row(event: ClaimXEvent) -> Rows:
-    """The `claimx_events` row every parsed event produces."""
+    """The `claimx_events` row every parsed event produces.
+
+    Built as `conform` would build it, without its per-column conversions (one of these rows per
+    event): a parsed event's ids and text are valid strings already and its time is UTC
+    (`test_event_rows_are_conformed` holds the two equal)."""
+    ingested_at = event.ingested_at
     return {
         EVENTS.name: [
-            conform(
-                EVENTS,
-                {
-                    "trace_id": event.trace_id,
-                    "event_type": event.event_type,
-                    "project_id": event.project_id,
-                    "media_id": event.media_id,
-                    "task_assignment_id": event.task_assignment_id,
-                    "video_collaboration_id": event.video_collaboration_id,
-                    "master_file_name": event.master_file_name,
-                    "ingested_at": event.ingested_at,
-                    "event_date": event.event_date,
-                },
-            )
+            {
+                "trace_id": event.trace_id,
+                "event_type": event.event_type,
+                "project_id": event.project_id,
+                "media_id": event.media_id,
+                "task_assignment_id": event.task_assignment_id,
+                "video_collaboration_id": event.video_collaboration_id,
+                "master_file_name": event.master_file_name,
+                "ingested_at": ingested_at.isoformat(),
+                "event_date": ingested_at.date().isoformat(),
+            }
         ]
     }
 

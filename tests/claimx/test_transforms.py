@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
@@ -12,6 +12,7 @@ from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.events import parse_event
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.simulator import data
+from kafka_pipeline.simulator.events import generate_events
 from kafka_pipeline.simulator.ids import project_children, project_ids
 
 EXPORT = {
@@ -205,7 +206,15 @@ def test_event_row() -> None:
     }]
 
 
-@pytest.mark.parametrize(("value", "expected"), [("2026-01-01", "2026-01-01T00:00:00+00:00"), ("garbage", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-01", "2026-01-01T00:00:00+00:00"), ("garbage", None), ("", None), (None, None),
+        (datetime(2026, 1, 1, 12), "2026-01-01T12:00:00+00:00"),  # an event's time: naive is UTC
+        (datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=timezone(timedelta(hours=-2))), "2026-01-01T14:00:00.250000+00:00"),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2))), None),  # before year 1 in UTC
+    ],
+)
 def test_timestamp_conversion(value: object, expected: str | None) -> None:
     assert transforms.as_timestamp(value) == expected
 
@@ -280,3 +289,18 @@ def test_range_limits_of_the_conversions() -> None:
     assert transforms.as_int("9.3e18") is None and transforms.as_float(10**400) is None
     assert transforms.as_timestamp("0001-01-01T00:00:00-01:00") == "0001-01-01T01:00:00+00:00"  # inside the calendar: kept
     assert transforms.as_str("caf\u00e9") == "caf\u00e9" and transforms.as_str("\udfff") is None
+
+
+def test_event_rows_are_conformed() -> None:
+    """`event_row` skips `conform`'s conversions: for every kind of event (snake and camel case,
+    numeric ids, offsets, naive times, with and without event_id, text beyond ASCII) its row is
+    the one `conform` makes."""
+    lines = [line.encode() for line in generate_events(300, 20, seed="conform")]
+    lines.append('{"event_type": "PROJECT_MFN_ADDED", "project_id": 7, "master_file_name": "Caf\u00e9 \u2603", "ingested_at": "2026-03-01T01:00:00.5+05:30"}'.encode())
+    for event in map(parse_event, lines):
+        expected = transforms.conform(TABLES["claimx_events"], {
+            "trace_id": event.trace_id, "event_type": event.event_type, "project_id": event.project_id, "media_id": event.media_id,
+            "task_assignment_id": event.task_assignment_id, "video_collaboration_id": event.video_collaboration_id,
+            "master_file_name": event.master_file_name, "ingested_at": event.ingested_at, "event_date": event.event_date,
+        })
+        assert transforms.event_row(event) == {"claimx_events": [expected]}

@@ -35,7 +35,6 @@ import base64
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -43,7 +42,6 @@ import httptools
 import httpx
 
 MAX_BUFFERED = 256 * 1024  # body bytes read ahead of the reader before the socket is paused
-_FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
 
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
 
@@ -343,22 +341,28 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
 
 class _ResponseStream(httpx.AsyncByteStream):
+    """The body as it arrives. An async iterator of its own, not an async generator: the event
+    loop tracks every async generator in a weak set (its shutdown closes them), a cost per
+    response for nothing, since `aclose` releases the connection whether or not the body was read."""
+
     def __init__(self, owner: ConnectionPool, pool: _Pool, origin: Origin, connection: _Connection, timeout: float | None) -> None:
         self._owner, self._pool, self._origin, self._connection, self._timeout = owner, pool, origin, connection, timeout
         self._released = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> _ResponseStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         connection = self._connection
         while True:
             chunks = connection.take_chunks()
             if chunks:
-                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if connection.complete:
-                return
+                raise StopAsyncIteration
             if connection.error is not None:
                 raise connection.error
-            if not connection.chunks:
-                await connection.wait(self._timeout)
+            await connection.wait(self._timeout)
 
     async def aclose(self) -> None:
         if not self._released:
@@ -379,13 +383,11 @@ def _serialize(request: httpx.Request, body: bytes, *, absolute: bool, extra: An
     """The request as bytes on the wire: request line, headers, body."""
     url = request.url
     target = str(url).encode("ascii") if absolute else url.raw_path
-    headers = [*request.headers.raw, *extra]
-    fields = b"".join(name + value for name, value in headers)
-    if any(c in fields for c in _FORBIDDEN_IN_HEADERS):  # one would end the header early: a request of the sender's choosing
+    headers = request.headers.raw
+    if extra:
+        headers += extra
+    block = b"".join([b"%s: %s\r\n" % header for header in headers])
+    # a line break or NUL of a name or value would end the header early: a request of the sender's choosing
+    if block.count(b"\r") != len(headers) or block.count(b"\n") != len(headers) or b"\0" in block:
         raise httpx.LocalProtocolError("a request header has a line break or NUL")
-    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+    return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (request.method.encode("ascii"), target, block, body)

@@ -52,7 +52,7 @@ from kafka_pipeline.claimx.cache.admin import admin_routes
 from kafka_pipeline.claimx.cache.factory import build_project_cache
 from kafka_pipeline.claimx.cache.project_cache import CacheStats, ProjectCache, ProjectSnapshot
 from kafka_pipeline.claimx.cache.warm import Warmer, delta_warmer
-from kafka_pipeline.claimx.entity_rows import EntityRowsMessage
+from kafka_pipeline.claimx.entity_rows import EntityRowsMessage, encode_rows_message
 from kafka_pipeline.claimx.events import ClaimXEvent, derive_trace_id, parse_event
 from kafka_pipeline.claimx.handlers import HANDLERS, HandlerContext, MediaBatcher, handler_for
 from kafka_pipeline.claimx.handlers.base import HandlerResult, ProjectVerifier, RefreshLimit, refresh_requested
@@ -312,8 +312,9 @@ class EnrichmentWorker(ConsumerWorker):
         try:
             # `replay --refresh-projects`: refetch, not the cache (a header anyone can set: rate-bound per project)
             refresh = refresh_requested(record.headers) and self.refresh_limit.allow(event.project_id)
+            trace_id = event.trace_id  # derived (a hash) when the event has no id: once
             result: HandlerResult = await self.credentials.call(
-                lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=event.trace_id
+                lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=trace_id
             )
         except PipelineError as exc:
             await turn.wait_previous()
@@ -323,21 +324,13 @@ class EnrichmentWorker(ConsumerWorker):
             await turn.wait_previous()
             error = PermanentError(f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
             return await self._fail(record, error, event, slot)
-        message = EntityRowsMessage.model_construct(  # every field is already validated
-            trace_id=event.trace_id,
-            event_type=event.event_type,
-            project_id=event.project_id,
-            event_time=event.event_time,
-            rows=result.rows,
-        )
+        message = encode_rows_message(trace_id, event.event_type, event.project_id, event.event_time, result.rows)
         await turn.wait_previous()  # one project's messages go out in offset order
         try:
             # The project snapshot among the rows is confirmed once acknowledged, abandoned if the
             # produce fails (WorkerAborted, or handed back before the ack: the rows may not be written).
             with result:
-                await self._produce(
-                    self.settings.kafka.entity_rows_topic, message.to_bytes(), event.project_id.encode(), turn=turn, slot=slot
-                )
+                await self._produce(self.settings.kafka.entity_rows_topic, message, event.project_id.encode(), turn=turn, slot=slot)
         except PermanentError as exc:  # e.g. rows too large for the topic
             return await self._fail(record, exc, event, slot)
         return "succeeded"

@@ -10,12 +10,23 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kafka_pipeline.claimx.api.client import ClaimXApiClient, TokenBucket, environment_proxy, parse_retry_after
+from kafka_pipeline.claimx.api.client import (
+    API_ID_PATTERN,
+    ApiUrls,
+    ClaimXApiClient,
+    TokenBucket,
+    environment_proxy,
+    parse_retry_after,
+    path_id,
+)
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, ConfigError, PermanentError, TransientError
 from tests.fixtures.api import PASSWORD, TOKEN, Recorder, Sleeps
@@ -503,3 +514,60 @@ async def test_ids_that_cannot_go_into_a_path_are_refused_before_any_request(bad
                 await call()
             assert raised.value.error_type == "InvalidId"
     assert api.paths == []
+
+
+async def test_requests_are_the_ones_httpx_builds_and_follow_a_token_rotation(tmp_path) -> None:
+    """The client builds its requests itself (`_exchange`): each must be byte for byte what
+    `httpx.Request(method, url, headers=<the client's headers>, json=...)` would be, after a
+    token rotation too."""
+    token_file = tmp_path / "token"
+    token_file.write_text("b2xkOnRva2Vu\n")
+    recorder = Recorder(httpx.Response(200, json={"data": []}))
+    api = ClaimXApiClient(make_settings(token=None, token_file=token_file), transport=httpx.MockTransport(recorder), sleep=Sleeps())
+
+    def request_as_httpx_builds_it(method: str, url: str, **kwargs) -> httpx.Request:
+        return httpx.Request(method, url, headers=api._http.headers, **kwargs)  # noqa: SLF001
+
+    base = "http://claimx.test/service/cxedirest"
+    async with api:
+        await api.get_project_media("5000001", ["5000001001", "x-2_Y"])
+        await api.get_video_collaborations("5000001")
+        expected = [
+            request_as_httpx_builds_it("GET", f"{base}/export/project/5000001/media", params={"mediaIds": "5000001001,x-2_Y"}),
+            request_as_httpx_builds_it("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": 5000001}),
+        ]
+        token_file.write_text("bmV3OnRva2Vu\n")
+        api.reload_token()
+        await api.get_project_media("5000002")
+        expected.append(request_as_httpx_builds_it("GET", f"{base}/export/project/5000002/media"))
+    sent = recorder.requests
+    assert [r.headers["Authorization"] for r in sent] == ["Basic b2xkOnRva2Vu"] * 2 + ["Basic bmV3OnRva2Vu"]
+    for got, want in zip(sent, expected, strict=True):
+        assert (got.method, str(got.url), got.url.raw_path, got.headers.raw, got.read()) == (
+            want.method, str(want.url), want.url.raw_path, want.headers.raw, want.read()
+        )
+
+
+@given(
+    base=st.sampled_from(["http://127.0.0.1:8088", "https://claimx.test/service/cxedirest/", "http://user:pw@[::1]:9000/a b/", "http://Claimx.Test:80/x/"]),
+    ids=st.lists(st.from_regex(API_ID_PATTERN, fullmatch=True), min_size=1, max_size=3),
+    kind=st.sampled_from(["project", "media", "task"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_joined_urls_are_the_ones_httpx_parses(base: str, ids: list[str], kind: str) -> None:
+    """`ApiUrls` joins URLs without httpx's parse: for every id the client lets into a path or a
+    query, the URL is the one httpx parses from the same text."""
+    urls = ApiUrls(base)
+    assert urls._joins  # noqa: SLF001 - this httpx agrees with the join (else every URL is parsed: slower, not wrong)
+    if kind == "project":
+        path, query = f"/export/project/{path_id(ids[0], 'project_id')}", None
+    elif kind == "media":
+        path, query = f"/export/project/{path_id(ids[0], 'project_id')}/media", urlencode({"mediaIds": ",".join(ids)})
+    else:
+        path, query = f"/customTasks/assignment/{path_id(ids[0], 'task_assignment_id')}", urlencode({"full": "true"})
+    joined = urls.url(path, query)
+    parsed = httpx.URL(base.rstrip("/") + path + ("" if query is None else "?" + query))
+    assert joined == parsed
+    assert (joined.raw_scheme, joined.raw_host, joined.port, joined.raw_path, joined.netloc) == (
+        parsed.raw_scheme, parsed.raw_host, parsed.port, parsed.raw_path, parsed.netloc
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kafka_pipeline.claimx.api.transport import ConnectionPool
+from kafka_pipeline.claimx.api.transport import ConnectionPool, _serialize
 from kafka_pipeline.embedded.kafka_broker import make_certificates
 from kafka_pipeline.lifecycle import event_loop
 
@@ -228,3 +228,22 @@ def test_on_uvloop_requests_share_kept_alive_connections_within_the_bound() -> N
     contents, connections = event_loop.run(main())
     assert contents == [f"GET /{n} HTTP/1.1".encode() for n in range(30)]
     assert 1 <= connections <= 3
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Token": "a\rb"}, {"X-Token": "a\nb"}, {"X-Token": "a\0b"}, {"X-A\r\nX-B": "1"}, {"X-A\n": "1"}, {"X\0": "1"}],
+)
+def test_a_line_break_or_nul_anywhere_in_a_header_is_refused(headers: dict[str, str]) -> None:
+    with pytest.raises(httpx.LocalProtocolError, match="line break or NUL"):
+        _serialize(httpx.Request("GET", "http://h/x", headers=headers), b"", absolute=False, extra=())
+
+
+def test_a_request_is_written_as_one_http_1_1_message() -> None:
+    request = httpx.Request("POST", "http://h:81/x/y?a=1%2C2", headers={"X-A": "1"}, content=b"{}")
+    assert _serialize(request, b"{}", absolute=False, extra=()) == (
+        b"POST /x/y?a=1%2C2 HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    assert _serialize(request, b"{}", absolute=True, extra=[(b"Proxy-Authorization", b"Basic eDp5")]) == (
+        b"POST http://h:81/x/y?a=1%2C2 HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Length: 2\r\nProxy-Authorization: Basic eDp5\r\n\r\n{}"
+    )
