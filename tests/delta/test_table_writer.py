@@ -218,6 +218,30 @@ def test_a_clock_table_from_before_sparse_clocks_gains_its_column(tmp_path) -> N
     assert (row["status"], row["city"], row["trace_id"]) == ("closed", "B", "t5")  # status dated hour 1 by the legacy row
 
 
+class LosesItsFirstStore(DeltaTableWriter):
+    """Its first MERGE finds a file of its snapshot gone (as when a log cleanup or a vacuum
+    raced it)."""
+
+    failed = False
+
+    def _merge_entities(self, *args: Any, **kwargs: Any) -> dict[str, object]:
+        if not self.failed:
+            self.failed = True
+            raise FileNotFoundError("Object at location _delta_log/00000000000000000001.json not found")
+        return super()._merge_entities(*args, **kwargs)
+
+
+def test_a_failed_write_opens_the_tables_again(tmp_path) -> None:
+    spec = TABLES["claimx_tasks"]
+    writer = LosesItsFirstStore(spec, str(tmp_path))
+    rows = batch([("claimx_tasks", {"assignment_id": "a1", "status": "ASSIGNED"}, 1, "t1", 0)])["claimx_tasks"]
+    with pytest.raises(OSError):
+        writer.write(rows, {P0: 0})
+    assert writer._table is None  # noqa: SLF001 - the stale snapshot is dropped
+    assert writer.write(rows, {P0: 0}).keys_changed == 1
+    assert [row["assignment_id"] for row in read_rows(str(tmp_path), spec.name)] == ["a1"]
+
+
 def test_concurrent_writers_retry_conflicts_and_lose_nothing(tmp_path) -> None:
     """Two writers (two consumers owning different partitions) merge the same keys at once."""
     root = str(tmp_path)
