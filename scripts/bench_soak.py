@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import random
 import shutil
@@ -65,7 +66,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -332,9 +333,21 @@ def write_flush(writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, 
         offset += 1
     tables = builder.tables()
     progress = {APP_ID: offset - 1}
-    now = datetime.now(UTC)
-    futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
-    return tables, [future.result() for future in futures], offset
+    for attempt in itertools.count(1):
+        now = datetime.now(UTC)
+        futures = [pool.submit(writers[name].write, data, progress, now) for name, data in tables.items()]
+        try:
+            return tables, [future.result() for future in futures], offset
+        except Exception as exc:  # noqa: BLE001 - as the entity writer does: the whole flush again (the tables that have it skip it)
+            wait([f for f in futures if not f.done()])
+            if attempt == FLUSH_ATTEMPTS:
+                raise
+            FLUSH_RETRIES.append(str(exc))
+    raise AssertionError("unreachable")
+
+
+FLUSH_ATTEMPTS = 5
+FLUSH_RETRIES: list[str] = []  # the transient errors flushes were retried after
 
 
 def warm_up(stream: Stream, writers: dict[str, DeltaTableWriter], pool: ThreadPoolExecutor, maintainer: TableMaintainer,
@@ -545,6 +558,7 @@ def main() -> int:
               f"{len(maintenance.errors)} errors; writer commit conflicts {conflicts}")
         for error in maintenance.errors[:3]:
             print(f"  maintenance error: {error}")
+        print(f"flushes retried: {len(FLUSH_RETRIES)}" + "".join(f"\n  after: {error[:200]}" for error in FLUSH_RETRIES[:3]))
 
         goals: list[tuple[str, bool]] = []
         if server is not None:
