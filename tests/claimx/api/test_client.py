@@ -24,6 +24,7 @@ from kafka_pipeline.claimx.api.client import (
     ClaimXApiClient,
     TokenBucket,
     environment_proxy,
+    media_query,
     parse_retry_after,
     path_id,
 )
@@ -532,16 +533,20 @@ async def test_requests_are_the_ones_httpx_builds_and_follow_a_token_rotation(tm
     async with api:
         await api.get_project_media("5000001", ["5000001001", "x-2_Y"])
         await api.get_video_collaborations("5000001")
+        await api.get_video_collaborations("P-7_x")
+        await api.get_task_assignment("5000001001")
         expected = [
             request_as_httpx_builds_it("GET", f"{base}/export/project/5000001/media", params={"mediaIds": "5000001001,x-2_Y"}),
             request_as_httpx_builds_it("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": 5000001}),
+            request_as_httpx_builds_it("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": "P-7_x"}),
+            request_as_httpx_builds_it("GET", f"{base}/customTasks/assignment/5000001001", params={"full": "true"}),
         ]
         token_file.write_text("bmV3OnRva2Vu\n")
         api.reload_token()
         await api.get_project_media("5000002")
         expected.append(request_as_httpx_builds_it("GET", f"{base}/export/project/5000002/media"))
     sent = recorder.requests
-    assert [r.headers["Authorization"] for r in sent] == ["Basic b2xkOnRva2Vu"] * 2 + ["Basic bmV3OnRva2Vu"]
+    assert [r.headers["Authorization"] for r in sent] == ["Basic b2xkOnRva2Vu"] * 4 + ["Basic bmV3OnRva2Vu"]
     for got, want in zip(sent, expected, strict=True):
         assert (got.method, str(got.url), got.url.raw_path, got.headers.raw, got.read()) == (
             want.method, str(want.url), want.url.raw_path, want.headers.raw, want.read()
@@ -563,6 +568,7 @@ def test_joined_urls_are_the_ones_httpx_parses(base: str, ids: list[str], kind: 
         path, query = f"/export/project/{path_id(ids[0], 'project_id')}", None
     elif kind == "media":
         path, query = f"/export/project/{path_id(ids[0], 'project_id')}/media", urlencode({"mediaIds": ",".join(ids)})
+        assert media_query(ids) == query
     else:
         path, query = f"/customTasks/assignment/{path_id(ids[0], 'task_assignment_id')}", urlencode({"full": "true"})
     joined = urls.url(path, query)
