@@ -232,7 +232,9 @@ class ClaimXApiClient:
             timeout=httpx.Timeout(settings.timeout_s),
             transport=self._transport,
         )
-        self._extensions = {"timeout": self._http.timeout.as_dict()}
+        # No read timeout of its own: the attempt's deadline (`timeout_s`, set before any read
+        # starts) always ends a wait first, and a timer per wait was a twentieth of a call's CPU.
+        self._extensions = {"timeout": {**self._http.timeout.as_dict(), "read": None}}
         self._urls = ApiUrls(settings.url)
         self._request_headers = httpx.Headers()  # the client's headers as httpx would send them; set by reload_token
         self.reload_token()
