@@ -305,6 +305,37 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
     assert time.monotonic() - started >= 0.09
 
 
+async def test_token_bucket_serves_in_arrival_order_with_or_without_the_lock() -> None:
+    """A token free and no one queued: taken at once (no lock). Otherwise callers queue in
+    arrival order, and one arriving while others wait queues behind them even when a token
+    has come back meanwhile."""
+    now = [0.0]
+    order: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    bucket = TokenBucket(10, 2, clock=lambda: now[0], sleep=sleep)
+
+    async def take(name: str) -> None:
+        await bucket.acquire()
+        order.append(name)
+
+    await take("a")
+    await take("b")  # the burst of 2, no waiting
+    assert order == ["a", "b"] and now[0] == 0.0
+    waiting = [asyncio.create_task(take(name)) for name in ("c", "d")]
+    await asyncio.sleep(0)  # c holds the lock and sleeps for its token, d queues behind it
+    late = asyncio.create_task(take("e"))
+    await asyncio.gather(*waiting, late)
+    assert order == ["a", "b", "c", "d", "e"]
+    assert now[0] == pytest.approx(0.3)  # three tokens at 10/s: the late caller did not jump the queue
+    now[0] += 1.0
+    await take("f")  # the queue is empty again: straight through
+    assert order[-1] == "f" and now[0] == pytest.approx(1.3)
+
+
 async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) -> None:
     """An operator rotates the token file; the client sends the new token and never shows either."""
     token_file = tmp_path / "token"
