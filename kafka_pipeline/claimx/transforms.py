@@ -215,7 +215,9 @@ def _email_key(value: Any) -> str | None:
 
 
 def _table(spec: TableSpec, rows: Iterable[Row]) -> list[Row]:
-    return [r for r in rows if all(r.get(k) is not None for k in spec.merge_keys)]
+    """The rows with every merge key (conformed values: None is the only value equal to None)."""
+    keys = spec.merge_keys
+    return [r for r in rows if None not in map(r.get, keys)]
 
 
 # --- projects and contacts -------------------------------------------------------------------
