@@ -94,6 +94,11 @@ def _is_unicode(text: str) -> bool:
 def as_timestamp(value: Any) -> str | None:
     if value is None or value == "":
         return None
+    if type(value) is str and value.endswith("Z"):  # the API's own form: UTC already, nothing to strip or convert
+        try:
+            return datetime.fromisoformat(value).isoformat()
+        except ValueError:
+            pass  # said below, as for any other text
     try:
         if isinstance(value, datetime):  # an event's time, already parsed
             return to_utc(value).isoformat()
@@ -165,15 +170,25 @@ _COLUMN_CONVERTERS: dict[str, dict[str, Any]] = {
 
 
 def conform(spec: TableSpec, values: Mapping[str, Any]) -> Row:
-    """The row with every value converted to its column's type; an unknown column is a bug."""
+    """The row with every value converted to its column's type; an unknown column is a bug.
+
+    None and ASCII text in a text column are kept as they are (what the converters would
+    return) without a call: most values of most rows are one or the other."""
     converters = _COLUMN_CONVERTERS[spec.name]
-    try:
-        row = {column: converters[column](value) for column, value in values.items()}
-    except KeyError as exc:
-        raise KeyError(f"{spec.name} has no column {exc.args[0]!r}") from None
-    for column, value in row.items():
-        if value is None and values[column] is not None and values[column] != "":
-            VALUES_NULLED[(spec.name, column)] += 1
+    row: Row = {}
+    nulled: list[str] | None = None
+    for column, value in values.items():
+        convert = converters.get(column)
+        if convert is None:
+            raise KeyError(f"{spec.name} has no column {column!r}")
+        if value is None or (convert is as_str and type(value) is str and value.isascii()):
+            row[column] = value
+            continue
+        converted = row[column] = convert(value)
+        if converted is None and value != "":
+            nulled = [column] if nulled is None else [*nulled, column]
+    for column in nulled or ():
+        VALUES_NULLED[(spec.name, column)] += 1
     return row
 
 
@@ -200,7 +215,9 @@ def _email_key(value: Any) -> str | None:
 
 
 def _table(spec: TableSpec, rows: Iterable[Row]) -> list[Row]:
-    return [r for r in rows if all(r.get(k) is not None for k in spec.merge_keys)]
+    """The rows with every merge key (conformed values: None is the only value equal to None)."""
+    keys = spec.merge_keys
+    return [r for r in rows if None not in map(r.get, keys)]
 
 
 # --- projects and contacts -------------------------------------------------------------------

@@ -166,9 +166,13 @@ def traced_consume(name: str, fields: Sequence[str] = (), prefix: str = "claimx"
 
     def decorate(handle: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(handle)
+        def traced_or_not(self: Any, record: Any, item: Any, *args: Any, **kwargs: Any) -> Awaitable[T]:
+            if _tracer is None:  # the handler's own coroutine: no second one around it per record
+                return handle(self, record, item, *args, **kwargs)
+            return traced(self, record, item, *args, **kwargs)
+
         async def traced(self: Any, record: Any, item: Any, *args: Any, **kwargs: Any) -> T:
-            if _tracer is None:
-                return await handle(self, record, item, *args, **kwargs)
+            assert _tracer is not None
             from opentelemetry.trace import SpanKind  # noqa: PLC0415 - tracing is on
 
             attributes: dict[str, Any] = {
@@ -185,7 +189,7 @@ def traced_consume(name: str, fields: Sequence[str] = (), prefix: str = "claimx"
                 span.set_attribute(f"{prefix}.outcome", str(result))
                 return result
 
-        return traced
+        return traced_or_not
 
     return decorate
 

@@ -137,3 +137,26 @@ def test_derive_trace_id_never_raises_on_invalid_unicode() -> None:
     assert len(bad) == 64
     good = derive_trace_id("1", "X", datetime(2026, 1, 1, tzinfo=UTC))
     assert good == hashlib.sha256(b"1|X|2026-01-01T00:00:00+00:00").hexdigest()  # valid text: the same hash as before
+
+
+def test_parsed_events_are_the_ones_model_construct_builds() -> None:
+    """`parse_event` builds the model without `model_construct`: same fields in the same order,
+    same fields set, equal, same dump, for every kind of event (absent, null and blank optional
+    fields, camel case, numeric ids)."""
+    from kafka_pipeline.claimx.events import _CONSTRUCT_DIRECTLY, _UNSET_OPTIONAL
+    from kafka_pipeline.simulator.events import generate_events
+
+    assert _CONSTRUCT_DIRECTLY  # else every event takes model_construct: slower, not wrong
+    lines = [line.encode() for line in generate_events(300, 20, seed="construct")]
+    lines += [
+        b'{"eventType": "PROJECT_NOTE_ADDED", "projectId": 7, "ingestedAt": "2026-03-01T01:00:00", "mediaId": null, "masterFileName": "  "}',
+        b'{"event_type": "X", "project_id": "p-1", "ingested_at": "2026-03-01T01:00:00Z", "event_id": "e", "video_collaboration_id": 9}',
+    ]
+    for line in lines:
+        event = parse_event(line)
+        values = {name: getattr(event, name) for name in event.model_fields_set}
+        built = ClaimXEvent.model_construct(set(values), **{**_UNSET_OPTIONAL, **values})
+        assert event == built
+        assert list(event.__dict__.items()) == list(built.__dict__.items())
+        assert event.model_fields_set == built.model_fields_set
+        assert event.model_dump() == built.model_dump() and repr(event) == repr(built)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kafka_pipeline.claimx import transforms
-from kafka_pipeline.claimx.events import parse_event
+from kafka_pipeline.claimx.entity_rows import utc_iso
+from kafka_pipeline.claimx.events import parse_event, parse_timestamp
 from kafka_pipeline.claimx.schemas import TABLES
 from kafka_pipeline.simulator import data
 from kafka_pipeline.simulator.events import generate_events
@@ -304,3 +308,40 @@ def test_event_rows_are_conformed() -> None:
             "master_file_name": event.master_file_name, "ingested_at": event.ingested_at, "event_date": event.event_date,
         })
         assert transforms.event_row(event) == {"claimx_events": [expected]}
+
+
+_ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["", " ", "\ud800", "caf\u00e9", "2026-01-05T09:03:07Z", "1e30", "yes"]),
+    st.datetimes(timezones=st.none() | st.just(UTC)), st.dates(),
+)
+
+
+@given(table=st.sampled_from(sorted(TABLES)), data_=st.data())
+@settings(max_examples=300, deadline=None)
+def test_conform_is_each_columns_converter(table: str, data_: st.DataObject) -> None:
+    """`conform` keeps None and ASCII text without a call: every row is still the column
+    converters' output, and the same values are counted as nulled."""
+    spec = TABLES[table]
+    columns = data_.draw(st.lists(st.sampled_from(spec.schema.names), unique=True, max_size=len(spec.schema.names)))
+    values = {column: data_.draw(_ANY_VALUE) for column in columns}
+    converters = {name: transforms._CONVERTERS[kind] for name, kind in zip(spec.schema.names, spec.schema.types, strict=True)}  # noqa: SLF001
+    expected = {column: converters[column](value) for column, value in values.items()}
+    expected_nulled = Counter(column for column, value in values.items() if expected[column] is None and value is not None and value != "")
+    before = Counter({column: _nulled(table, column) for column in columns})
+    assert transforms.conform(spec, values) == expected
+    assert Counter({column: _nulled(table, column) for column in columns}) - before == expected_nulled
+
+
+@given(moment=st.datetimes(timezones=st.just(UTC)), text=st.text(alphabet="0123456789-T:.Z+ ", max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_api_utc_times_take_the_short_path_to_the_same_text(moment: datetime, text: str) -> None:
+    """`as_timestamp` reads text ending in "Z" without the general path: same answer."""
+    def general(value: str) -> str | None:
+        try:
+            return utc_iso(parse_timestamp(value, "t"))
+        except (ValueError, OverflowError):
+            return None
+
+    for value in (moment.replace(tzinfo=None).isoformat() + "Z", moment.strftime("%Y-%m-%dT%H:%M:%SZ"), text + "Z", f" {text}Z"):
+        assert transforms.as_timestamp(value) == general(value), value

@@ -52,7 +52,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, cast
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import httpx
@@ -168,6 +168,7 @@ class TokenBucket:
         self._updated = clock()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
+        self._queued = 0  # acquisitions holding or awaiting the lock
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
@@ -177,6 +178,20 @@ class TokenBucket:
         return max(0.0, self._paused_until - self._clock())
 
     async def acquire(self) -> None:
+        if not self._queued:  # no one holds or awaits the lock: take a token without it, as it would at once
+            now = self._clock()
+            if now >= self._paused_until:
+                tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+                if tokens >= 1:
+                    self._tokens, self._updated = tokens - 1, now
+                    return
+        self._queued += 1
+        try:
+            await self._acquire_in_turn()
+        finally:
+            self._queued -= 1
+
+    async def _acquire_in_turn(self) -> None:
         async with self._lock:  # waiters are served in arrival order
             while True:
                 now = self._clock()
@@ -232,7 +247,13 @@ class ClaimXApiClient:
             timeout=httpx.Timeout(settings.timeout_s),
             transport=self._transport,
         )
-        self._extensions = {"timeout": self._http.timeout.as_dict()}
+        # No read timeout of its own: the attempt's deadline (`timeout_s`, set before any read
+        # starts) always ends a wait first.
+        self._timeouts = {**self._http.timeout.as_dict(), "read": None}
+        # Our own transport ends every wait at the attempt's deadline (its `deadline` extension):
+        # no `asyncio.timeout` around the exchange (5 µs, a twentieth of a call's CPU). Another
+        # transport (tests) gets the asyncio.timeout.
+        self._deadline_in_transport = transport is None
         self._urls = ApiUrls(settings.url)
         self._request_headers = httpx.Headers()  # the client's headers as httpx would send them; set by reload_token
         self.reload_token()
@@ -281,8 +302,8 @@ class ClaimXApiClient:
     async def get_project_media(self, project_id: str, media_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """`GET /export/project/{id}/media[?mediaIds=1,2,3]` -> the media items."""
         path = f"/export/project/{path_id(project_id, 'project_id')}/media"
-        params = {"mediaIds": ",".join(path_id(m, "media_id") for m in media_ids)} if media_ids else None
-        body = await self._call("media", "GET", path, params=params)
+        query = media_query(media_ids) if media_ids else None
+        body = await self._call("media", "GET", path, query=query)
         items = _item_list(body, f"GET {path}")
         wanted = set(media_ids) if media_ids else None
         for item in items:
@@ -296,7 +317,7 @@ class ClaimXApiClient:
         """`GET /customTasks/assignment/{id}?full=true` -> the assignment object (of `project_id`
         when given: an assignment of another project is an invalid answer)."""
         path = f"/customTasks/assignment/{path_id(assignment_id, 'task_assignment_id')}"
-        body = await self._call("task", "GET", path, params={"full": "true"})
+        body = await self._call("task", "GET", path, query="full=true")
         if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping) and "assignmentId" not in body:
             body = body["data"]
         if not isinstance(body, Mapping):
@@ -325,14 +346,15 @@ class ClaimXApiClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        query: str | None = None,
         json_body: Any = None,
     ) -> Any:
+        """`query`: the URL's query, already encoded (as `urlencode` would)."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(kind, method, path, params, json_body)
+                return await self._attempt(kind, method, path, query, json_body)
             except TransientError as exc:
                 retry_after = exc.retry_after_s
                 if exc.error_type == "CircuitOpen" or attempt > self.settings.retries:
@@ -343,7 +365,7 @@ class ClaimXApiClient:
                 log.warning("claimx api retry", kind=kind, method=method, path=path, error=str(exc), attempt=attempt, delay_s=round(delay, 3))
                 await self._sleep(delay)
 
-    async def _attempt(self, kind: ApiKind, method: str, path: str, params: Mapping[str, str] | None, json_body: Any) -> Any:
+    async def _attempt(self, kind: ApiKind, method: str, path: str, query: str | None, json_body: Any) -> Any:
         await self._bucket.acquire()
         if not self.breaker.allow():
             self._observe(kind, "circuit_open", 0.0)
@@ -356,8 +378,12 @@ class ClaimXApiClient:
                 started = time.perf_counter()
                 try:
                     # One deadline for the whole attempt: connect, headers and every chunk of the body.
-                    async with asyncio.timeout(self.settings.timeout_s):
-                        status, reason, headers, body = await self._exchange(method, path, params, json_body)
+                    deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
+                    if self._deadline_in_transport:
+                        status, reason, headers, body = await self._exchange(method, path, query, json_body, deadline)
+                    else:
+                        async with asyncio.timeout_at(deadline):
+                            status, reason, headers, body = await self._exchange(method, path, query, json_body, deadline)
                 except (httpx.TimeoutException, TimeoutError) as exc:
                     self._failed(kind, "timeout", started)
                     raise TransientError(f"{method} {path}: timed out ({type(exc).__name__})", error_type="Timeout") from None
@@ -389,22 +415,25 @@ class ClaimXApiClient:
         return self._decode(method, path, status, body)
 
     async def _exchange(
-        self, method: str, path: str, params: Mapping[str, str] | None, json_body: Any
+        self, method: str, path: str, query: str | None, json_body: Any, deadline: float
     ) -> tuple[int, str, httpx.Headers, bytes | None]:
         """Send the request; (status, reason, headers, body). The body is read in chunks up to
-        `max_response_bytes` and is None when it is longer (the rest is never read)."""
+        `max_response_bytes` and is None when it is longer (the rest is never read). `deadline`
+        (loop time) goes to the transport as the `deadline` extension."""
+        extensions = {"timeout": self._timeouts, "deadline": deadline}
         # Built here and sent straight to the transport: the client's URL and header merging,
         # auth, redirect and cookie layers would do nothing here (the URL is absolute, the
         # header carries the token, redirects are errors, the API sets no cookie) at a fifth
         # of a call's CPU. The request is the one httpx would build (`request_as_httpx_builds_it`
         # in the tests): the client's headers after Host, the timeouts; a JSON body as httpx
         # encodes it. The URL is joined from parts httpx's parse would leave as they are (`ApiUrls`).
-        url = self._urls.url(path, urlencode(params) if params else None)
+        url = self._urls.url(path, query)
         if json_body is None:
-            request = httpx.Request(method, url, headers=self._request_headers, stream=_NO_BODY, extensions=self._extensions)
+            request = httpx.Request(method, url, headers=self._request_headers, stream=_NO_BODY, extensions=extensions)
         else:
-            body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-            request = httpx.Request(method, url, headers=self._request_headers, stream=httpx.ByteStream(body), extensions=self._extensions)
+            # orjson writes the one body sent (text and integers) as httpx's json.dumps does, at a twentieth of the cost
+            body = orjson.dumps(json_body)
+            request = httpx.Request(method, url, headers=self._request_headers, stream=httpx.ByteStream(body), extensions=extensions)
             request.headers.update({"Content-Length": str(len(body)), "Content-Type": "application/json"})
         request.read()  # the body in memory, as httpx's own requests have it
         response = await self._transport.handle_async_request(request)
@@ -524,8 +553,14 @@ def path_id(value: Any, field: str) -> str:
     ASCII letters, digits, `-` or `_`. Checked here again although events are validated when
     parsed: a path is where a bad id does harm (`..` resolves to another endpoint)."""
     if isinstance(value, str) and _PATH_ID.fullmatch(value):
-        return quote(value, safe="")
+        return value  # nothing in it to quote
     raise PermanentError(f"{field}: not a valid API id: {_shown(value)}", error_type="InvalidId")
+
+
+def media_query(media_ids: list[str]) -> str:
+    """`urlencode({"mediaIds": ",".join(ids)})` of ids checked by `path_id`: they need no
+    quoting, the comma does (a third of urlencode's cost)."""
+    return "mediaIds=" + "%2C".join(path_id(m, "media_id") for m in media_ids)
 
 
 def _id_text(value: Any) -> str | None:

@@ -18,7 +18,10 @@ What it does, as httpx's transport would:
 - TLS with the given context (SNI and hostname checked), through an HTTP proxy when one is
   given (absolute-form requests for `http://`, a `CONNECT` tunnel for `https://`);
 - httpx's timeouts: connect, pool (waiting for a connection) and read (each wait for bytes);
-  the client adds one deadline over the whole attempt;
+- a deadline over the whole exchange (connect, headers, every chunk of the body) when the
+  request's `deadline` extension gives one (a time of the running loop's clock): each of those
+  waits ends by then too, with the timeout exception of what it was waiting for. The client
+  sets it per attempt: one timer per wait rather than `asyncio.timeout`'s own around them all;
 - httpx's exceptions: ConnectError, ConnectTimeout, PoolTimeout, ReadTimeout, ReadError (the
   connection closed mid-response), RemoteProtocolError (what the parser refuses),
   LocalProtocolError (a header that would split the request).
@@ -144,10 +147,12 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunks
 
-    async def wait(self, timeout: float | None) -> None:
-        """Until the parser or the connection says something new; ReadTimeout after `timeout`."""
+    async def wait(self, timeout: float | None, deadline: float | None = None) -> None:
+        """Until the parser or the connection says something new; ReadTimeout after `timeout`
+        or at `deadline` (loop time), whichever comes first."""
         waiter = self._waiter = self._loop.create_future()
-        timer = None if timeout is None else self._loop.call_later(timeout, self._time_out, waiter)
+        when = _earliest(self._loop, timeout, deadline)
+        timer = None if when is None else self._loop.call_at(when, self._time_out, waiter)
         try:
             await waiter
         finally:
@@ -182,7 +187,7 @@ class _Connection(asyncio.Protocol):
     @staticmethod
     def _time_out(waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
-            waiter.set_exception(httpx.ReadTimeout("no response bytes within the read timeout"))
+            waiter.set_exception(httpx.ReadTimeout("no response bytes within the read timeout or by the deadline"))
 
 
 @dataclass
@@ -214,6 +219,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        deadline: float | None = request.extensions.get("deadline")
         url = request.url
         origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
         data = _serialize(request, await request.aread(), absolute=self._proxy is not None and origin[0] == b"http",
@@ -221,7 +227,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         pool = self._pool or self._make_pool()
         if pool.slots.locked():  # every connection is taken: wait, at most the pool timeout
             try:
-                async with asyncio.timeout(timeouts.get("pool")):
+                async with asyncio.timeout_at(_earliest(asyncio.get_running_loop(), timeouts.get("pool"), deadline)):
                     await pool.slots.acquire()
             except TimeoutError:
                 raise httpx.PoolTimeout("no free connection within the pool timeout") from None
@@ -232,16 +238,16 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             if connection is not None:
                 connection.send(data)
                 try:
-                    await self._head(connection, timeouts.get("read"))
+                    await self._head(connection, timeouts.get("read"), deadline)
                 except (httpx.ReadError, httpx.RemoteProtocolError):
                     if connection.received_any:
                         raise
                     connection.close()
                     connection = None  # closed by the server while idle: nothing was answered
             if connection is None:
-                connection = await self._connect(origin, timeouts.get("connect"))
+                connection = await self._connect(origin, timeouts.get("connect"), deadline)
                 connection.send(data)
-                await self._head(connection, timeouts.get("read"))
+                await self._head(connection, timeouts.get("read"), deadline)
         except BaseException:
             pool.slots.release()
             if connection is not None:
@@ -250,7 +256,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         return httpx.Response(
             connection.status_code,
             headers=connection.headers,
-            stream=_ResponseStream(self, pool, origin, connection, timeouts.get("read")),
+            stream=_ResponseStream(self, pool, origin, connection, timeouts.get("read"), deadline),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 
@@ -289,7 +295,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     # --- a new connection --------------------------------------------------------------------
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, timeout: float | None, deadline: float | None = None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = scheme == b"https"
@@ -298,7 +304,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         where = (self._proxy.url.host, self._proxy.url.port or 80) if self._proxy is not None else (host.decode("ascii"), port)
         connection = _Connection(loop)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(_earliest(loop, timeout, deadline)):
                 direct_tls = tls and self._proxy is None
                 await loop.create_connection(
                     lambda: connection, where[0], where[1],
@@ -333,11 +339,11 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         connection.tunnelled(tls)
 
     @staticmethod
-    async def _head(connection: _Connection, timeout: float | None) -> None:
+    async def _head(connection: _Connection, timeout: float | None, deadline: float | None) -> None:
         while not connection.headers_done:
             if connection.error is not None:
                 raise connection.error
-            await connection.wait(timeout)
+            await connection.wait(timeout, deadline)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -345,8 +351,11 @@ class _ResponseStream(httpx.AsyncByteStream):
     loop tracks every async generator in a weak set (its shutdown closes them), a cost per
     response for nothing, since `aclose` releases the connection whether or not the body was read."""
 
-    def __init__(self, owner: ConnectionPool, pool: _Pool, origin: Origin, connection: _Connection, timeout: float | None) -> None:
-        self._owner, self._pool, self._origin, self._connection, self._timeout = owner, pool, origin, connection, timeout
+    def __init__(
+        self, owner: ConnectionPool, pool: _Pool, origin: Origin, connection: _Connection, timeout: float | None, deadline: float | None
+    ) -> None:
+        self._owner, self._pool, self._origin, self._connection = owner, pool, origin, connection
+        self._timeout, self._deadline = timeout, deadline
         self._released = False
 
     def __aiter__(self) -> _ResponseStream:
@@ -362,12 +371,21 @@ class _ResponseStream(httpx.AsyncByteStream):
                 raise StopAsyncIteration
             if connection.error is not None:
                 raise connection.error
-            await connection.wait(self._timeout)
+            await connection.wait(self._timeout, self._deadline)
 
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
             self._owner.release(self._pool, self._origin, self._connection)
+
+
+def _earliest(loop: asyncio.AbstractEventLoop, timeout: float | None, deadline: float | None) -> float | None:
+    """The loop time a wait that starts now ends at: `timeout` from now or `deadline`, whichever
+    is first (None: never)."""
+    if timeout is None:
+        return deadline
+    ends = loop.time() + timeout
+    return ends if deadline is None or ends < deadline else deadline
 
 
 def _proxy_headers(proxy: httpx.Proxy) -> list[tuple[bytes, bytes]]:

@@ -34,7 +34,7 @@ import asyncio
 import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -120,8 +120,9 @@ class HandlerContext:
         contains = getattr(type(self.cache), "__contains__", None)
         return contains is not None and contains(self.cache, project_id)
 
-    async def verify_project(self, project_id: str, *, refresh: bool = False) -> Verification:
-        return await self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
+    def verify_project(self, project_id: str, *, refresh: bool = False) -> Coroutine[Any, Any, Verification]:
+        """The cache's verify() coroutine itself (no coroutine of its own around it: one per event)."""
+        return self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
 
 
 @dataclass

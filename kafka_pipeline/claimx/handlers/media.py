@@ -47,7 +47,8 @@ class MediaBatcher:
         self.items_requested += 1
         if queue.task is None:
             queue.task = asyncio.create_task(self._drain(project_id, queue), name=f"media-batch-{project_id}")
-        return await asyncio.shield(future)
+        # Not shielded: the future is this caller's alone, and the batch skips a cancelled one.
+        return await future
 
     async def _drain(self, project_id: str, queue: _ProjectQueue) -> None:
         try:

@@ -24,6 +24,7 @@ from kafka_pipeline.claimx.api.client import (
     ClaimXApiClient,
     TokenBucket,
     environment_proxy,
+    media_query,
     parse_retry_after,
     path_id,
 )
@@ -304,6 +305,37 @@ async def test_token_bucket_pause_holds_every_caller() -> None:
     assert time.monotonic() - started >= 0.09
 
 
+async def test_token_bucket_serves_in_arrival_order_with_or_without_the_lock() -> None:
+    """A token free and no one queued: taken at once (no lock). Otherwise callers queue in
+    arrival order, and one arriving while others wait queues behind them even when a token
+    has come back meanwhile."""
+    now = [0.0]
+    order: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    bucket = TokenBucket(10, 2, clock=lambda: now[0], sleep=sleep)
+
+    async def take(name: str) -> None:
+        await bucket.acquire()
+        order.append(name)
+
+    await take("a")
+    await take("b")  # the burst of 2, no waiting
+    assert order == ["a", "b"] and now[0] == 0.0
+    waiting = [asyncio.create_task(take(name)) for name in ("c", "d")]
+    await asyncio.sleep(0)  # c holds the lock and sleeps for its token, d queues behind it
+    late = asyncio.create_task(take("e"))
+    await asyncio.gather(*waiting, late)
+    assert order == ["a", "b", "c", "d", "e"]
+    assert now[0] == pytest.approx(0.3)  # three tokens at 10/s: the late caller did not jump the queue
+    now[0] += 1.0
+    await take("f")  # the queue is empty again: straight through
+    assert order[-1] == "f" and now[0] == pytest.approx(1.3)
+
+
 async def test_reload_token_rotates_the_header_and_scrubs_both_tokens(tmp_path) -> None:
     """An operator rotates the token file; the client sends the new token and never shows either."""
     token_file = tmp_path / "token"
@@ -532,16 +564,20 @@ async def test_requests_are_the_ones_httpx_builds_and_follow_a_token_rotation(tm
     async with api:
         await api.get_project_media("5000001", ["5000001001", "x-2_Y"])
         await api.get_video_collaborations("5000001")
+        await api.get_video_collaborations("P-7_x")
+        await api.get_task_assignment("5000001001")
         expected = [
             request_as_httpx_builds_it("GET", f"{base}/export/project/5000001/media", params={"mediaIds": "5000001001,x-2_Y"}),
             request_as_httpx_builds_it("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": 5000001}),
+            request_as_httpx_builds_it("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": "P-7_x"}),
+            request_as_httpx_builds_it("GET", f"{base}/customTasks/assignment/5000001001", params={"full": "true"}),
         ]
         token_file.write_text("bmV3OnRva2Vu\n")
         api.reload_token()
         await api.get_project_media("5000002")
         expected.append(request_as_httpx_builds_it("GET", f"{base}/export/project/5000002/media"))
     sent = recorder.requests
-    assert [r.headers["Authorization"] for r in sent] == ["Basic b2xkOnRva2Vu"] * 2 + ["Basic bmV3OnRva2Vu"]
+    assert [r.headers["Authorization"] for r in sent] == ["Basic b2xkOnRva2Vu"] * 4 + ["Basic bmV3OnRva2Vu"]
     for got, want in zip(sent, expected, strict=True):
         assert (got.method, str(got.url), got.url.raw_path, got.headers.raw, got.read()) == (
             want.method, str(want.url), want.url.raw_path, want.headers.raw, want.read()
@@ -563,6 +599,7 @@ def test_joined_urls_are_the_ones_httpx_parses(base: str, ids: list[str], kind: 
         path, query = f"/export/project/{path_id(ids[0], 'project_id')}", None
     elif kind == "media":
         path, query = f"/export/project/{path_id(ids[0], 'project_id')}/media", urlencode({"mediaIds": ",".join(ids)})
+        assert media_query(ids) == query
     else:
         path, query = f"/customTasks/assignment/{path_id(ids[0], 'task_assignment_id')}", urlencode({"full": "true"})
     joined = urls.url(path, query)

@@ -206,6 +206,61 @@ async def test_the_pool_bound_holds_a_request_until_its_pool_timeout() -> None:
         server.close()
 
 
+async def test_the_deadline_extension_ends_every_wait_of_the_exchange() -> None:
+    """A request's `deadline` (loop time) ends the wait for headers, for a body trickling in
+    (each read on time, the whole not) and for a free connection; without it the same slow
+    answers are read whole."""
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1]
+                if path == b"/silent":
+                    await release.wait()
+                body = b"x" * 8
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+                for byte in range(8):  # a byte every 0.05 s: 0.4 s in all
+                    writer.write(body[byte:byte + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = ConnectionPool(max_connections=1, keepalive_s=5.0)
+    loop = asyncio.get_running_loop()
+
+    async def request(path: str, within_s: float | None) -> bytes:
+        extensions: dict[str, object] = {"timeout": httpx.Timeout(5.0).as_dict()}
+        if within_s is not None:
+            extensions["deadline"] = loop.time() + within_s
+        response = await pool.handle_async_request(httpx.Request("GET", url + path, extensions=extensions))
+        try:
+            return b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        finally:
+            await response.aclose()
+
+    try:
+        assert await request("/trickle", None) == b"x" * 8
+        started = loop.time()
+        with pytest.raises(httpx.ReadTimeout):
+            await request("/trickle", 0.2)  # every read within 0.05 s: only the deadline ends it
+        assert loop.time() - started < 0.35
+        silent = asyncio.create_task(request("/silent", None))  # holds the one connection
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await request("/trickle", 0.1)
+        release.set()
+        assert await silent == b"x" * 8
+        with pytest.raises(httpx.ReadTimeout):
+            await request("/trickle", 0.0)  # a deadline already passed: the wait for the headers ends at once
+    finally:
+        server.close()
+
+
 def test_on_uvloop_requests_share_kept_alive_connections_within_the_bound() -> None:
     async def main() -> tuple[list[bytes], int]:
         connections = 0
