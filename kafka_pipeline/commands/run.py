@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
                           broker_kind=args.broker, kafka_data_dir=args.kafka_data_dir.resolve())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops everything even when run was started with SIGINT ignored (a background job
+    # of a script inherits that, and Python then installs no KeyboardInterrupt of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     summary: list[str] = []  # printed after the stack stopped: the workers' last log lines come before it
     stopped_by = "stopped"
     try:
