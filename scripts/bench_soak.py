@@ -19,7 +19,8 @@ Why the trickle starts on tables with 8 simulated hours of the same stream (`--w
 written in flushes of 10,000 messages, then a maintenance pass; only what follows is counted):
 delta-rs MERGE is copy-on-write, so a flush pays, per updated table, the files holding the rows
 it updates. Task completions land on open tasks of any age, so a flush rewrites min(U, F) files
-of `claimx_tasks` and its clocks (U: completions per flush, about 4 at 20 events/s; F: files).
+of `claimx_tasks` and of `claimx_external_links` (U: completions per flush, about 4 at 20
+events/s; F: files).
 From empty tables, F and the file sizes grow during the whole 15 minutes, so the second half
 pays more than the first because the tables are young (2.18x), not because of uptime, and the
 bytes per row are those of small tables. After 8 hours `claimx_tasks` has about 40 files near
