@@ -244,6 +244,9 @@ async def test_two_writers_split_the_partitions_through_a_rebalance(kafka_settin
         while first.flushes < 3:  # the first writer is mid-stream when the second one joins
             await asyncio.sleep(0.05)
         tasks.append(asyncio.create_task(second.run(stop_second)))
+        # the second half goes out once the group has rebalanced: part of it is the second writer's
+        await until(lambda: second._assigned and first._assigned and not (first._assigned & second._assigned),
+                    lambda: f"the rebalance (first {first._assigned}, second {second._assigned})", task=tasks[-1])
         more = await produce(kafka_settings, encoded(stream[half:]))
         ends = {p: max(ends.get(p, 0), more.get(p, 0)) for p in {*ends, *more}}
         await wait_committed(kafka_settings, group, ends, timeout_s=90)
