@@ -210,7 +210,7 @@ async def test_the_deadline_extension_ends_every_wait_of_the_exchange() -> None:
     """A request's `deadline` (loop time) ends the wait for headers, for a body trickling in
     (each read on time, the whole not) and for a free connection; without it the same slow
     answers are read whole."""
-    release = asyncio.Event()
+    release, asked_silent = asyncio.Event(), asyncio.Event()
 
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -218,6 +218,7 @@ async def test_the_deadline_extension_ends_every_wait_of_the_exchange() -> None:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ")[1]
                 if path == b"/silent":
+                    asked_silent.set()
                     await release.wait()
                 body = b"x" * 8
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
@@ -250,7 +251,7 @@ async def test_the_deadline_extension_ends_every_wait_of_the_exchange() -> None:
             await request("/trickle", 0.2)  # every read within 0.05 s: only the deadline ends it
         assert loop.time() - started < 0.35
         silent = asyncio.create_task(request("/silent", None))  # holds the one connection
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(asked_silent.wait(), 5)
         with pytest.raises(httpx.PoolTimeout):
             await request("/trickle", 0.1)
         release.set()
