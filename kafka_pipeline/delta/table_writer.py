@@ -262,9 +262,10 @@ class DeltaTableWriter:
         try:
             self._write_retrying(rows, record, now, result)
         except (OSError, DeltaError) as exc:
-            # The next attempt opens both tables afresh: the snapshot that failed may name log or
-            # data files the store no longer has.
-            self._table = self._clocks = None
+            if isinstance(exc, FileNotFoundError):
+                # the snapshot names a log or data file the store no longer has: the next
+                # attempt opens both tables afresh (an unreachable store keeps them)
+                self._table = self._clocks = None
             # The store is down or refuses the credentials: one clear line instead of delta-rs's
             # multi-line chain (the caller keeps the batch and retries).
             plain = storage_error(exc, self.uri)
