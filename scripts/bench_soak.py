@@ -627,6 +627,17 @@ def soak_windows(samples: list[Sample], maintenance: Maintenance) -> list[tuple[
     return []
 
 
+def print_window_series(samples: list[Sample]) -> None:
+    """Bytes per row in consecutive windows of the run (1,000 flushes, or a tenth of a shorter
+    run): whether the cost keeps growing with uptime or levels off once the files holding the
+    updated rows reach their size bound."""
+    points = [sample.flushes for sample in samples]
+    span = max(50, min(1000, points[-1] // 10 // 50 * 50))
+    series = [(start, window_rate(samples, start, start + span)[0]) for start in range(0, points[-1] - span + 1, span)
+              if start in points and start + span in points]
+    print(f"bytes per row by window of {span:,} flushes: " + ", ".join(f"{start + 1}-{start + span}: {rate:,.0f}" for start, rate in series))
+
+
 def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: list[Sample], maintenance: Maintenance,
                  rows: int, row_bytes: int, json_bytes: int) -> list[tuple[str, bool]]:
     """Files per table, bytes written (overall and in windows), analyst reads: the goals' figures."""
@@ -676,6 +687,7 @@ def report_local(root_path: Path, root: str, args: argparse.Namespace, samples: 
         goals += [(f"bytes written per row <= 4 KiB ({per_row:,.0f} bytes)", per_row <= 4096),
                   (f"second half writes <= 1.3x the bytes of the first ({halves:.2f}x)", halves <= 1.3)]
     else:
+        print_window_series(samples)
         goals += soak_windows(samples, maintenance)
 
     before = analyst_reads(root)
