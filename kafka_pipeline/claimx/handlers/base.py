@@ -157,10 +157,11 @@ class EventHandler(ABC):
     async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
         """The event's own rows (without the project snapshot and the events row)."""
 
-    async def handle(self, event: ClaimXEvent, ctx: HandlerContext, *, refresh: bool = False) -> HandlerResult:
-        """`refresh`: load the project even when the cache holds it (the event asked for it)."""
+    async def handle(self, event: ClaimXEvent, ctx: HandlerContext, *, refresh: bool = False, trace_id: str | None = None) -> HandlerResult:
+        """`refresh`: load the project even when the cache holds it (the event asked for it).
+        `trace_id`: the event's, when the caller has it already (`transforms.event_row`)."""
         if not self.ensure_project:
-            return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event)))
+            return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event, trace_id)))
         refresh = refresh or self.refresh_project
         if not refresh and ctx.is_confirmed(event.project_id):
             # verify() answers at once (and counts the hit): no need to run it beside the fetch.
@@ -170,7 +171,7 @@ class EventHandler(ABC):
             except BaseException:
                 verification.abandon()
                 raise
-            return self._result(event, verification, own)
+            return self._result(event, verification, own, trace_id)
         verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=refresh))
         try:
             own = await self.child_rows(event, ctx)
@@ -185,12 +186,12 @@ class EventHandler(ABC):
         if child_error is not None:
             verification.abandon()
             raise child_error
-        return self._result(event, verification, own)
+        return self._result(event, verification, own, trace_id)
 
     @staticmethod
-    def _result(event: ClaimXEvent, verification: Verification, own: Rows) -> HandlerResult:
+    def _result(event: ClaimXEvent, verification: Verification, own: Rows, trace_id: str | None) -> HandlerResult:
         project_rows = verification.snapshot.rows if verification.snapshot is not None else {}
-        return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event)), verification)
+        return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event, trace_id)), verification)
 
 
 HANDLERS: dict[str, EventHandler] = {}

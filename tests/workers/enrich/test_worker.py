@@ -149,6 +149,24 @@ async def test_child_failure_after_a_project_load_abandons_the_project() -> None
         assert cache.abandoned == ["5"]
 
 
+async def test_the_trace_id_handed_to_a_handler_gives_the_rows_it_derives() -> None:
+    """The worker derives an event's trace id once and hands it over: the rows are the ones the
+    handler builds when it derives the id itself (an event without event_id, and one with it)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/export/project/5/media"):
+            return httpx.Response(200, json={"data": [{"mediaID": 5001, "projectId": 5, "mediaName": "a.jpg"}]})
+        return httpx.Response(200, json={"data": {"project": {"projectId": 5}, "teamMembers": []}})
+
+    async with mock_api(handler) as api:
+        for line in (b'{"event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}',
+                     b'{"event_id": "e-1", "event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}'):
+            event = parse_event(line)
+            derived = await handler_for(event.event_type).handle(event, HandlerContext(api=api, cache=RecordingCache(), media=MediaBatcher(api)))
+            handed = await handler_for(event.event_type).handle(event, HandlerContext(api=api, cache=RecordingCache(), media=MediaBatcher(api)),
+                                                                trace_id=event.trace_id)
+            assert handed.rows == derived.rows and handed.rows["claimx_events"][0]["trace_id"] == event.trace_id
+
+
 async def test_project_not_found_wins_over_the_child_error() -> None:
     async with mock_api(lambda request: httpx.Response(404)) as api:
         ctx = HandlerContext(api=api, cache=ProjectCache(CacheSettings()), media=MediaBatcher(api))
