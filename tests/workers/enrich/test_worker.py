@@ -112,6 +112,40 @@ async def test_single_flight_never_shares_a_request_already_sent() -> None:
     assert await flight.run("x", call) == 3  # a failed flight leaves nothing behind
 
 
+async def test_single_flight_outlives_its_cancelled_callers() -> None:
+    """A cancelled waiter leaves the flight to the others; a cancelled flier (the first caller,
+    which sends the request itself) hands its waiters on to a flight of their own, which they
+    share: nobody else sees a CancelledError, and a failure reaches every caller."""
+    flight: SingleFlight[str, int] = SingleFlight()
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def call() -> int:
+        sent.append("k")
+        await release.wait()
+        return len(sent)
+
+    flier = asyncio.ensure_future(flight.run("k", call))
+    waiters = [asyncio.ensure_future(flight.run("k", call)) for _ in range(3)]
+    await until(lambda: len(sent) == 1, "the first request sent")
+    waiters[0].cancel()
+    flier.cancel()  # its request is abandoned: the two waiters left send one of their own
+    await until(lambda: len(sent) == 2, "the waiters' own request sent")
+    release.set()
+    assert await asyncio.gather(*waiters[1:]) == [2, 2]
+    assert flier.cancelled() and waiters[0].cancelled()
+    assert flight.calls == 2 and flight.shared == 2  # counted as they join (the cancelled one too), the handed-on ones once
+
+    error = PermanentError("gone", error_type="NotFound")
+
+    async def failing() -> int:
+        await asyncio.sleep(0.01)
+        raise error
+
+    results = await asyncio.gather(*(flight.run("x", failing) for _ in range(3)), return_exceptions=True)
+    assert results == [error] * 3 and all(result is error for result in results)
+
+
 def test_every_contract_event_type_has_a_handler() -> None:
     assert set(EVENT_TYPES) <= set(HANDLERS)
     assert handler_for(UNKNOWN_EVENT_TYPE) is None
