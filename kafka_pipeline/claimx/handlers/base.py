@@ -151,6 +151,15 @@ class HandlerContext:
         """The cache's verify() coroutine itself (no coroutine of its own around it: one per event)."""
         return self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
 
+    def begin_verify(self, project_id: str, *, refresh: bool = False) -> Verification | Coroutine[Any, Any, Verification] | asyncio.Task[Verification]:
+        """The verification started beside the caller's own work: its answer when the cache has
+        it at once, else what to await for it once that work is done (the cache's
+        `begin_verify`; a cache without it runs verify() in a task)."""
+        begin = getattr(self.cache, "begin_verify", None)
+        if begin is None:
+            return asyncio.ensure_future(self.verify_project(project_id, refresh=refresh))
+        return cast(Verification | Coroutine[Any, Any, Verification], begin(project_id, lambda: self.load_project(project_id), refresh=refresh))
+
 
 @dataclass
 class HandlerResult:
@@ -199,17 +208,20 @@ class EventHandler(ABC):
                 verification.abandon()
                 raise
             return self._result(event, verification, own, trace_id)
-        verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=refresh))
+        verifying = ctx.begin_verify(event.project_id, refresh=refresh)
         try:
             own = await self.child_rows(event, ctx)
             child_error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - decided below, once the verification settled
             own, child_error = {}, exc
         except asyncio.CancelledError:
-            verifying.cancel()
+            if isinstance(verifying, asyncio.Task):
+                verifying.cancel()
+            elif not isinstance(verifying, Verification):
+                verifying.close()  # never awaited: the project's flight goes on without it
             raise
         # A missing project explains the event's failure better than its child call does.
-        verification = await verifying
+        verification = verifying if isinstance(verifying, Verification) else await verifying
         if child_error is not None:
             verification.abandon()
             raise child_error

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -199,6 +201,41 @@ async def test_the_trace_id_handed_to_a_handler_gives_the_rows_it_derives() -> N
             handed = await handler_for(event.event_type).handle(event, HandlerContext(api=api, cache=RecordingCache(), media=MediaBatcher(api)),
                                                                 trace_id=event.trace_id)
             assert handed.rows == derived.rows and handed.rows["claimx_events"][0]["trace_id"] == event.trace_id
+
+
+async def test_an_event_cancelled_during_its_fetch_leaves_the_project_load_to_the_others() -> None:
+    """The project's verification runs beside the event's own fetch without a task of its own
+    (`begin_verify`): a cancelled event drops its part unawaited, with no warning, and the load
+    goes on for the next event of the project, which shares it."""
+    project_calls: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            await release.wait()
+            return httpx.Response(200, json={"data": [{"mediaID": 5001, "projectId": 5}]})
+        project_calls.append(request.url.path)
+        await asyncio.sleep(0.02)
+        return httpx.Response(200, json={"data": {"project": {"projectId": 5}, "teamMembers": []}})
+
+    event = parse_event(b'{"event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with mock_api(handler) as api:
+            ctx = HandlerContext(api=api, cache=ProjectCache(CacheSettings()), media=MediaBatcher(api, window_s=0))
+            first = asyncio.ensure_future(handler_for(event.event_type).handle(event, ctx))
+            await until(lambda: project_calls, "the project load sent")
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            second = asyncio.ensure_future(handler_for(event.event_type).handle(event, ctx))
+            release.set()
+            result = await second
+        del first
+        gc.collect()
+    assert project_calls == ["/export/project/5"]  # one load, shared by the event after the cancelled one
+    assert result.verification is not None and result.verification.outcome == "coalesced" and "claimx_projects" in result.rows
+    assert not [w for w in caught if "never awaited" in str(w.message)]
 
 
 async def test_project_not_found_wins_over_the_child_error() -> None:
