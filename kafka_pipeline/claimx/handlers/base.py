@@ -52,8 +52,8 @@ V = TypeVar("V")
 
 class ProjectVerifier(Protocol):
     """What the handlers need of the ProjectCache (NoCache implements it too). A cache that also
-    answers `project_id in cache` (confirmed and unexpired) lets a handler skip running the
-    verification beside its own fetch."""
+    has `begin_verify` (the ProjectCache) answers at once when it can, and the verification
+    needs no task of its own beside the event's fetch (`HandlerContext.begin_verify`)."""
 
     async def verify(self, project_id: str, load: Callable[[], Awaitable[ProjectSnapshot]], *, refresh: bool = False) -> Verification: ...
 
@@ -142,11 +142,6 @@ class HandlerContext:
         body = await self.api.get_project(project_id)
         return ProjectSnapshot(project_id, transforms.project_rows(body, project_id))
 
-    def is_confirmed(self, project_id: str) -> bool:
-        """Is the project a confirmed cache entry (verify() would be a hit)? False when the cache cannot tell."""
-        contains = getattr(type(self.cache), "__contains__", None)
-        return contains is not None and contains(self.cache, project_id)
-
     def verify_project(self, project_id: str, *, refresh: bool = False) -> Coroutine[Any, Any, Verification]:
         """The cache's verify() coroutine itself (no coroutine of its own around it: one per event)."""
         return self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
@@ -199,16 +194,14 @@ class EventHandler(ABC):
         if not self.ensure_project:
             return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event, trace_id)))
         refresh = refresh or self.refresh_project
-        if not refresh and ctx.is_confirmed(event.project_id):
-            # verify() answers at once (and counts the hit): no need to run it beside the fetch.
-            verification = await ctx.verify_project(event.project_id)
+        verifying = ctx.begin_verify(event.project_id, refresh=refresh)
+        if isinstance(verifying, Verification):  # answered at once (a hit, mostly): nothing runs beside the fetch
             try:
                 own = await self.child_rows(event, ctx)
-            except BaseException:
-                verification.abandon()
+            except Exception:
+                verifying.abandon()
                 raise
-            return self._result(event, verification, own, trace_id)
-        verifying = ctx.begin_verify(event.project_id, refresh=refresh)
+            return self._result(event, verifying, own, trace_id)
         try:
             own = await self.child_rows(event, ctx)
             child_error: BaseException | None = None
@@ -217,11 +210,11 @@ class EventHandler(ABC):
         except asyncio.CancelledError:
             if isinstance(verifying, asyncio.Task):
                 verifying.cancel()
-            elif not isinstance(verifying, Verification):
+            else:
                 verifying.close()  # never awaited: the project's flight goes on without it
             raise
         # A missing project explains the event's failure better than its child call does.
-        verification = verifying if isinstance(verifying, Verification) else await verifying
+        verification = await verifying
         if child_error is not None:
             verification.abandon()
             raise child_error
