@@ -542,8 +542,9 @@ def video_collab_rows(item: Mapping[str, Any], project_id: str | None = None) ->
 # --- the audit log ---------------------------------------------------------------------------
 
 
-def event_row(event: ClaimXEvent) -> Rows:
-    """The `claimx_events` row every parsed event produces.
+def event_row(event: ClaimXEvent, trace_id: str | None = None) -> Rows:
+    """The `claimx_events` row every parsed event produces; `trace_id`: the event's, when the
+    caller has it already (an event without `event_id` derives it with a hash on every read).
 
     Built as `conform` would build it, without its per-column conversions (one of these rows per
     event): a parsed event's ids and text are valid strings already and its time is UTC
@@ -552,7 +553,7 @@ def event_row(event: ClaimXEvent) -> Rows:
     return {
         EVENTS.name: [
             {
-                "trace_id": event.trace_id,
+                "trace_id": event.trace_id if trace_id is None else trace_id,
                 "event_type": event.event_type,
                 "project_id": event.project_id,
                 "media_id": event.media_id,

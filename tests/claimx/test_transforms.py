@@ -298,7 +298,7 @@ def test_range_limits_of_the_conversions() -> None:
 def test_event_rows_are_conformed() -> None:
     """`event_row` skips `conform`'s conversions: for every kind of event (snake and camel case,
     numeric ids, offsets, naive times, with and without event_id, text beyond ASCII) its row is
-    the one `conform` makes."""
+    the one `conform` makes, also when handed the trace id the caller derived."""
     lines = [line.encode() for line in generate_events(300, 20, seed="conform")]
     lines.append('{"event_type": "PROJECT_MFN_ADDED", "project_id": 7, "master_file_name": "Caf\u00e9 \u2603", "ingested_at": "2026-03-01T01:00:00.5+05:30"}'.encode())
     for event in map(parse_event, lines):
@@ -308,6 +308,7 @@ def test_event_rows_are_conformed() -> None:
             "master_file_name": event.master_file_name, "ingested_at": event.ingested_at, "event_date": event.event_date,
         })
         assert transforms.event_row(event) == {"claimx_events": [expected]}
+        assert transforms.event_row(event, event.trace_id) == {"claimx_events": [expected]}  # the worker's: the id it derived once
 
 
 _ANY_VALUE = st.one_of(

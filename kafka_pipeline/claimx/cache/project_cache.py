@@ -33,14 +33,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from kafka_pipeline.claimx.cache.loader import ProjectLoader
 from kafka_pipeline.claimx.cache.pending import PendingSnapshots
 from kafka_pipeline.claimx.cache.refresh_ahead import RefreshAhead
 from kafka_pipeline.claimx.cache.shared import LocalTier, SharedTier
-from kafka_pipeline.claimx.cache.single_flight import FlightResult, Flights
+from kafka_pipeline.claimx.cache.single_flight import Flight, FlightResult, Flights
 from kafka_pipeline.claimx.cache.stats import CacheStats, Counters
 from kafka_pipeline.claimx.cache.store import Absent, EntryStore
 from kafka_pipeline.claimx.cache.verification import HIT, Loader, ProjectSnapshot, RefreshCallback, Verification, not_found
@@ -118,48 +118,88 @@ class ProjectCache:
         with error_type "NotFound" for a project remembered as absent.
         """
         if not refresh:
-            age = self._store.fresh_age(project_id)
-            if age is not None:
-                self.counters.l1_hits += 1
-                if age >= self._refresh_due_s:
-                    self._refresh.start(project_id, load)
-                return HIT
+            hit = self._hit(project_id, load)
+            if hit is not None:
+                return hit
         return await self._verify_slow(project_id, load, refresh)
 
+    def begin_verify(self, project_id: str, load: Loader, *, refresh: bool = False) -> Verification | Coroutine[Any, Any, Verification]:
+        """verify() for a caller with work of its own to do meanwhile, without a task to run it
+        beside that work: its answer when it has one without waiting, else a coroutine to await
+        once that work is done (the project's flight, a task already, runs meanwhile). The
+        caller closes that coroutine if it never awaits it. Raises as verify() does."""
+        if not refresh:
+            hit = self._hit(project_id, load)
+            if hit is not None:
+                return hit
+        step = self._step(project_id, load, refresh)
+        if isinstance(step, Verification):
+            return step
+        flight, joined = step
+        return self._after_flight(project_id, load, refresh, flight, joined)
+
+    def _hit(self, project_id: str, load: Loader) -> Verification | None:
+        """HIT for a project verified within `ttl_s` (the first hit on an entry due for refresh
+        starts its background reload); None otherwise."""
+        age = self._store.fresh_age(project_id)
+        if age is None:
+            return None
+        self.counters.l1_hits += 1
+        if age >= self._refresh_due_s:
+            self._refresh.start(project_id, load)
+        return HIT
+
     async def _verify_slow(self, project_id: str, load: Loader, refresh: bool) -> Verification:
-        c = self.counters
         while True:
-            entry = self._store.live(project_id)
-            if entry is not None and not refresh:
-                if entry.__class__ is Absent:
-                    c.absent_hits += 1
-                    raise not_found(project_id)
-                return await self.verify(project_id, load)  # confirmed meanwhile (the hot path raced a confirm)
+            step = self._step(project_id, load, refresh)
+            if isinstance(step, Verification):
+                return step
+            flight, joined = step
+            answer = self._landed(await asyncio.shield(flight), joined, refresh)
+            if answer is not None:
+                return answer
 
-            flight = self._flights.get(project_id)
-            if flight is not None:
-                result = await asyncio.shield(flight)
-                if result.snapshot is None:
-                    if refresh or not result.verified:
-                        continue  # that flight loaded nothing; this call must (re)load
-                    c.l2_hits += 1
-                    return HIT
-                c.coalesced += 1
-                return Verification("coalesced", result.snapshot, self)
+    async def _after_flight(self, project_id: str, load: Loader, refresh: bool, flight: Flight, joined: bool) -> Verification:
+        answer = self._landed(await asyncio.shield(flight), joined, refresh)
+        return answer if answer is not None else await self._verify_slow(project_id, load, refresh)
 
-            if not refresh:
-                held = self._pending.current(project_id)
-                if held is not None:
-                    c.coalesced += 1
-                    return Verification("coalesced", held, self)
+    def _step(self, project_id: str, load: Loader, refresh: bool) -> Verification | tuple[Flight, bool]:
+        """What verify() does before it waits: its answer, or the flight to wait for and whether
+        another caller started it (joined)."""
+        entry = self._store.live(project_id)
+        if entry is not None and not refresh:
+            if entry.__class__ is Absent:
+                self.counters.absent_hits += 1
+                raise not_found(project_id)
+            hit = self._hit(project_id, load)  # confirmed meanwhile (the hot path raced a confirm)
+            if hit is not None:
+                return hit
 
-            flight = self._flights.start(project_id, lambda: self._fly(project_id, load, refresh), name=f"project-cache-load-{project_id}")
-            result = await asyncio.shield(flight)
-            if result.snapshot is None:
-                c.l2_hits += 1
-                return HIT
-            c.misses += 1
-            return Verification("loaded", result.snapshot, self)
+        flight = self._flights.get(project_id)
+        if flight is not None:
+            return flight, True
+
+        if not refresh:
+            held = self._pending.current(project_id)
+            if held is not None:
+                self.counters.coalesced += 1
+                return Verification("coalesced", held, self)
+
+        return self._flights.start(project_id, lambda: self._fly(project_id, load, refresh), name=f"project-cache-load-{project_id}"), False
+
+    def _landed(self, result: FlightResult, joined: bool, refresh: bool) -> Verification | None:
+        """The answer a flight gave a caller; None: it loaded nothing, and this call must (re)load."""
+        c = self.counters
+        if result.snapshot is None:
+            if joined and (refresh or not result.verified):
+                return None
+            c.l2_hits += 1
+            return HIT
+        if joined:
+            c.coalesced += 1
+            return Verification("coalesced", result.snapshot, self)
+        c.misses += 1
+        return Verification("loaded", result.snapshot, self)
 
     async def _fly(self, project_id: str, load: Loader, refresh: bool) -> FlightResult:
         """One fetch of a project, shared by every caller that asks meanwhile."""

@@ -31,13 +31,12 @@ just refetched): a flood of forged headers costs one export call per project per
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from kafka_pipeline.claimx import transforms
 from kafka_pipeline.claimx.api.client import ClaimXApiClient
@@ -53,8 +52,8 @@ V = TypeVar("V")
 
 class ProjectVerifier(Protocol):
     """What the handlers need of the ProjectCache (NoCache implements it too). A cache that also
-    answers `project_id in cache` (confirmed and unexpired) lets a handler skip running the
-    verification beside its own fetch."""
+    has `begin_verify` (the ProjectCache) answers at once when it can, and the verification
+    needs no task of its own beside the event's fetch (`HandlerContext.begin_verify`)."""
 
     async def verify(self, project_id: str, load: Callable[[], Awaitable[ProjectSnapshot]], *, refresh: bool = False) -> Verification: ...
 
@@ -66,35 +65,63 @@ class SingleFlight(Generic[K, V]):
     event dispatched together), then sends its request. A caller arriving after that starts a
     new flight: sharing a request sent before the caller's event was even read could hand it
     an answer older than the change the event announces.
+
+    The first caller flies the flight itself, in its own task (most flights have no other
+    caller: a task and a shield per call cost about 17 µs); the others wait on a future of their
+    own, so a cancelled one leaves the flight alone. A flier cancelled before it answered hands
+    its waiters `_FLIER_GONE`: they start (or join) the next flight.
     """
 
     def __init__(self, window_s: float = 0.0) -> None:
         self.window_s = window_s
-        self._open: dict[K, asyncio.Future[V]] = {}  # flights still collecting callers
+        self._open: dict[K, list[asyncio.Future[Any]]] = {}  # flights still collecting callers: their waiters
         self.calls = 0
         self.shared = 0  # calls answered by another caller's flight
 
     async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
-        flight = self._open.get(key)
-        if flight is None:
-            flight = asyncio.ensure_future(self._fly(key, call))
-            self._open[key] = flight
-            flight.add_done_callback(functools.partial(self._close, key))
-        else:
+        while True:
+            waiters = self._open.get(key)
+            if waiters is None:
+                return await self._fly(key, call)
             self.shared += 1
-        return await asyncio.shield(flight)
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
+            answer = await waiter
+            if answer is not _FLIER_GONE:
+                return cast(V, answer)
+            self.shared -= 1  # not answered by that flight after all
 
     async def _fly(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
-        await asyncio.sleep(self.window_s)
-        self._close(key, asyncio.current_task())  # from here on, new callers start a new flight
-        self.calls += 1
-        return await call()
+        waiters: list[asyncio.Future[Any]] = []
+        self._open[key] = waiters
+        try:
+            try:
+                await asyncio.sleep(self.window_s)
+            finally:
+                del self._open[key]  # from here on, new callers start a new flight
+            self.calls += 1
+            answer = await call()
+        except asyncio.CancelledError:
+            _settle(waiters, result=_FLIER_GONE)
+            raise
+        except BaseException as exc:
+            _settle(waiters, error=exc)
+            raise
+        _settle(waiters, result=answer)
+        return answer
 
-    def _close(self, key: K, flight: asyncio.Future[Any] | None) -> None:
-        if flight is not None and self._open.get(key) is flight:
-            del self._open[key]
-        if flight is not None and flight.done() and not flight.cancelled():
-            flight.exception()  # seen: every waiter got it, or no waiter is left to get it
+
+_FLIER_GONE = object()  # a flight's flier was cancelled: its waiters fly again
+
+
+def _settle(waiters: list[asyncio.Future[Any]], *, result: Any = None, error: BaseException | None = None) -> None:
+    for waiter in waiters:
+        if waiter.done():  # its caller was cancelled
+            continue
+        if error is None:
+            waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
 
 
 @dataclass
@@ -115,14 +142,18 @@ class HandlerContext:
         body = await self.api.get_project(project_id)
         return ProjectSnapshot(project_id, transforms.project_rows(body, project_id))
 
-    def is_confirmed(self, project_id: str) -> bool:
-        """Is the project a confirmed cache entry (verify() would be a hit)? False when the cache cannot tell."""
-        contains = getattr(type(self.cache), "__contains__", None)
-        return contains is not None and contains(self.cache, project_id)
-
     def verify_project(self, project_id: str, *, refresh: bool = False) -> Coroutine[Any, Any, Verification]:
         """The cache's verify() coroutine itself (no coroutine of its own around it: one per event)."""
         return self.cache.verify(project_id, lambda: self.load_project(project_id), refresh=refresh)
+
+    def begin_verify(self, project_id: str, *, refresh: bool = False) -> Verification | Coroutine[Any, Any, Verification] | asyncio.Task[Verification]:
+        """The verification started beside the caller's own work: its answer when the cache has
+        it at once, else what to await for it once that work is done (the cache's
+        `begin_verify`; a cache without it runs verify() in a task)."""
+        begin = getattr(self.cache, "begin_verify", None)
+        if begin is None:
+            return asyncio.ensure_future(self.verify_project(project_id, refresh=refresh))
+        return cast(Verification | Coroutine[Any, Any, Verification], begin(project_id, lambda: self.load_project(project_id), refresh=refresh))
 
 
 @dataclass
@@ -157,40 +188,42 @@ class EventHandler(ABC):
     async def child_rows(self, event: ClaimXEvent, ctx: HandlerContext) -> Rows:
         """The event's own rows (without the project snapshot and the events row)."""
 
-    async def handle(self, event: ClaimXEvent, ctx: HandlerContext, *, refresh: bool = False) -> HandlerResult:
-        """`refresh`: load the project even when the cache holds it (the event asked for it)."""
+    async def handle(self, event: ClaimXEvent, ctx: HandlerContext, *, refresh: bool = False, trace_id: str | None = None) -> HandlerResult:
+        """`refresh`: load the project even when the cache holds it (the event asked for it).
+        `trace_id`: the event's, when the caller has it already (`transforms.event_row`)."""
         if not self.ensure_project:
-            return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event)))
+            return HandlerResult(transforms.merge_rows(await self.child_rows(event, ctx), transforms.event_row(event, trace_id)))
         refresh = refresh or self.refresh_project
-        if not refresh and ctx.is_confirmed(event.project_id):
-            # verify() answers at once (and counts the hit): no need to run it beside the fetch.
-            verification = await ctx.verify_project(event.project_id)
+        verifying = ctx.begin_verify(event.project_id, refresh=refresh)
+        if isinstance(verifying, Verification):  # answered at once (a hit, mostly): nothing runs beside the fetch
             try:
                 own = await self.child_rows(event, ctx)
-            except BaseException:
-                verification.abandon()
+            except Exception:
+                verifying.abandon()
                 raise
-            return self._result(event, verification, own)
-        verifying = asyncio.ensure_future(ctx.verify_project(event.project_id, refresh=refresh))
+            return self._result(event, verifying, own, trace_id)
         try:
             own = await self.child_rows(event, ctx)
             child_error: BaseException | None = None
         except Exception as exc:  # noqa: BLE001 - decided below, once the verification settled
             own, child_error = {}, exc
         except asyncio.CancelledError:
-            verifying.cancel()
+            if isinstance(verifying, asyncio.Task):
+                verifying.cancel()
+            else:
+                verifying.close()  # never awaited: the project's flight goes on without it
             raise
         # A missing project explains the event's failure better than its child call does.
         verification = await verifying
         if child_error is not None:
             verification.abandon()
             raise child_error
-        return self._result(event, verification, own)
+        return self._result(event, verification, own, trace_id)
 
     @staticmethod
-    def _result(event: ClaimXEvent, verification: Verification, own: Rows) -> HandlerResult:
+    def _result(event: ClaimXEvent, verification: Verification, own: Rows, trace_id: str | None) -> HandlerResult:
         project_rows = verification.snapshot.rows if verification.snapshot is not None else {}
-        return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event)), verification)
+        return HandlerResult(transforms.merge_rows(project_rows, own, transforms.event_row(event, trace_id)), verification)
 
 
 HANDLERS: dict[str, EventHandler] = {}

@@ -314,7 +314,7 @@ class EnrichmentWorker(ConsumerWorker):
             refresh = refresh_requested(record.headers) and self.refresh_limit.allow(event.project_id)
             trace_id = event.trace_id  # derived (a hash) when the event has no id: once
             result: HandlerResult = await self.credentials.call(
-                lambda: handler.handle(event, self.context, refresh=refresh), project_id=event.project_id, trace_id=trace_id
+                lambda: handler.handle(event, self.context, refresh=refresh, trace_id=trace_id), project_id=event.project_id, trace_id=trace_id
             )
         except PipelineError as exc:
             await turn.wait_previous()

@@ -347,3 +347,51 @@ async def test_an_invalidation_from_another_worker_drops_the_entry_without_echo(
     assert "p1" not in cache and ("invalidate", ["p1"]) not in tier.calls
     cache.invalidate(["p2"])
     assert ("invalidate", ["p2"]) in tier.calls
+
+
+async def test_begin_verify_answers_as_verify_does() -> None:
+    """`begin_verify` (the handlers' way: the answer at once, else a coroutine awaited after the
+    event's own fetch) gives what verify() gives, with the same counts: every outcome, a
+    failure shared by the callers of one flight, a remembered 404, a refresh, an expiry."""
+
+    async def scenario(ask: str) -> tuple[list[object], tuple[int, ...]]:
+        clock, loader = FakeClock(), Loader(delay=0.01)
+        cache = make_cache(clock)
+
+        async def call(project_id: str, refresh: bool = False) -> object:
+            try:
+                if ask == "verify":
+                    answer = await cache.verify(project_id, loader.for_project(project_id), refresh=refresh)
+                else:
+                    begun = cache.begin_verify(project_id, loader.for_project(project_id), refresh=refresh)
+                    await asyncio.sleep(0.02)  # the event's own fetch meanwhile
+                    answer = begun if isinstance(begun, Verification) else await begun
+            except PermanentError as exc:
+                return ("raised", exc.error_type)
+            return (answer.outcome, answer.snapshot)
+
+        seen: list[object] = list(await asyncio.gather(*(call("p1") for _ in range(5))))  # one load, four coalesced
+        seen.append(await call("p1"))  # loaded, not yet confirmed: the held snapshot
+        cache.confirm("p1")
+        seen.append(await call("p1"))  # hit
+        seen.append(await call("p1", refresh=True))  # loaded again
+        loader.not_found.add("p2")
+        seen += await asyncio.gather(*(call("p2") for _ in range(3)))  # one 404 shared
+        seen.append(await call("p2"))  # remembered as absent: no load
+        clock.advance(1_000)
+        seen.append(await call("p1"))  # expired: loaded
+        loader.error = TransientError("export timed out")
+        failed = await asyncio.gather(*(cache.verify("p3", loader.for_project("p3")) if ask == "verify" else _begun(cache, loader, "p3")
+                                        for _ in range(3)), return_exceptions=True)
+        seen.append([type(f).__name__ for f in failed])
+        stats = cache.stats()
+        return seen, (stats.hits, stats.misses, stats.coalesced, stats.loads_ok, stats.loads_failed, stats.size, loader.total)
+
+    begun, verified = await scenario("begin"), await scenario("verify")
+    assert begun == verified
+    assert {answer[0] for answer in begun[0][:-1] if isinstance(answer, tuple)} == {"loaded", "coalesced", "hit", "raised"}  # every kind met
+
+
+async def _begun(cache: ProjectCache, loader: Loader, project_id: str) -> Verification:
+    begun = cache.begin_verify(project_id, loader.for_project(project_id))
+    return begun if isinstance(begun, Verification) else await begun

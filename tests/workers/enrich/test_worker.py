@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -112,6 +114,40 @@ async def test_single_flight_never_shares_a_request_already_sent() -> None:
     assert await flight.run("x", call) == 3  # a failed flight leaves nothing behind
 
 
+async def test_single_flight_outlives_its_cancelled_callers() -> None:
+    """A cancelled waiter leaves the flight to the others; a cancelled flier (the first caller,
+    which sends the request itself) hands its waiters on to a flight of their own, which they
+    share: nobody else sees a CancelledError, and a failure reaches every caller."""
+    flight: SingleFlight[str, int] = SingleFlight()
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def call() -> int:
+        sent.append("k")
+        await release.wait()
+        return len(sent)
+
+    flier = asyncio.ensure_future(flight.run("k", call))
+    waiters = [asyncio.ensure_future(flight.run("k", call)) for _ in range(3)]
+    await until(lambda: len(sent) == 1, "the first request sent")
+    waiters[0].cancel()
+    flier.cancel()  # its request is abandoned: the two waiters left send one of their own
+    await until(lambda: len(sent) == 2, "the waiters' own request sent")
+    release.set()
+    assert await asyncio.gather(*waiters[1:]) == [2, 2]
+    assert flier.cancelled() and waiters[0].cancelled()
+    assert flight.calls == 2 and flight.shared == 2  # counted as they join (the cancelled one too), the handed-on ones once
+
+    error = PermanentError("gone", error_type="NotFound")
+
+    async def failing() -> int:
+        await asyncio.sleep(0.01)
+        raise error
+
+    results = await asyncio.gather(*(flight.run("x", failing) for _ in range(3)), return_exceptions=True)
+    assert results == [error] * 3 and all(result is error for result in results)
+
+
 def test_every_contract_event_type_has_a_handler() -> None:
     assert set(EVENT_TYPES) <= set(HANDLERS)
     assert handler_for(UNKNOWN_EVENT_TYPE) is None
@@ -147,6 +183,59 @@ async def test_child_failure_after_a_project_load_abandons_the_project() -> None
         with pytest.raises(PermanentError):
             await handler_for(event.event_type).handle(event, ctx)
         assert cache.abandoned == ["5"]
+
+
+async def test_the_trace_id_handed_to_a_handler_gives_the_rows_it_derives() -> None:
+    """The worker derives an event's trace id once and hands it over: the rows are the ones the
+    handler builds when it derives the id itself (an event without event_id, and one with it)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/export/project/5/media"):
+            return httpx.Response(200, json={"data": [{"mediaID": 5001, "projectId": 5, "mediaName": "a.jpg"}]})
+        return httpx.Response(200, json={"data": {"project": {"projectId": 5}, "teamMembers": []}})
+
+    async with mock_api(handler) as api:
+        for line in (b'{"event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}',
+                     b'{"event_id": "e-1", "event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}'):
+            event = parse_event(line)
+            derived = await handler_for(event.event_type).handle(event, HandlerContext(api=api, cache=RecordingCache(), media=MediaBatcher(api)))
+            handed = await handler_for(event.event_type).handle(event, HandlerContext(api=api, cache=RecordingCache(), media=MediaBatcher(api)),
+                                                                trace_id=event.trace_id)
+            assert handed.rows == derived.rows and handed.rows["claimx_events"][0]["trace_id"] == event.trace_id
+
+
+async def test_an_event_cancelled_during_its_fetch_leaves_the_project_load_to_the_others() -> None:
+    """The project's verification runs beside the event's own fetch without a task of its own
+    (`begin_verify`): a cancelled event drops its part unawaited, with no warning, and the load
+    goes on for the next event of the project, which shares it."""
+    project_calls: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/media"):
+            await release.wait()
+            return httpx.Response(200, json={"data": [{"mediaID": 5001, "projectId": 5}]})
+        project_calls.append(request.url.path)
+        await asyncio.sleep(0.02)
+        return httpx.Response(200, json={"data": {"project": {"projectId": 5}, "teamMembers": []}})
+
+    event = parse_event(b'{"event_type": "PROJECT_FILE_ADDED", "project_id": 5, "media_id": 5001, "ingested_at": "2026-01-01T00:00:00Z"}')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with mock_api(handler) as api:
+            ctx = HandlerContext(api=api, cache=ProjectCache(CacheSettings()), media=MediaBatcher(api, window_s=0))
+            first = asyncio.ensure_future(handler_for(event.event_type).handle(event, ctx))
+            await until(lambda: project_calls, "the project load sent")
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            second = asyncio.ensure_future(handler_for(event.event_type).handle(event, ctx))
+            release.set()
+            result = await second
+        del first
+        gc.collect()
+    assert project_calls == ["/export/project/5"]  # one load, shared by the event after the cancelled one
+    assert result.verification is not None and result.verification.outcome == "coalesced" and "claimx_projects" in result.rows
+    assert not [w for w in caught if "never awaited" in str(w.message)]
 
 
 async def test_project_not_found_wins_over_the_child_error() -> None:
