@@ -14,13 +14,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from kafka_pipeline.simulator.events import generate_events, write_events
 from kafka_pipeline.simulator.ids import FIRST_PROJECT_ID
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not the usage block
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
