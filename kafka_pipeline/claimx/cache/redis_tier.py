@@ -172,6 +172,11 @@ def _connection_options(settings: CacheSettings) -> dict[str, Any]:
     }
 
 
+def _quietly_done(call: asyncio.Future[Any]) -> None:
+    if not call.cancelled():
+        call.exception()  # an abandoned command's error is known already: not "never retrieved"
+
+
 class RedisTier:
     """The shared tier of the ProjectCache (it implements `shared.SharedTier`)."""
 
@@ -215,7 +220,7 @@ class RedisTier:
         # Told of invalidations that came from other workers (and of a reconnect: None = all).
         self._on_remote_invalidation: Callable[[list[str] | None], object] | None = None
         self._ready_events: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._pubsub_reset: asyncio.Event | None = None
         self.listening = False
@@ -290,20 +295,39 @@ class RedisTier:
         try:
             if not self._breaker.allow():
                 raise RedisUnavailable("redis circuit open")
+            # The command runs in a task of its own so that the caller has its answer at the
+            # deadline: redis-py cleans up a cancelled command by closing its connection, and
+            # against a hung server that close can wait out a timeout of its own (a second
+            # socket_timeout_s for the caller). The cleanup goes on in the background.
+            call = asyncio.ensure_future(make())
             try:
-                async with asyncio.timeout_at(deadline):
-                    result = await make()
+                await asyncio.wait((call,), timeout=max(0.0, deadline - loop.time()))
             except asyncio.CancelledError:
+                self._abandon(call)
                 self._breaker.record_failure()  # frees a half-open trial slot; the caller was cancelled
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
+            if not call.done():
+                self._abandon(call)
+                error: BaseException | None = TimeoutError(f"no answer within {self._timeout:g} s")
+            else:
+                error = call.exception()
+            if error is not None:
+                if not isinstance(error, RedisError | OSError | TimeoutError):
+                    raise error
                 self._breaker.record_failure()
                 self.counters.errors += 1
-                raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise RedisUnavailable(f"{type(error).__name__}: {error}") from error
             self._breaker.record_success()
-            return result
+            return call.result()
         finally:
             self._slots.release()
+
+    def _abandon(self, call: asyncio.Future[Any]) -> None:
+        """Cancel a command nobody waits for any more; close() waits for its cleanup."""
+        call.cancel()
+        self._tasks.add(call)
+        call.add_done_callback(_quietly_done)
+        call.add_done_callback(self._tasks.discard)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
