@@ -6,8 +6,10 @@ event, so what a request costs in Python, not the network, decides how many even
 enriches. httpcore's pool does work per pooled connection on every request and h11 parses in
 Python; aiohttp (through httpx-aiohttp) builds its own request, URL and response objects under
 httpx's and writes headers and body separately. Here a request is one `transport.write` of
-bytes built from the httpx request, and the response is parsed in C as it arrives: its status,
-headers and body usually come in one `data_received`, so awaiting the response is one wake-up.
+bytes built from the httpx request (or handed over as bytes: `exchange`, for the API client,
+which writes the same bytes without httpx's request and response objects), and the response is
+parsed in C as it arrives: its status, headers and body usually come in one `data_received`, so
+awaiting the response is one wake-up.
 
 What it does, as httpx's transport would:
 
