@@ -6,8 +6,10 @@ event, so what a request costs in Python, not the network, decides how many even
 enriches. httpcore's pool does work per pooled connection on every request and h11 parses in
 Python; aiohttp (through httpx-aiohttp) builds its own request, URL and response objects under
 httpx's and writes headers and body separately. Here a request is one `transport.write` of
-bytes built from the httpx request, and the response is parsed in C as it arrives: its status,
-headers and body usually come in one `data_received`, so awaiting the response is one wake-up.
+bytes built from the httpx request (or handed over as bytes: `exchange`, for the API client,
+which writes the same bytes without httpx's request and response objects), and the response is
+parsed in C as it arrives: its status, headers and body usually come in one `data_received`, so
+awaiting the response is one wake-up.
 
 What it does, as httpx's transport would:
 
@@ -219,11 +221,22 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        deadline: float | None = request.extensions.get("deadline")
         url = request.url
         origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
         data = _serialize(request, await request.aread(), absolute=self._proxy is not None and origin[0] == b"http",
                           extra=self._proxy_headers if self._proxy is not None and origin[0] == b"http" else ())
+        stream = await self.exchange(origin, data, timeouts, request.extensions.get("deadline"))
+        return stream.response()
+
+    @property
+    def proxied(self) -> bool:
+        """Whether requests go through a proxy (`exchange` then needs the proxy's request form)."""
+        return self._proxy is not None
+
+    async def exchange(self, origin: Origin, data: bytes, timeouts: dict[str, float | None], deadline: float | None) -> ResponseStream:
+        """Send `data` (a whole request, as `_serialize` writes it) to `origin`; the response once
+        its head arrived, as a stream of its body. `handle_async_request` without the httpx
+        request and response objects, for a client that writes the bytes itself."""
         pool = self._pool or self._make_pool()
         if pool.slots.locked():  # every connection is taken: wait, at most the pool timeout
             try:
@@ -253,12 +266,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             if connection is not None:
                 connection.close()
             raise
-        return httpx.Response(
-            connection.status_code,
-            headers=connection.headers,
-            stream=_ResponseStream(self, pool, origin, connection, timeouts.get("read"), deadline),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
-        )
+        return ResponseStream(self, pool, origin, connection, timeouts.get("read"), deadline)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -346,7 +354,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             await connection.wait(timeout, deadline)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
+class ResponseStream(httpx.AsyncByteStream):
     """The body as it arrives. An async iterator of its own, not an async generator: the event
     loop tracks every async generator in a weak set (its shutdown closes them), a cost per
     response for nothing, since `aclose` releases the connection whether or not the body was read."""
@@ -358,7 +366,29 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._timeout, self._deadline = timeout, deadline
         self._released = False
 
-    def __aiter__(self) -> _ResponseStream:
+    @property
+    def status_code(self) -> int:
+        return self._connection.status_code
+
+    @property
+    def reason_phrase(self) -> str:
+        return self._connection.reason.decode("ascii", errors="ignore")  # as httpx's `Response.reason_phrase`
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._connection.headers
+
+    def response(self) -> httpx.Response:
+        """This response as httpx's."""
+        connection = self._connection
+        return httpx.Response(
+            connection.status_code,
+            headers=connection.headers,
+            stream=self,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+        )
+
+    def __aiter__(self) -> ResponseStream:
         return self
 
     async def __anext__(self) -> bytes:

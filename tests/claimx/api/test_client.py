@@ -28,6 +28,7 @@ from kafka_pipeline.claimx.api.client import (
     parse_retry_after,
     path_id,
 )
+from kafka_pipeline.claimx.api.transport import _serialize
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, ConfigError, PermanentError, TransientError
 from tests.fixtures.api import PASSWORD, TOKEN, Recorder, Sleeps
@@ -582,6 +583,68 @@ async def test_requests_are_the_ones_httpx_builds_and_follow_a_token_rotation(tm
         assert (got.method, str(got.url), got.url.raw_path, got.headers.raw, got.read()) == (
             want.method, str(want.url), want.url.raw_path, want.headers.raw, want.read()
         )
+
+
+async def test_on_its_own_transport_the_client_writes_the_bytes_httpx_requests_serialize_to(tmp_path) -> None:
+    """With the client's own transport the request goes out as bytes (`ConnectionPool.exchange`,
+    no httpx request or response): they must be what `_serialize` writes for the request httpx
+    builds, after a token rotation too; answers are read as on the httpx path (a gzip body
+    decoded, a 429's Retry-After honoured)."""
+    received: list[bytes] = []
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"data\":[]}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(gzip.compress(b'{"assignmentId": 5000001001}'))
+        + gzip.compress(b'{"assignmentId": 5000001001}'),
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+                received.append(head + await reader.readexactly(length))
+                writer.write(answers.pop(0))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/service/cxedirest"
+    token_file = tmp_path / "token"
+    token_file.write_text("b2xkOnRva2Vu\n")
+    api = ClaimXApiClient(make_settings(url=base, token=None, token_file=token_file, retries=0), sleep=Sleeps())
+    assert api._direct is not None  # noqa: SLF001 - the bytes path is the one under test
+
+    def serialized(method: str, url: str, **kwargs) -> bytes:
+        request = httpx.Request(method, url, headers=api._http.headers, **kwargs)  # noqa: SLF001
+        return _serialize(request, request.read(), absolute=False, extra=())
+
+    try:
+        async with api:
+            await api.get_project_media("5000001", ["5000001001", "x-2_Y"])
+            await api.get_video_collaborations("P-7_x")
+            expected = [
+                serialized("GET", f"{base}/export/project/5000001/media", params={"mediaIds": "5000001001,x-2_Y"}),
+                serialized("POST", f"{base}/data", json={"reportType": "VIDEO_COLLABORATION", "projectId": "P-7_x"}),
+            ]
+            token_file.write_text("bmV3OnRva2Vu\n")
+            api.reload_token()
+            await api.get_project_media("5000002")
+            expected.append(serialized("GET", f"{base}/export/project/5000002/media"))
+            assert await api.get_task_assignment("5000001001") == {"assignmentId": 5000001001}
+            expected.append(serialized("GET", f"{base}/customTasks/assignment/5000001001", params={"full": "true"}))
+            with pytest.raises(TransientError) as limited:
+                await api.get_project_media("5000003")
+            expected.append(serialized("GET", f"{base}/export/project/5000003/media"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert limited.value.error_type == "RateLimited" and limited.value.retry_after_s == 1.0
+    assert received == expected
 
 
 @given(
