@@ -29,7 +29,7 @@ their bound (F about 10 U: a flush touches about 95% of the distinct files it wo
 endless table), so the trickle measures what a deployment with uptime pays per row and
 whether that still grows. The soak prints the bytes per row of its first
 and last windows after the first compaction (goal: <= 1.3x) and of every tenth of the run: from
-empty tables that ratio holds the same growth of the tables (1.82x), on tables with 8 hours of
+empty tables that ratio holds the same growth of the tables (about 1.8x), on tables with 8 hours of
 uptime (`--warm-hours 8`) it is uptime's alone (1.18x, flat from flush 2,500). Bytes written are the sizes of
 every data file that appeared under the root (sampled every 10 or 50 flushes). `--s3` puts the
 tables on the tests' local S3 server (tests/fixtures/s3_server.py) and prints the PUT, GET and

@@ -58,7 +58,7 @@ from urllib.request import getproxies, proxy_bypass
 import httpx
 import orjson
 
-from kafka_pipeline.claimx.api.transport import ConnectionPool, Origin
+from kafka_pipeline.claimx.api.transport import ConnectionPool, Origin, header_block, origin_of, request_bytes
 from kafka_pipeline.config import ApiSettings
 from kafka_pipeline.errors import AuthError, ConfigError, PermanentError, PipelineError, TransientError
 from kafka_pipeline.observability.logging import get_logger
@@ -270,8 +270,7 @@ class ClaimXApiClient:
         # Our own transport without a proxy takes the request as bytes (`ConnectionPool.exchange`):
         # no httpx request or response objects per call (2-3 µs). Others get httpx's objects.
         self._direct = self._transport if isinstance(self._transport, ConnectionPool) and not self._transport.proxied else None
-        base = self._urls.base
-        self._origin: Origin = (base.raw_scheme, base.raw_host, base.port or (443 if base.raw_scheme == b"https" else 80))
+        self._origin: Origin = origin_of(self._urls.base)
         self._head_block: bytes | None = None  # the header lines of `_request_headers`, for `exchange`; set by reload_token
         self._json_head = True  # whether a JSON body's two headers go last, as `headers.update` puts them
         self._request_headers = httpx.Headers()  # the client's headers as httpx would send them; set by reload_token
@@ -441,14 +440,11 @@ class ClaimXApiClient:
         direct = self._direct
         if direct is not None and self._head_block is not None and (json_body is None or self._json_head):
             # The bytes `_serialize` writes for the request below (a test holds them equal).
-            target = self._urls.target(path, query)
-            if json_body is None:
-                data = b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, self._head_block)
-            else:
+            target, block, body = self._urls.target(path, query), self._head_block, b""
+            if json_body is not None:
                 body = orjson.dumps(json_body)
-                data = b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\nContent-Type: application/json\r\n\r\n%s" % (
-                    method.encode("ascii"), target, self._head_block, len(body), body
-                )
+                block += b"Content-Length: %d\r\nContent-Type: application/json\r\n" % len(body)
+            data = request_bytes(method.encode("ascii"), target, block, body)
             stream = await direct.exchange(self._origin, data, self._timeouts, deadline)
             try:
                 return await self._read(stream.status_code, stream.reason_phrase, stream.raw_headers, stream, stream.response)
@@ -569,9 +565,7 @@ class ClaimXApiClient:
             self._http.headers["Authorization"] = f"Basic {secret}"
         self._request_headers = httpx.Headers([(b"Host", self._urls.base.netloc), *self._http.headers.raw])
         raw = self._request_headers.raw
-        block = b"".join([b"%s: %s\r\n" % header for header in raw])
-        # a header that `_serialize` would refuse (a line break, NUL) takes the httpx path, which raises
-        self._head_block = block if block.count(b"\r") == block.count(b"\n") == len(raw) and b"\0" not in block else None
+        self._head_block = header_block(raw)  # None: a header `_serialize` refuses takes the httpx path, which raises
         self._json_head = not any(name.lower() in (b"content-length", b"content-type") for name, _ in raw)
 
     def _scrub(self, text: str) -> str:

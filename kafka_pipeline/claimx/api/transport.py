@@ -221,8 +221,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        url = request.url
-        origin: Origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+        origin = origin_of(request.url)
         data = _serialize(request, await request.aread(), absolute=self._proxy is not None and origin[0] == b"http",
                           extra=self._proxy_headers if self._proxy is not None and origin[0] == b"http" else ())
         stream = await self.exchange(origin, data, timeouts, request.extensions.get("deadline"))
@@ -427,15 +426,33 @@ def _proxy_headers(proxy: httpx.Proxy) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def origin_of(url: httpx.URL) -> Origin:
+    """Where a request to `url` goes: (scheme, host, port), the pool's key."""
+    return (url.raw_scheme, url.raw_host, url.port or (443 if url.raw_scheme == b"https" else 80))
+
+
+def header_block(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The header lines of a request; None when a name or value has a line break or NUL (it
+    would end the header early: a request of the sender's choosing)."""
+    block = b"".join([b"%s: %s\r\n" % header for header in headers])
+    if block.count(b"\r") != len(headers) or block.count(b"\n") != len(headers) or b"\0" in block:
+        return None
+    return block
+
+
+def request_bytes(method: bytes, target: bytes, block: bytes, body: bytes) -> bytes:
+    """The request as bytes on the wire: request line, header lines (`header_block`), body."""
+    return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (method, target, block, body)
+
+
 def _serialize(request: httpx.Request, body: bytes, *, absolute: bool, extra: Any) -> bytes:
-    """The request as bytes on the wire: request line, headers, body."""
+    """httpx's request as bytes on the wire."""
     url = request.url
     target = str(url).encode("ascii") if absolute else url.raw_path
     headers = request.headers.raw
     if extra:
         headers += extra
-    block = b"".join([b"%s: %s\r\n" % header for header in headers])
-    # a line break or NUL of a name or value would end the header early: a request of the sender's choosing
-    if block.count(b"\r") != len(headers) or block.count(b"\n") != len(headers) or b"\0" in block:
+    block = header_block(headers)
+    if block is None:
         raise httpx.LocalProtocolError("a request header has a line break or NUL")
-    return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (request.method.encode("ascii"), target, block, body)
+    return request_bytes(request.method.encode("ascii"), target, block, body)
