@@ -189,14 +189,22 @@ class TokenBucket:
         """Seconds until acquisitions go on again (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
 
+    def try_take(self) -> bool:
+        """Take a token now if one is free and no one waits for one (no coroutine: most calls)."""
+        if self._queued:  # someone holds or awaits the lock: they go first
+            return False
+        now = self._clock()
+        if now < self._paused_until:
+            return False
+        tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        if tokens < 1:
+            return False
+        self._tokens, self._updated = tokens - 1, now
+        return True
+
     async def acquire(self) -> None:
-        if not self._queued:  # no one holds or awaits the lock: take a token without it, as it would at once
-            now = self._clock()
-            if now >= self._paused_until:
-                tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                if tokens >= 1:
-                    self._tokens, self._updated = tokens - 1, now
-                    return
+        if self.try_take():
+            return
         self._queued += 1
         try:
             await self._acquire_in_turn()
@@ -384,7 +392,8 @@ class ClaimXApiClient:
                 await self._sleep(delay)
 
     async def _attempt(self, kind: ApiKind, method: str, path: str, query: str | None, json_body: Any) -> Any:
-        await self._bucket.acquire()
+        if not self._bucket.try_take():
+            await self._bucket.acquire()
         if not self.breaker.allow():
             self._observe(kind, "circuit_open", 0.0)
             raise TransientError(
@@ -447,9 +456,15 @@ class ClaimXApiClient:
             data = request_bytes(method.encode("ascii"), target, block, body)
             stream = await direct.exchange(self._origin, data, self._timeouts, deadline)
             try:
-                return await self._read(stream.status_code, stream.reason_phrase, stream.raw_headers, stream, stream.response)
+                status, reason, headers = stream.status_code, stream.reason_phrase, stream.raw_headers
+                declared, encoded = _framing(headers)
+                if encoded:  # decoded by httpx, as it came through httpx's path
+                    return await self._read(status, reason, headers, stream, stream.response)
+                if declared.isdigit() and int(declared) > self.settings.max_response_bytes:
+                    return status, reason, headers, None
+                return status, reason, headers, await stream.read_body(self.settings.max_response_bytes)
             finally:
-                await stream.aclose()
+                stream.release()
         extensions = {"timeout": self._timeouts, "deadline": deadline}
         # Built here and sent straight to the transport: the client's URL and header merging,
         # auth, redirect and cookie layers would do nothing here (the URL is absolute, the
@@ -481,13 +496,7 @@ class ClaimXApiClient:
         None when it is longer (the rest is never read); decoded by httpx (`as_response`) when
         the server encoded it. The caller closes the stream."""
         limit = self.settings.max_response_bytes
-        declared, encoded = b"", False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                declared = value
-            elif lowered == b"content-encoding":
-                encoded = True
+        declared, encoded = _framing(headers)
         if declared.isdigit() and int(declared) > limit:
             return status, reason, headers, None
         chunks: list[bytes] = []
@@ -626,6 +635,18 @@ def _shown(value: Any, limit: int = 80) -> str:
     """A value from outside, quoted for a message: repr (no control characters), bounded."""
     text = repr(value) if not isinstance(value, str) else ascii(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
+    """(the declared Content-Length, b"" when none; whether the body has a Content-Encoding)."""
+    declared, encoded = b"", False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            declared = value
+        elif lowered == b"content-encoding":
+            encoded = True
+    return declared, encoded
 
 
 def _item_list(body: Any, where: str) -> list[dict[str, Any]]:

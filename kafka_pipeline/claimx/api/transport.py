@@ -402,10 +402,36 @@ class ResponseStream(httpx.AsyncByteStream):
                 raise connection.error
             await connection.wait(self._timeout, self._deadline)
 
-    async def aclose(self) -> None:
+    async def read_body(self, limit: int) -> bytes | None:
+        """The rest of the body in one piece, None once it is longer than `limit` bytes (the rest
+        is never read); the connection is released either way. What iterating the stream and
+        `aclose` do, in one coroutine: the API client reads every plain body this way."""
+        connection = self._connection
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                for chunk in connection.take_chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        return None
+                    chunks.append(chunk)
+                if connection.complete:
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if connection.error is not None:
+                    raise connection.error
+                await connection.wait(self._timeout, self._deadline)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Hand the connection back to the pool (kept alive if the response ended cleanly)."""
         if not self._released:
             self._released = True
             self._owner.release(self._pool, self._origin, self._connection)
+
+    async def aclose(self) -> None:
+        self.release()
 
 
 def _earliest(loop: asyncio.AbstractEventLoop, timeout: float | None, deadline: float | None) -> float | None:

@@ -303,3 +303,58 @@ def test_a_request_is_written_as_one_http_1_1_message() -> None:
     assert _serialize(request, b"{}", absolute=True, extra=[(b"Proxy-Authorization", b"Basic eDp5")]) == (
         b"POST http://h:81/x/y?a=1%2C2 HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Length: 2\r\nProxy-Authorization: Basic eDp5\r\n\r\n{}"
     )
+
+
+async def test_read_body_joins_the_chunks_stops_at_the_limit_and_releases_the_connection() -> None:
+    """`ResponseStream.read_body`, the API client's path for plain bodies: a body sent in pieces
+    comes back whole and its connection is reused; a body past the limit is None, its
+    connection is not reused; a body cut short raises ReadError."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def in_pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1]
+                if path == b"/cut":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+                    await writer.drain()
+                    writer.close()
+                    return
+                body = b"0123456789" * (100 if path == b"/big" else 3)
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for start in range(0, len(body), 10):
+                    writer.write(b"a\r\n" + body[start:start + 10] + b"\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.001)  # each piece its own read
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(in_pieces, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    origin = (b"http", b"127.0.0.1", port)
+    pool = ConnectionPool(max_connections=1, keepalive_s=60.0)
+    timeouts: dict[str, float | None] = {"connect": 5.0, "read": 5.0, "pool": 5.0}
+
+    def request(path: bytes) -> bytes:
+        return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, port)
+
+    try:
+        for _ in range(2):
+            stream = await pool.exchange(origin, request(b"/small"), timeouts, None)
+            assert await stream.read_body(1000) == b"0123456789" * 3
+        assert len(connections) == 1  # released after each body, and reused
+        stream = await pool.exchange(origin, request(b"/big"), timeouts, None)
+        assert await stream.read_body(100) is None
+        stream = await pool.exchange(origin, request(b"/small"), timeouts, None)
+        assert await stream.read_body(1000) == b"0123456789" * 3
+        assert len(connections) == 2  # the one left mid-body was closed, not reused
+        stream = await pool.exchange(origin, request(b"/cut"), timeouts, None)
+        with pytest.raises(httpx.ReadError):
+            await stream.read_body(1000)
+    finally:
+        await pool.aclose()
+        server.close()
