@@ -321,7 +321,10 @@ def _event_of(obj: dict[str, Any], max_future_skew_s: float, now: datetime | Non
             raise PermanentError(f"missing field {name}", error_type="MalformedEvent")
     try:
         values: dict[str, Any] = {}
-        for name, value in fields.items():
+        for name in FIELD_ALIASES:  # in the fields' order, whatever the event's: the first bad one is named
+            value = fields.get(name)
+            if value is None:
+                continue
             coerce = _COERCERS.get(name)
             if coerce is None:  # ingested_at
                 values[name] = check_not_future(parse_timestamp(value, name), name, max_future_skew_s, now=now)
