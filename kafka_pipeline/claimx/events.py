@@ -158,6 +158,14 @@ def to_utc(value: datetime) -> datetime:
 
 def parse_timestamp(value: Any, field: str) -> datetime:
     """An ISO-8601 string (or datetime) -> UTC-aware datetime; ValueError naming the field otherwise."""
+    if type(value) is str:  # the usual form, `...Z`: already UTC, nothing to strip or convert
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass  # said below
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
     try:
         if isinstance(value, datetime):
             return to_utc(value)
@@ -172,10 +180,16 @@ def parse_timestamp(value: Any, field: str) -> datetime:
 
 def check_not_future(value: datetime, field: str, max_skew_s: float, *, now: datetime | None = None) -> datetime:
     """`value`, unless it is later than now plus `max_skew_s` (ValueError)."""
-    limit = (now or datetime.now(UTC)) + timedelta(seconds=max_skew_s)
+    skew = _SKEWS.get(max_skew_s)
+    if skew is None:  # one per setting: a worker has one
+        skew = _SKEWS[max_skew_s] = timedelta(seconds=max_skew_s)
+    limit = (now or datetime.now(UTC)) + skew
     if value > limit:
         raise ValueError(f"{field}: {value.isoformat()} is more than {max_skew_s:g} s in the future")
     return value
+
+
+_SKEWS: dict[float, timedelta] = {}
 
 
 def coerce_id(value: Any, field: str) -> str | None:
@@ -243,12 +257,14 @@ def _shown(value: Any, limit: int = 80) -> str:
 def _canonical_fields(obj: dict[str, Any]) -> dict[str, Any]:
     """snake_case names for every known field; a snake_case value wins over its camelCase twin."""
     out: dict[str, Any] = {}
-    for canonical, names in FIELD_ALIASES.items():
-        for name in names:
-            if obj.get(name) is not None:
-                out[canonical] = obj[name]
-                break
+    for name, value in obj.items():  # the event's few keys, rather than every name a field may have
+        canonical = _CANONICAL_OF.get(name)
+        if canonical is not None and value is not None and (name == canonical or canonical not in out):
+            out[canonical] = value
     return out
+
+
+_CANONICAL_OF: dict[str, str] = {name: canonical for canonical, names in FIELD_ALIASES.items() for name in names}
 
 
 def parse_event(
@@ -305,7 +321,10 @@ def _event_of(obj: dict[str, Any], max_future_skew_s: float, now: datetime | Non
             raise PermanentError(f"missing field {name}", error_type="MalformedEvent")
     try:
         values: dict[str, Any] = {}
-        for name, value in fields.items():
+        for name in FIELD_ALIASES:  # in the fields' order, whatever the event's: the first bad one is named
+            value = fields.get(name)
+            if value is None:
+                continue
             coerce = _COERCERS.get(name)
             if coerce is None:  # ingested_at
                 values[name] = check_not_future(parse_timestamp(value, name), name, max_future_skew_s, now=now)
@@ -322,7 +341,7 @@ def _event_of(obj: dict[str, Any], max_future_skew_s: float, now: datetime | Non
     return _constructed(values)
 
 
-_FIELD_ORDER = tuple(ClaimXEvent.model_fields)
+_ALL_UNSET: dict[str, None] = dict.fromkeys(ClaimXEvent.model_fields)
 _set_attribute = object.__setattr__
 # What `model_construct` does for this model (no aliases, defaults all None, no extra kept, no
 # private attributes, no post-init), at a third of its cost; a model that gains any of them
@@ -341,7 +360,7 @@ def _constructed(values: dict[str, Any]) -> ClaimXEvent:
     if not _CONSTRUCT_DIRECTLY:
         return ClaimXEvent.model_construct(set(values), **{**_UNSET_OPTIONAL, **values})
     event = ClaimXEvent.__new__(ClaimXEvent)
-    _set_attribute(event, "__dict__", {name: values.get(name) for name in _FIELD_ORDER})
+    _set_attribute(event, "__dict__", {**_ALL_UNSET, **values})  # every field, in the model's order
     _set_attribute(event, "__pydantic_fields_set__", set(values))
     _set_attribute(event, "__pydantic_extra__", None)
     _set_attribute(event, "__pydantic_private__", None)

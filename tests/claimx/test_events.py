@@ -160,3 +160,18 @@ def test_parsed_events_are_the_ones_model_construct_builds() -> None:
         assert list(event.__dict__.items()) == list(built.__dict__.items())
         assert event.model_fields_set == built.model_fields_set
         assert event.model_dump() == built.model_dump() and repr(event) == repr(built)
+
+
+@pytest.mark.parametrize("keys_first", [("mediaId", "projectId"), ("projectId", "mediaId")])
+def test_the_first_bad_field_named_is_the_same_whatever_the_key_order(keys_first: tuple[str, str]) -> None:
+    rest = {"eventType": "PROJECT_FILE_ADDED", "ingestedAt": "2026-01-01T00:00:00Z"}
+    raw = json.dumps({**dict.fromkeys(keys_first, ".."), **rest}).encode()
+    with pytest.raises(PermanentError, match="^project_id: '..' is not"):
+        parse_event(raw)
+
+
+def test_snake_case_wins_over_camel_case_in_either_order_and_a_null_one_is_skipped() -> None:
+    at = "2026-01-01T00:00:00Z"
+    for obj in ({"projectId": "1", "project_id": "2"}, {"project_id": "2", "projectId": "1"}, {"project_id": None, "projectId": "2"}):
+        event = parse_event(json.dumps({**obj, "event_type": "PROJECT_CREATED", "ingested_at": at}).encode())
+        assert event.project_id == "2"
