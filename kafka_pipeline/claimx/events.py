@@ -22,6 +22,7 @@ worker goes on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -180,16 +181,15 @@ def parse_timestamp(value: Any, field: str) -> datetime:
 
 def check_not_future(value: datetime, field: str, max_skew_s: float, *, now: datetime | None = None) -> datetime:
     """`value`, unless it is later than now plus `max_skew_s` (ValueError)."""
-    skew = _SKEWS.get(max_skew_s)
-    if skew is None:  # one per setting: a worker has one
-        skew = _SKEWS[max_skew_s] = timedelta(seconds=max_skew_s)
-    limit = (now or datetime.now(UTC)) + skew
+    limit = (now or datetime.now(UTC)) + _skew(max_skew_s)
     if value > limit:
         raise ValueError(f"{field}: {value.isoformat()} is more than {max_skew_s:g} s in the future")
     return value
 
 
-_SKEWS: dict[float, timedelta] = {}
+@functools.lru_cache(maxsize=8)  # one per setting (a worker has one), not one per event
+def _skew(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 def coerce_id(value: Any, field: str) -> str | None:
