@@ -457,10 +457,10 @@ class ClaimXApiClient:
             stream = await direct.exchange(self._origin, data, self._timeouts, deadline)
             try:
                 status, reason, headers = stream.status_code, stream.reason_phrase, stream.raw_headers
-                declared, encoded = _framing(headers)
+                too_large, encoded = _framing(headers, self.settings.max_response_bytes)
                 if encoded:  # decoded by httpx, as it came through httpx's path
                     return await self._read(status, reason, headers, stream, stream.response)
-                if declared.isdigit() and int(declared) > self.settings.max_response_bytes:
+                if too_large:
                     return status, reason, headers, None
                 return status, reason, headers, await stream.read_body(self.settings.max_response_bytes)
             finally:
@@ -496,8 +496,8 @@ class ClaimXApiClient:
         None when it is longer (the rest is never read); decoded by httpx (`as_response`) when
         the server encoded it. The caller closes the stream."""
         limit = self.settings.max_response_bytes
-        declared, encoded = _framing(headers)
-        if declared.isdigit() and int(declared) > limit:
+        too_large, encoded = _framing(headers, limit)
+        if too_large:
             return status, reason, headers, None
         chunks: list[bytes] = []
         size = 0
@@ -637,8 +637,8 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
-    """(the declared Content-Length, b"" when none; whether the body has a Content-Encoding)."""
+def _framing(headers: list[tuple[bytes, bytes]], limit: int) -> tuple[bool, bool]:
+    """(whether the declared Content-Length is over `limit`, whether the body has a Content-Encoding)."""
     declared, encoded = b"", False
     for name, value in headers:
         lowered = name.lower()
@@ -646,7 +646,7 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
             declared = value
         elif lowered == b"content-encoding":
             encoded = True
-    return declared, encoded
+    return declared.isdigit() and int(declared) > limit, encoded
 
 
 def _item_list(body: Any, where: str) -> list[dict[str, Any]]:

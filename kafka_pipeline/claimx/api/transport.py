@@ -396,10 +396,8 @@ class ResponseStream(httpx.AsyncByteStream):
             chunks = connection.take_chunks()
             if chunks:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if connection.complete:
+            if self._ended():
                 raise StopAsyncIteration
-            if connection.error is not None:
-                raise connection.error
             await connection.wait(self._timeout, self._deadline)
 
     async def read_body(self, limit: int) -> bytes | None:
@@ -416,13 +414,20 @@ class ResponseStream(httpx.AsyncByteStream):
                     if size > limit:
                         return None
                     chunks.append(chunk)
-                if connection.complete:
+                if self._ended():
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                if connection.error is not None:
-                    raise connection.error
                 await connection.wait(self._timeout, self._deadline)
         finally:
             self.release()
+
+    def _ended(self) -> bool:
+        """Whether the body is complete (every chunk handed over once taken); the connection's
+        error if it failed first."""
+        if self._connection.complete:
+            return True
+        if self._connection.error is not None:
+            raise self._connection.error
+        return False
 
     def release(self) -> None:
         """Hand the connection back to the pool (kept alive if the response ended cleanly)."""
